@@ -1,0 +1,3 @@
+from mprnet_cli.cli import main
+
+main()

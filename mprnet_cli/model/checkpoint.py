@@ -1,0 +1,157 @@
+"""Reading MPRNet weights safely, whatever container they come in.
+
+Accepted: the published format (`{"state_dict": ...}` saved from DataParallel,
+keys prefixed `module.`), a bare state dict, and `.safetensors`. Pickled files
+are read with `weights_only=True`, so a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mprnet_cli.errors import CheckpointError, UnsafeCheckpointError
+from mprnet_cli.model.config import MPRNetConfig, detect_config
+from mprnet_cli.model.network import MPRNet
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "params_ema", "params", "model", "net")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A state dict with its detected configuration and any file metadata."""
+
+    state_dict: dict[str, Tensor]
+    config: MPRNetConfig
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{path}: not an MPRNet checkpoint (it holds a {type(obj).__name__}, not a state dict)"
+        )
+    for key in _WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+            obj = inner
+            break
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{path}: not an MPRNet checkpoint (no tensors; top-level keys: "
+            f"{', '.join(map(str, list(obj)[:5])) or 'none'})"
+        )
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+_UNSAFE = (
+    "refused: this file holds Python objects that would run code when loaded; "
+    "only plain tensor checkpoints (or .safetensors) are accepted"
+)
+
+
+def _read_pickle(path: Path) -> Any:
+    # Zip-format files (torch >= 1.6) are memory-mapped: no copy of the weights in RAM.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(f"{path}: {_UNSAFE}") from exc
+    except Exception as exc:  # torch raises a zoo of types for corrupt files
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        tensors: dict[str, Tensor] = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                tensors[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable .safetensors file (truncated or corrupt?): {exc}") from exc
+    return tensors, metadata
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    # Sniff: 8-byte little-endian header length, then a JSON object.
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read any supported weights file; raise `CheckpointError` with a reason if it is not MPRNet."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    metadata: dict[str, str] = {}
+    if _is_safetensors(path):
+        raw, metadata = _read_safetensors(path)
+        state = _unwrap(raw, path)
+    else:
+        state = _unwrap(_read_pickle(path), path)
+    try:
+        config = detect_config(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    if "config" in metadata:
+        try:
+            declared = MPRNetConfig.from_dict(json.loads(metadata["config"]))
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: unreadable config in metadata: {exc}") from exc
+        if declared != config:
+            raise CheckpointError(f"{path}: metadata config {declared} disagrees with tensor shapes {config}")
+    return Checkpoint(state_dict=state, config=config, metadata=metadata)
+
+
+def build_model(checkpoint: Checkpoint) -> MPRNet:
+    """An MPRNet in eval mode holding the checkpoint's weights."""
+    model = MPRNet(checkpoint.config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in checkpoint.state_dict]
+    unexpected = [k for k in checkpoint.state_dict if k not in expected]
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
+        for k, v in checkpoint.state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} wrong shapes (e.g. {wrong[0]})")
+        raise CheckpointError("checkpoint does not fit an MPRNet: " + "; ".join(parts))
+    model.load_state_dict(checkpoint.state_dict, strict=True)
+    return model.eval()
+
+
+def load_model(path: str | Path) -> MPRNet:
+    """Read a weights file and build its network."""
+    return build_model(read_checkpoint(path))
+
+
+def state_dict_for_saving(model: MPRNet) -> dict[str, Tensor]:
+    """A state dict with no shared storage (safetensors refuses aliased tensors)."""
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
