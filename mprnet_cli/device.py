@@ -1,0 +1,145 @@
+"""Device and precision choice, memory queries and out-of-memory detection.
+
+Kept apart from the pipeline so the policy ("auto picks the GPU when usable",
+"bf16 only where it is measured to be safe") lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+
+import torch
+
+from mprnet_cli.errors import DeviceError, UsageError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class Precision(str, Enum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn `auto|cpu|cuda|cuda:N|mps` into a usable device or raise `DeviceError`."""
+    spec = (spec or "auto").strip().lower()
+    if not _DEVICE_RE.match(spec):
+        raise UsageError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise DeviceError("--device mps: Apple's Metal backend is not available on this machine; use --device cpu")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"--device {spec}: no CUDA GPU is usable here (PyTorch {torch.__version__} "
+            f"{'has no CUDA support' if torch.version.cuda is None else 'found no GPU'}); use --device cpu"
+        )
+    index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"--device {spec}: only {count} CUDA device(s) present (cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA/MPS/CPU allocator out-of-memory errors (their types differ by backend)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return "out of memory" in text or "failed to allocate" in text or "mps backend out of memory" in text
+    return isinstance(exc, MemoryError)
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation can use now: free GPU memory, or available RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "mps":
+        recommended = torch.mps.recommended_max_memory()
+        return int(recommended - torch.mps.current_allocated_memory())
+    return _available_ram()
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30  # unknown platform: assume a modest 4 GiB
+
+
+def cpu_has_fast_bf16() -> bool:
+    """CPUs with native bf16 dot products (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def supports_precision(device: torch.device, precision: Precision) -> bool:
+    if precision in (Precision.FP32, Precision.AUTO):
+        return True
+    if device.type == "cuda":
+        if precision is Precision.BF16:
+            return bool(torch.cuda.is_bf16_supported())
+        return True
+    if device.type == "mps":
+        return precision is Precision.FP16
+    return precision is Precision.BF16  # CPU autocast supports bf16 (fast only with native support)
+
+
+def check_precision(device: torch.device, precision: Precision) -> None:
+    if not supports_precision(device, precision):
+        raise UsageError(f"--precision {precision.value} is not supported on {device}; use fp32")
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply --threads; by default torch uses one thread per physical core, which is right."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError("--threads must be at least 1")
+    torch.set_num_threads(threads)

@@ -1,0 +1,66 @@
+"""Shared fixtures: paths to the read-only reference material and tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mprnet_cli.model.config import MPRNetConfig
+from mprnet_cli.model.network import MPRNet
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MPRNET_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+
+# Before anything imports huggingface_hub (which reads these once): never the user's cache.
+_SESSION_CACHE = Path(tempfile.mkdtemp(prefix="mprnet-tests-"))
+os.environ["HF_HOME"] = str(_SESSION_CACHE / "hf")
+os.environ["HF_HUB_CACHE"] = str(_SESSION_CACHE / "hf" / "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MPRNET_CACHE"] = str(_SESSION_CACHE / "mprnet")
+
+TINY_CONFIG = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reduction=4)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's real caches or reaches the real Hub."""
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("MPRNET_CACHE", str(root / "mprnet"))
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("MPRNET_REGISTRY", raising=False)
+    monkeypatch.delenv("MPRNET_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not (REFERENCE / "vectors.json").is_file():
+        pytest.skip(f"reference vectors not found at {REFERENCE} (set MPRNET_SHARED)")
+    return REFERENCE
+
+
+def tiny_model(seed: int = 0, config: MPRNetConfig = TINY_CONFIG) -> MPRNet:
+    torch.manual_seed(seed)
+    model = MPRNet(config).eval()
+    # Random but non-trivial weights so that outputs differ from inputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A tiny MPRNet saved in the published format ({'state_dict'}, 'module.' prefix)."""
+    model = tiny_model()
+    path = tmp_path / "tiny.pth"
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": state, "optimizer": {}}, path)
+    return path

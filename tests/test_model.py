@@ -1,0 +1,216 @@
+"""The network against the published layout and the reference test vectors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mprnet_cli.errors import CheckpointError, UnsafeCheckpointError
+from mprnet_cli.model import MPRNet, MPRNetConfig, build_model, detect_config, load_model, read_checkpoint
+from mprnet_cli.model.checkpoint import state_dict_for_saving
+from tests.conftest import TINY_CONFIG, tiny_model
+
+# ----------------------------------------------------------------- published layout
+
+
+@pytest.fixture(scope="module")
+def layout(reference_dir: Path) -> dict[str, dict[str, object]]:
+    data: dict[str, dict[str, object]] = json.loads((reference_dir / "official_state_dict_layout.json").read_text())
+    return data
+
+
+@pytest.mark.parametrize("task", ["deblur", "denoise", "derain"])
+def test_state_dict_matches_published_layout(layout: dict[str, dict[str, object]], task: str) -> None:
+    entry = layout[task]
+    model = MPRNet(MPRNetConfig.from_dict(entry["config"]))  # type: ignore[arg-type]
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = entry["state_dict"]
+    assert list(ours) == list(theirs)  # names *and* order
+    assert ours == theirs
+    distinct = sum(p.numel() for p in model.parameters())
+    assert distinct == entry["params"]
+
+
+@pytest.mark.parametrize("task", ["deblur", "denoise", "derain"])
+def test_config_detected_from_published_shapes(layout: dict[str, dict[str, object]], task: str) -> None:
+    entry = layout[task]
+    shapes = {k: torch.empty(0).new_empty(s) for k, s in entry["state_dict"].items()}  # type: ignore[union-attr]
+    assert detect_config(shapes) == MPRNetConfig.from_dict(entry["config"])  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- reference vectors
+
+
+@pytest.fixture(scope="module")
+def vectors(reference_dir: Path) -> dict[str, dict[str, object]]:
+    data: dict[str, dict[str, object]] = json.loads((reference_dir / "vectors.json").read_text())
+    return data
+
+
+CASES = ["tiny", "tiny_bias_k5"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("batched", [False, True], ids=["reference-mode", "batched"])
+def test_reproduces_reference_outputs(reference_dir: Path, vectors: dict[str, dict[str, object]], case: str,
+                                      batched: bool) -> None:
+    spec = vectors[case]
+    ckpt = read_checkpoint(reference_dir / str(spec["checkpoint"]))
+    expected_cfg = MPRNetConfig.from_dict(spec["config"])  # type: ignore[arg-type]
+    for name in ("n_feat", "scale_unetfeats", "scale_orsnetfeats", "num_cab", "kernel_size", "bias"):
+        assert getattr(ckpt.config, name) == getattr(expected_cfg, name)
+    model = build_model(ckpt)
+    model.batched = batched
+    io = torch.load(reference_dir / str(spec["io"]), weights_only=True)
+    with torch.no_grad():
+        outputs = model(io["input"])
+    for out, key in zip(outputs, ("stage3", "stage2", "stage1"), strict=True):
+        diff = (out - io[key]).abs().max().item()
+        assert diff <= 1e-5, f"{case} {key}: max abs diff {diff}"
+    assert outputs[0].abs().mean().item() == pytest.approx(spec["output_mean_abs"], rel=1e-5)
+
+
+def test_batched_mode_equals_reference_mode() -> None:
+    model = tiny_model(3, MPRNetConfig(n_feat=16, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=2))
+    x = torch.rand(2, 3, 40, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.batched = False
+        ref = model(x)
+        model.batched = True
+        fast = model(x)
+    for a, b in zip(ref, fast, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
+
+
+def test_rejects_sizes_not_multiple_of_8() -> None:
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiny_model()(torch.zeros(1, 3, 20, 16))
+
+
+# ----------------------------------------------------------------- checkpoint formats
+
+
+def _outputs(model: MPRNet) -> torch.Tensor:
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(x)[0]
+
+
+def test_published_format_loads(tiny_checkpoint: Path) -> None:
+    model = load_model(tiny_checkpoint)
+    assert model.config == TINY_CONFIG
+    torch.testing.assert_close(_outputs(model), _outputs(tiny_model()), rtol=0, atol=0)
+
+
+def test_bare_state_dict_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bare.pt"
+    torch.save(tiny_model().state_dict(), path)
+    torch.testing.assert_close(_outputs(load_model(path)), _outputs(tiny_model()), rtol=0, atol=0)
+
+
+def test_legacy_non_zip_format_loads(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save({"state_dict": tiny_model().state_dict()}, path, _use_new_zipfile_serialization=False)
+    assert load_model(path).config == TINY_CONFIG
+
+
+def test_safetensors_loads_with_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file(state_dict_for_saving(tiny_model()), str(path), metadata={"config": json.dumps(TINY_CONFIG.to_dict())})
+    ckpt = read_checkpoint(path)
+    assert ckpt.config == TINY_CONFIG
+    assert "config" in ckpt.metadata
+    torch.testing.assert_close(_outputs(build_model(ckpt)), _outputs(tiny_model()), rtol=0, atol=0)
+
+
+def test_safetensors_metadata_contradicting_shapes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    wrong = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=2)
+    save_file(state_dict_for_saving(tiny_model()), str(path), metadata={"config": json.dumps(wrong.to_dict())})
+    with pytest.raises(CheckpointError, match="disagrees"):
+        read_checkpoint(path)
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": tiny_model().state_dict(), "payload": _Exploit()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="run code"):
+        read_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_plain_pickle_that_runs_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_non_mprnet_state_dict_is_refused_with_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "not an MPRNet checkpoint" in message
+    assert "conv1.weight" in message  # what it is
+    assert "shallow_feat1.0.weight" in message  # what is missing
+
+
+def test_non_dict_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="not an MPRNet checkpoint"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_checkpoint_is_refused(tmp_path: Path, suffix: str) -> None:
+    full = tmp_path / f"full{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": tiny_model().state_dict()}, full)
+    else:
+        save_file(state_dict_for_saving(tiny_model()), str(full))
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(cut)
+
+
+def test_missing_and_extra_tensors_are_named(tmp_path: Path) -> None:
+    state = tiny_model().state_dict()
+    del state["tail.weight"]
+    state["tail.weight"] = torch.zeros(3, 12, 3, 3)  # keep detection happy
+    del state["sam23.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="missing 1 tensors"):
+        load_model(path)
+
+
+def test_reduction_detection_picks_the_named_ratio() -> None:
+    cfg = MPRNetConfig(n_feat=16, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1, reduction=8)
+    assert detect_config(MPRNet(cfg).state_dict()) == cfg
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        MPRNetConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="unknown"):
+        MPRNetConfig.from_dict({"n_feat": 8, "colour": 1})
