@@ -44,7 +44,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "mps":
         if not _mps_available():
-            raise DeviceError("--device mps: Apple's Metal backend is not available on this machine; use --device cpu")
+            raise DeviceError(
+                "--device mps: Apple's Metal backend is not available on this machine; use --device cpu"
+            )
         return torch.device("mps")
     if not torch.cuda.is_available():
         raise DeviceError(
@@ -54,7 +56,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
     index = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"--device {spec}: only {count} CUDA device(s) present (cuda:0..cuda:{count - 1})")
+        raise DeviceError(
+            f"--device {spec}: only {count} CUDA device(s) present (cuda:0..cuda:{count - 1})"
+        )
     return torch.device("cuda", index)
 
 
@@ -70,12 +74,16 @@ def is_oom(exc: BaseException) -> bool:
         return True
     if isinstance(exc, RuntimeError):
         text = str(exc).lower()
-        return "out of memory" in text or "failed to allocate" in text or "mps backend out of memory" in text
+        return (
+            "out of memory" in text
+            or "failed to allocate" in text
+            or "mps backend out of memory" in text
+        )
     return isinstance(exc, MemoryError)
 
 
 def empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()

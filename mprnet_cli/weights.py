@@ -175,10 +175,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _verified_db() -> Path:
-    root = os.environ.get("MPRNET_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "mprnet"
-    )
-    return Path(root) / "verified.json"
+    root = os.environ.get("MPRNET_CACHE")
+    if root:
+        return Path(root) / "verified.json"
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "mprnet" / "verified.json"
 
 
 def verify_file(path: Path, sha256: str | None, size: int | None = None) -> None:
@@ -358,7 +359,10 @@ def _first_line(exc: BaseException) -> str:
 
 def _is_connection_error(exc: BaseException) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "NetworkError", "ProxyError"})
+    return bool(
+        names
+        & {"ConnectError", "ConnectionError", "TimeoutException", "NetworkError", "ProxyError"}
+    )
 
 
 def offline_error(task: Task) -> OfflineError:
@@ -385,12 +389,16 @@ def _resolve_bundled(task: Task, entry: TaskWeights) -> ResolvedWeights:
         )
     path = bundled_path(entry.bundled)
     if not path.is_file():
-        raise WeightsError(f"bundled weights {path} are missing; reinstall mprnet or use --weights FILE")
+        raise WeightsError(
+            f"bundled weights {path} are missing; reinstall mprnet or use --weights FILE"
+        )
     verify_file(path, entry.bundled.sha256)
     return ResolvedWeights(path, Source.BUNDLED, task, entry.bundled.config)
 
 
-def _resolve_published(task: Task, entry: TaskWeights, notify: Notify | None, quiet: bool) -> ResolvedWeights:
+def _resolve_published(
+    task: Task, entry: TaskWeights, notify: Notify | None, quiet: bool
+) -> ResolvedWeights:
     spec = entry.published
     cached = cached_published(spec)
     if cached is not None:

@@ -27,7 +27,9 @@ TINY_CONFIG = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num
 
 
 @pytest.fixture(autouse=True)
-def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_caches(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No test reads or writes the user's real caches or reaches the real Hub."""
     root = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("MPRNET_CACHE", str(root / "mprnet"))

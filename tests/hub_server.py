@@ -28,7 +28,9 @@ class FakeHub:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str], include_body: bool) -> None:
+            def _send(
+                self, status: int, body: bytes, headers: dict[str, str], include_body: bool
+            ) -> None:
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -45,29 +47,45 @@ class FakeHub:
                     _rev, _, name = path[len(prefix) :].partition("/")
                     data = hub.files.get(name)
                     if data is None:
-                        self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, include_body)
+                        self._send(
+                            404,
+                            b"",
+                            {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT},
+                            include_body,
+                        )
                         return
                     sha = hashlib.sha256(data).hexdigest()
-                    headers = {"ETag": f'"{sha}"', "X-Repo-Commit": COMMIT, "Content-Type": "application/octet-stream"}
+                    headers = {
+                        "ETag": f'"{sha}"',
+                        "X-Repo-Commit": COMMIT,
+                        "Content-Type": "application/octet-stream",
+                    }
                     self._send(200, data, headers, include_body)
                     return
                 api = f"/api/models/{hub.repo}"
                 if path.startswith(api):
                     if "/tree/" in path:
-                        listing = [{"type": "file", "path": n, "size": len(d), "oid": "0" * 40} for n, d in hub.files.items()]
+                        listing = [
+                            {"type": "file", "path": n, "size": len(d), "oid": "0" * 40}
+                            for n, d in hub.files.items()
+                        ]
                         body = json.dumps(listing).encode()
                     else:
                         body = json.dumps(
-                            {"id": hub.repo, "sha": COMMIT, "siblings": [{"rfilename": n} for n in hub.files]}
+                            {
+                                "id": hub.repo,
+                                "sha": COMMIT,
+                                "siblings": [{"rfilename": n} for n in hub.files],
+                            }
                         ).encode()
                     self._send(200, body, {"Content-Type": "application/json"}, include_body)
                     return
                 self._send(404, b"", {}, include_body)
 
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server API
+            def do_HEAD(self) -> None:
                 self._handle(False)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._handle(True)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

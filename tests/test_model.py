@@ -11,7 +11,14 @@ import torch
 from safetensors.torch import save_file
 
 from mprnet_cli.errors import CheckpointError, UnsafeCheckpointError
-from mprnet_cli.model import MPRNet, MPRNetConfig, build_model, detect_config, load_model, read_checkpoint
+from mprnet_cli.model import (
+    MPRNet,
+    MPRNetConfig,
+    build_model,
+    detect_config,
+    load_model,
+    read_checkpoint,
+)
 from mprnet_cli.model.checkpoint import state_dict_for_saving
 from tests.conftest import TINY_CONFIG, tiny_model
 
@@ -20,12 +27,16 @@ from tests.conftest import TINY_CONFIG, tiny_model
 
 @pytest.fixture(scope="module")
 def layout(reference_dir: Path) -> dict[str, dict[str, object]]:
-    data: dict[str, dict[str, object]] = json.loads((reference_dir / "official_state_dict_layout.json").read_text())
+    data: dict[str, dict[str, object]] = json.loads(
+        (reference_dir / "official_state_dict_layout.json").read_text()
+    )
     return data
 
 
 @pytest.mark.parametrize("task", ["deblur", "denoise", "derain"])
-def test_state_dict_matches_published_layout(layout: dict[str, dict[str, object]], task: str) -> None:
+def test_state_dict_matches_published_layout(
+    layout: dict[str, dict[str, object]], task: str
+) -> None:
     entry = layout[task]
     model = MPRNet(MPRNetConfig.from_dict(entry["config"]))  # type: ignore[arg-type]
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -37,7 +48,9 @@ def test_state_dict_matches_published_layout(layout: dict[str, dict[str, object]
 
 
 @pytest.mark.parametrize("task", ["deblur", "denoise", "derain"])
-def test_config_detected_from_published_shapes(layout: dict[str, dict[str, object]], task: str) -> None:
+def test_config_detected_from_published_shapes(
+    layout: dict[str, dict[str, object]], task: str
+) -> None:
     entry = layout[task]
     shapes = {k: torch.empty(0).new_empty(s) for k, s in entry["state_dict"].items()}  # type: ignore[union-attr]
     assert detect_config(shapes) == MPRNetConfig.from_dict(entry["config"])  # type: ignore[arg-type]
@@ -57,12 +70,20 @@ CASES = ["tiny", "tiny_bias_k5"]
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("batched", [False, True], ids=["reference-mode", "batched"])
-def test_reproduces_reference_outputs(reference_dir: Path, vectors: dict[str, dict[str, object]], case: str,
-                                      batched: bool) -> None:
+def test_reproduces_reference_outputs(
+    reference_dir: Path, vectors: dict[str, dict[str, object]], case: str, batched: bool
+) -> None:
     spec = vectors[case]
     ckpt = read_checkpoint(reference_dir / str(spec["checkpoint"]))
     expected_cfg = MPRNetConfig.from_dict(spec["config"])  # type: ignore[arg-type]
-    for name in ("n_feat", "scale_unetfeats", "scale_orsnetfeats", "num_cab", "kernel_size", "bias"):
+    for name in (
+        "n_feat",
+        "scale_unetfeats",
+        "scale_orsnetfeats",
+        "num_cab",
+        "kernel_size",
+        "bias",
+    ):
         assert getattr(ckpt.config, name) == getattr(expected_cfg, name)
     model = build_model(ckpt)
     model.batched = batched
@@ -76,7 +97,9 @@ def test_reproduces_reference_outputs(reference_dir: Path, vectors: dict[str, di
 
 
 def test_batched_mode_equals_reference_mode() -> None:
-    model = tiny_model(3, MPRNetConfig(n_feat=16, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=2))
+    model = tiny_model(
+        3, MPRNetConfig(n_feat=16, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=2)
+    )
     x = torch.rand(2, 3, 40, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         model.batched = False
@@ -115,13 +138,19 @@ def test_bare_state_dict_loads(tmp_path: Path) -> None:
 
 def test_legacy_non_zip_format_loads(tmp_path: Path) -> None:
     path = tmp_path / "legacy.pth"
-    torch.save({"state_dict": tiny_model().state_dict()}, path, _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": tiny_model().state_dict()}, path, _use_new_zipfile_serialization=False
+    )
     assert load_model(path).config == TINY_CONFIG
 
 
 def test_safetensors_loads_with_metadata(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
-    save_file(state_dict_for_saving(tiny_model()), str(path), metadata={"config": json.dumps(TINY_CONFIG.to_dict())})
+    save_file(
+        state_dict_for_saving(tiny_model()),
+        str(path),
+        metadata={"config": json.dumps(TINY_CONFIG.to_dict())},
+    )
     ckpt = read_checkpoint(path)
     assert ckpt.config == TINY_CONFIG
     assert "config" in ckpt.metadata
@@ -131,7 +160,11 @@ def test_safetensors_loads_with_metadata(tmp_path: Path) -> None:
 def test_safetensors_metadata_contradicting_shapes_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.safetensors"
     wrong = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=2)
-    save_file(state_dict_for_saving(tiny_model()), str(path), metadata={"config": json.dumps(wrong.to_dict())})
+    save_file(
+        state_dict_for_saving(tiny_model()),
+        str(path),
+        metadata={"config": json.dumps(wrong.to_dict())},
+    )
     with pytest.raises(CheckpointError, match="disagrees"):
         read_checkpoint(path)
 
@@ -143,7 +176,9 @@ class _Exploit:
         return (os.system, ("touch PWNED",))
 
 
-def test_checkpoint_that_runs_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_that_runs_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": tiny_model().state_dict(), "payload": _Exploit()}, path)
@@ -152,7 +187,9 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path: Path, monkeypatch: pytes
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_plain_pickle_that_runs_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_pickle_that_runs_code_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(_Exploit()))

@@ -37,8 +37,13 @@ def _checkpoint_bytes() -> bytes:
     return buf.getvalue()
 
 
-def write_registry(folder: Path, *, filename: str = "model_deraining.pth", sha256: str | None = None,
-                   bundled: str | None = None) -> Path:
+def write_registry(
+    folder: Path,
+    *,
+    filename: str = "model_deraining.pth",
+    sha256: str | None = None,
+    bundled: str | None = None,
+) -> Path:
     """A registry like the shipped one, but with the tiny network's config."""
     data = json.loads((REPO / "weights" / "registry.json").read_text())
     for task in ("derain", "deblur", "denoise"):
@@ -60,15 +65,23 @@ def write_registry(folder: Path, *, filename: str = "model_deraining.pth", sha25
 
 @pytest.fixture()
 def hub() -> Iterator[FakeHub]:
-    server = FakeHub(REPO_ID, {"model_deraining.pth": _checkpoint_bytes(), "LICENSE.md": b"academic"}).start()
+    server = FakeHub(
+        REPO_ID, {"model_deraining.pth": _checkpoint_bytes(), "LICENSE.md": b"academic"}
+    ).start()
     yield server
     server.stop()
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **env}
     return subprocess.run(
-        [sys.executable, "-m", "mprnet_cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd,
+        [sys.executable, "-m", "mprnet_cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
         timeout=240,
     )
 
@@ -124,8 +137,13 @@ def _resolve_in_subprocess(env: dict[str, str]) -> dict[str, str]:
         "import json; from mprnet_cli.weights import resolve; from mprnet_cli.tasks import Task;"
         "r = resolve(Task.DERAIN); print(json.dumps({'source': r.source.value, 'path': str(r.path)}))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     result: dict[str, str] = json.loads(proc.stdout)
     return result
@@ -133,9 +151,16 @@ def _resolve_in_subprocess(env: dict[str, str]) -> dict[str, str]:
 
 def _resolve_error(env: dict[str, str]) -> str:
     proc = subprocess.run(
-        [sys.executable, "-c", "from mprnet_cli.weights import resolve; from mprnet_cli.tasks import Task;"
-         "resolve(Task.DERAIN)"],
-        capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from mprnet_cli.weights import resolve; from mprnet_cli.tasks import Task;"
+            "resolve(Task.DERAIN)",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
     )
     assert proc.returncode != 0
     return proc.stderr
@@ -143,7 +168,9 @@ def _resolve_error(env: dict[str, str]) -> str:
 
 def test_truncated_cached_file_is_detected(tmp_path: Path, hub: FakeHub) -> None:
     reg = write_registry(tmp_path)
-    assert run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url)).returncode == 0
+    assert (
+        run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url)).returncode == 0
+    )
     blob = cached_blob(tmp_path)
     data = blob.read_bytes()
     blob.write_bytes(data[: len(data) // 2])
@@ -153,7 +180,9 @@ def test_truncated_cached_file_is_detected(tmp_path: Path, hub: FakeHub) -> None
 
 def test_altered_file_same_size_is_detected(tmp_path: Path, hub: FakeHub) -> None:
     reg = write_registry(tmp_path)
-    assert run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url)).returncode == 0
+    assert (
+        run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url)).returncode == 0
+    )
     blob = cached_blob(tmp_path)
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -218,14 +247,18 @@ def test_hf_hub_offline_is_honoured(tmp_path: Path, hub: FakeHub) -> None:
     assert hub.downloads() == []
 
 
-def test_auto_falls_back_to_bundled_with_notice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_bundled_with_notice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.save({"state_dict": tiny_model().state_dict()}, tmp_path / "bundled-derain.pth")
     reg = write_registry(tmp_path, bundled="bundled-derain.pth")
     monkeypatch.setenv("MPRNET_REGISTRY", str(reg))
     notes: list[str] = []
     resolved = resolve(Task.DERAIN, notify=notes.append)
     assert resolved.source is Source.BUNDLED
-    assert len(notes) == 1 and "bundled" in notes[0] and "mprnet weights download derain" in notes[0]
+    assert (
+        len(notes) == 1 and "bundled" in notes[0] and "mprnet weights download derain" in notes[0]
+    )
     with pytest.raises(OfflineError):
         resolve(Task.DERAIN, model=ModelChoice.PUBLISHED)
     assert resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED
@@ -266,7 +299,13 @@ def test_verify_file_remembers_good_hashes(tmp_path: Path) -> None:
 
 
 def test_pick_checkpoint() -> None:
-    files = ["README.md", "model_deblurring.pth", "model_denoising.pth", "model_deraining.pth", "LICENSE.md"]
+    files = [
+        "README.md",
+        "model_deblurring.pth",
+        "model_denoising.pth",
+        "model_deraining.pth",
+        "LICENSE.md",
+    ]
     assert pick_checkpoint(Task.DERAIN, files) == "model_deraining.pth"
     assert pick_checkpoint(Task.DEBLUR, files) == "model_deblurring.pth"
     assert pick_checkpoint(Task.DENOISE, files) == "model_denoising.pth"
@@ -277,7 +316,7 @@ def test_pick_checkpoint() -> None:
 def test_shipped_registry_is_complete() -> None:
     entries = registry()
     assert set(entries) == set(Task)
-    for task, entry in entries.items():
+    for entry in entries.values():
         assert entry.published.repo == REPO_ID
         assert "Academic" in entry.published.license.name
         assert entry.published.benchmarks

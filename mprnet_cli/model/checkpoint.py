@@ -41,7 +41,11 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
         )
     for key in _WRAPPER_KEYS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+        if (
+            isinstance(inner, Mapping)
+            and inner
+            and all(isinstance(v, Tensor) for v in inner.values())
+        ):
             obj = inner
             break
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
@@ -82,7 +86,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 tensors[key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable .safetensors file (truncated or corrupt?): {exc}") from exc
+        raise CheckpointError(
+            f"{path}: not a readable .safetensors file (truncated or corrupt?): {exc}"
+        ) from exc
     return tensors, metadata
 
 
@@ -119,7 +125,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{path}: unreadable config in metadata: {exc}") from exc
         if declared != config:
-            raise CheckpointError(f"{path}: metadata config {declared} disagrees with tensor shapes {config}")
+            raise CheckpointError(
+                f"{path}: metadata config {declared} disagrees with tensor shapes {config}"
+            )
     return Checkpoint(state_dict=state, config=config, metadata=metadata)
 
 

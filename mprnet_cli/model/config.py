@@ -103,7 +103,9 @@ def detect_config(state_dict: Mapping[str, _Shaped]) -> MPRNetConfig:
     try:
         n_feat, in_c, k, k2 = (int(d) for d in state_dict["shallow_feat1.0.weight"].shape)
         out_c, width3, _, _ = (int(d) for d in state_dict["tail.weight"].shape)
-        down_out, down_in, _, _ = (int(d) for d in state_dict["stage1_encoder.down12.down.1.weight"].shape)
+        down_out, down_in, _, _ = (
+            int(d) for d in state_dict["stage1_encoder.down12.down.1.weight"].shape
+        )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"not an MPRNet checkpoint: unexpected tensor ranks ({exc})") from exc
     if k != k2 or down_in != n_feat:
@@ -113,10 +115,14 @@ def detect_config(state_dict: Mapping[str, _Shaped]) -> MPRNetConfig:
     # ORB body = num_cab CABs then one conv, so the highest index is num_cab.
     num_cab = max(blocks) if blocks else 0
     if num_cab < 1:
-        raise CheckpointError("not an MPRNet checkpoint: stage-3 ORB has no channel-attention blocks")
+        raise CheckpointError(
+            "not an MPRNet checkpoint: stage-3 ORB has no channel-attention blocks"
+        )
 
     squeezes = [
-        (int(t.shape[1]), int(t.shape[0])) for key, t in state_dict.items() if _CA_SQUEEZE.search(key)
+        (int(t.shape[1]), int(t.shape[0]))
+        for key, t in state_dict.items()
+        if _CA_SQUEEZE.search(key)
     ]
     reduction = _detect_reduction(squeezes)
 

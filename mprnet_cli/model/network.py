@@ -42,7 +42,8 @@ class CALayer(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+        gate: Tensor = self.conv_du(x.mean(dim=(2, 3), keepdim=True))
+        return x * gate
 
 
 class CAB(nn.Module):
@@ -110,7 +111,7 @@ class UpSample(nn.Module):
 
 
 class SkipUpSample(UpSample):
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         assert y is not None
         out: Tensor = self.up(x)
         return out + y
@@ -208,15 +209,26 @@ class ORSNet(nn.Module):
 
     def forward(self, x: Tensor, enc: Features, dec: Features) -> Tensor:
         x = self.orb1(x) + self.conv_enc1(enc[0]) + self.conv_dec1(dec[0])
-        x = self.orb2(x) + self.conv_enc2(self.up_enc1(enc[1])) + self.conv_dec2(self.up_dec1(dec[1]))
+        x = (
+            self.orb2(x)
+            + self.conv_enc2(self.up_enc1(enc[1]))
+            + self.conv_dec2(self.up_dec1(dec[1]))
+        )
         out: Tensor = (
-            self.orb3(x) + self.conv_enc3(self.up_enc2(enc[2])) + self.conv_dec3(self.up_dec2(dec[2]))
+            self.orb3(x)
+            + self.conv_enc3(self.up_enc2(enc[2]))
+            + self.conv_dec3(self.up_dec2(dec[2]))
         )
         return out
 
 
 def _join(a: Tensor, b: Tensor, dim: int) -> Tensor:
     return torch.cat((a, b), dim)
+
+
+def _halves(f: Tensor) -> tuple[Tensor, Tensor]:
+    first, second = f.chunk(2, dim=0)
+    return first, second
 
 
 def _join_halves(f: Tensor) -> Tensor:
@@ -270,7 +282,12 @@ class MPRNet(nn.Module):
         """Stages 1 and 2 quarter by quarter, half by half (the reference order)."""
         h, w = x.shape[-2:]
         top_img, bot_img = x[:, :, : h // 2], x[:, :, h // 2 :]
-        quarters = (top_img[..., : w // 2], top_img[..., w // 2 :], bot_img[..., : w // 2], bot_img[..., w // 2 :])
+        quarters = (
+            top_img[..., : w // 2],
+            top_img[..., w // 2 :],
+            bot_img[..., : w // 2],
+            bot_img[..., w // 2 :],
+        )
         lt, rt, lb, rb = (self.stage1_encoder(self.shallow_feat1(q)) for q in quarters)
         feat1_top = [_join(a, b, 3) for a, b in zip(lt, rt, strict=True)]
         feat1_bot = [_join(a, b, 3) for a, b in zip(lb, rb, strict=True)]
@@ -294,7 +311,7 @@ class MPRNet(nn.Module):
         quarters = torch.cat((halves[..., : w // 2], halves[..., w // 2 :]), 0)  # [lt; lb; rt; rb]
         feat1_q = self.stage1_encoder(self.shallow_feat1(quarters))
         # quarters were stacked column-major; rejoin left|right per half.
-        feat1 = [_join(*f.chunk(2, dim=0), 3) for f in feat1_q]
+        feat1 = [_join(*_halves(f), 3) for f in feat1_q]
         res1 = self.stage1_decoder(feat1)
         sam1, img1 = self.sam12(res1[0], halves)
         stage1_img = _join_halves(img1)

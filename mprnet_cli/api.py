@@ -1,0 +1,182 @@
+"""The Python API: a `Restorer` that scripts (and the CLI) use.
+
+    >>> from mprnet_cli import Restorer
+    >>> r = Restorer("derain", device="cpu")
+    >>> clean = r.restore(rainy)          # numpy array or Pillow image, any size
+
+Weights are loaded once per Restorer. A Restorer pickles as its settings and
+reloads its weights on the other side, so it can be sent to worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from mprnet_cli.device import Precision, check_precision, resolve_device
+from mprnet_cli.errors import UsageError
+from mprnet_cli.model.checkpoint import build_model, read_checkpoint
+from mprnet_cli.model.config import MPRNetConfig
+from mprnet_cli.pipeline import (
+    DEFAULT_OVERLAP,
+    Engine,
+    Progress,
+    RunStats,
+    TileOptions,
+    Warn,
+    restore_array,
+)
+from mprnet_cli.tasks import Task
+from mprnet_cli.weights import ModelChoice, ResolvedWeights, Source, resolve
+
+ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
+
+
+def choose_precision(device_type: str, requested: Precision) -> Precision:
+    """`auto` keeps float32 until reduced precision is measured safe for the device."""
+    if requested is not Precision.AUTO:
+        return requested
+    return Precision.FP32
+
+
+class Restorer:
+    """Restore images with one MPRNet (published, bundled or from a file)."""
+
+    def __init__(
+        self,
+        task: Task | str | None = None,
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        model: ModelChoice | str = ModelChoice.AUTO,
+        device: str = "auto",
+        precision: Precision | str = Precision.AUTO,
+        tile: int | None = None,
+        tile_overlap: int = DEFAULT_OVERLAP,
+        tile_batch: int = 1,
+        notify: Callable[[str], None] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        try:
+            self.task = Task(task) if task is not None else None
+            model_choice = ModelChoice(model)
+            prec = Precision(precision)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        self._settings: dict[str, Any] = {
+            "task": self.task,
+            "weights": os.fspath(weights) if weights is not None else None,
+            "model": model_choice,
+            "device": device,
+            "precision": prec,
+            "tile": tile,
+            "tile_overlap": tile_overlap,
+            "tile_batch": tile_batch,
+            "quiet": quiet,
+        }
+        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
+        self.device = resolve_device(device)
+        self.precision = choose_precision(self.device.type, prec)
+        check_precision(self.device, self.precision)
+        self.resolved: ResolvedWeights = resolve(
+            self.task, weights=weights, model=model_choice, notify=notify, quiet=quiet
+        )
+        checkpoint = read_checkpoint(self.resolved.path)
+        self.config: MPRNetConfig = checkpoint.config
+        self.engine = Engine(build_model(checkpoint), self.device, self.precision)
+
+    # -- pickling: settings travel, weights are reloaded on the other side
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
+    @property
+    def source(self) -> Source:
+        return self.resolved.source
+
+    @property
+    def weights_path(self) -> Path:
+        return self.resolved.path
+
+    def restore_rgb(
+        self,
+        rgb: NDArray[np.float32],
+        *,
+        progress: Progress | None = None,
+        warn: Warn | None = None,
+    ) -> tuple[NDArray[np.float32], RunStats]:
+        """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out."""
+        return restore_array(self.engine, rgb, self.options, progress=progress, warn=warn)
+
+    @overload
+    def restore(self, image: Image.Image) -> Image.Image: ...
+    @overload
+    def restore(self, image: ArrayT) -> ArrayT: ...
+
+    def restore(
+        self, image: Image.Image | np.ndarray[Any, Any]
+    ) -> Image.Image | np.ndarray[Any, Any]:
+        """Restore a Pillow image or numpy array and return the same kind.
+
+        Arrays may be (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, as uint8,
+        uint16 or float in [0, 1]; alpha passes through untouched.
+        """
+        if isinstance(image, Image.Image):
+            return _restore_pil(self, image)
+        if isinstance(image, np.ndarray):
+            return _restore_numpy(self, image)
+        raise TypeError(f"restore() takes a numpy array or a PIL image, not {type(image).__name__}")
+
+
+def _to_float(a: np.ndarray[Any, Any]) -> NDArray[np.float32]:
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32)
+    raise TypeError(f"unsupported array dtype {a.dtype}: use uint8, uint16 or float in [0, 1]")
+
+
+def _from_float(x: NDArray[np.float32], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    if dtype == np.uint8:
+        return np.round(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.round(np.clip(x, 0, 1) * 65535.0).astype(np.uint16)
+    return x.astype(dtype)
+
+
+def _restore_numpy(restorer: Restorer, a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    if a.ndim == 2:
+        rgb = np.repeat(_to_float(a)[:, :, None], 3, axis=2)
+        out, _ = restorer.restore_rgb(rgb)
+        return _from_float(out.mean(axis=2), a.dtype)
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        out, _ = restorer.restore_rgb(_to_float(a[:, :, :3]))
+        restored = _from_float(out, a.dtype)
+        if a.shape[2] == 4:
+            restored = np.concatenate([restored, a[:, :, 3:]], axis=2)
+        return restored
+    raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {a.shape}")
+
+
+def _restore_pil(restorer: Restorer, image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in ("RGB", "RGBA", "L"):
+        return Image.fromarray(_restore_numpy(restorer, np.asarray(image)), mode=mode)
+    if mode == "LA":
+        a = np.asarray(image)
+        gray = _restore_numpy(restorer, a[:, :, 0])
+        return Image.fromarray(np.dstack([gray, a[:, :, 1]]), mode="LA")
+    if mode.startswith("I;16"):
+        a = np.asarray(image).astype(np.uint16)
+        return Image.fromarray(_restore_numpy(restorer, a))
+    has_alpha = "A" in mode or "transparency" in image.info
+    return _restore_pil(restorer, image.convert("RGBA" if has_alpha else "RGB"))

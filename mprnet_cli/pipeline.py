@@ -1,0 +1,266 @@
+"""pad → tile → infer → stitch, with out-of-memory recovery.
+
+Memory stays flat as images grow: the decoded float image and the blender's
+two accumulators are the only image-sized buffers. Reflect padding to a
+multiple of 8 is done per tile by index arithmetic, so no padded copy of the
+image is ever made, and only one batch of tiles lives on the device.
+
+Progress is reported through a callback (`done, total`), never printed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from mprnet_cli.device import Precision, available_memory, empty_cache, is_oom
+from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, shrink_tile
+
+Progress = Callable[[int, int], None]
+Warn = Callable[[str], None]
+
+ALIGN = 8
+DEFAULT_OVERLAP = 32
+MIN_TILE = 64
+MAX_AUTO_TILE = 2048
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How to cut the image. `tile=None` picks from free memory, `0` means one pass."""
+
+    tile: int | None = None
+    overlap: int = DEFAULT_OVERLAP
+    batch: int = 1
+    min_tile: int = MIN_TILE
+
+    def __post_init__(self) -> None:
+        if self.tile is not None and self.tile != 0 and (self.tile < ALIGN or self.tile % ALIGN):
+            raise UsageError(
+                f"--tile must be 0, auto or a multiple of {ALIGN} (at least {ALIGN}), got {self.tile}"
+            )
+        if self.overlap < 0:
+            raise UsageError("--tile-overlap must be >= 0")
+        if self.batch < 1:
+            raise UsageError("--tile-batch must be >= 1")
+
+
+@dataclass
+class RunStats:
+    """What happened while restoring one image (for --json and benchmarks)."""
+
+    tiles: int = 0
+    tile_size: int = 0
+    device: str = "cpu"
+    fell_back_to_cpu: bool = False
+    oom_splits: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """The model on its device, at its precision, run on batches of tiles."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precision: Precision = Precision.FP32,
+        *,
+        channels_last: bool = True,
+        bytes_per_pixel: float | None = None,
+    ) -> None:
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self.bytes_per_pixel = bytes_per_pixel
+        self.model = model.eval().requires_grad_(False)
+        self._place()
+
+    def _place(self) -> None:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model.to(device=self.device)
+        self.model.to(memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
+
+    def to_cpu(self) -> None:
+        """Move to the CPU after the GPU ran out of memory even at the smallest tile."""
+        old = self.device
+        self.device = torch.device("cpu")
+        if self.precision is Precision.FP16:
+            self.precision = Precision.FP32  # CPUs have no fast fp16 convolutions
+        self._place()
+        empty_cache(old)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.precision is Precision.BF16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision is Precision.FP16:
+            return torch.autocast(self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 3, h, w) float32 on the CPU -> restored (N, 3, h, w) float32 on the CPU."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+        with torch.inference_mode(), self._autocast():
+            out: torch.Tensor = self.model(x)[0]
+        return out.float().cpu()
+
+    def auto_tile(self, height: int, width: int) -> int:
+        """0 (one pass) when the image fits in 70% of free memory, else the largest square tile that does."""
+        if self.bytes_per_pixel is None:
+            return 512
+        budget = 0.7 * available_memory(self.device)
+        if height * width * self.bytes_per_pixel <= budget:
+            return 0
+        side = int(math.sqrt(max(budget, 0.0) / self.bytes_per_pixel))
+        return max(MIN_TILE, min(MAX_AUTO_TILE, side - side % ALIGN))
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _reflect_index(n: int, size: int) -> NDArray[np.intp]:
+    """Indices 0..n-1 of an axis of length `size` reflect-padded at the far end (torch 'reflect')."""
+    idx = np.arange(n)
+    if size == 1:
+        return np.zeros(n, dtype=np.intp)
+    period = 2 * (size - 1)
+    idx = idx % period
+    return np.where(idx < size, idx, period - idx).astype(np.intp)
+
+
+def _cut(
+    rgb: NDArray[np.float32], tile: Tile, rows: NDArray[np.intp], cols: NDArray[np.intp]
+) -> NDArray[np.float32]:
+    h, w = rgb.shape[:2]
+    if tile.y1 <= h and tile.x1 <= w:
+        return rgb[tile.y0 : tile.y1, tile.x0 : tile.x1]
+    return rgb[np.ix_(rows[tile.y0 : tile.y1], cols[tile.x0 : tile.x1])]
+
+
+def _batches(queue: deque[Tile], size: int) -> Iterator[list[Tile]]:
+    while queue:
+        first = queue.popleft()
+        batch = [first]
+        while (
+            queue
+            and len(batch) < size
+            and (queue[0].height, queue[0].width) == (first.height, first.width)
+        ):
+            batch.append(queue.popleft())
+        yield batch
+
+
+def restore_array(
+    engine: Engine,
+    rgb: NDArray[np.float32],
+    options: TileOptions = TileOptions(),
+    *,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
+) -> tuple[NDArray[np.float32], RunStats]:
+    """Restore an (H, W, 3) float32 image in [0, 1]; returns the clipped result and stats."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
+    start = time.perf_counter()
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32)
+    h, w = rgb.shape[:2]
+    ph, pw = _round_up(h, ALIGN), _round_up(w, ALIGN)
+    rows, cols = _reflect_index(ph, h), _reflect_index(pw, w)
+
+    tile = options.tile
+    if tile is None:
+        tile = engine.auto_tile(ph, pw)
+    overlap = min(options.overlap, max(tile - ALIGN, 0)) if tile else 0
+    plan = plan_tiles(ph, pw, tile, overlap)
+    # The window ramps over the requested overlap even for a single tile, so that
+    # sub-tiles made by out-of-memory recovery blend smoothly too.
+    blender = Blender(ph, pw, 3, options.overlap)
+    stats = RunStats(tile_size=tile or max(ph, pw), device=str(engine.device))
+
+    queue: deque[Tile] = deque(plan.tiles)
+    total, done = len(queue), 0
+    current = tile or max(ph, pw)
+    while queue:
+        batch = next(_batches(queue, options.batch))
+        x = torch.from_numpy(np.stack([_cut(rgb, t, rows, cols) for t in batch])).permute(
+            0, 3, 1, 2
+        )
+        try:
+            out = engine(x)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            del exc
+            empty_cache(engine.device)
+            current, total = _recover(
+                engine, batch, queue, current, options.overlap, options.min_tile, total, stats, warn
+            )
+            continue
+        for t, o in zip(batch, out.permute(0, 2, 3, 1).numpy(), strict=True):
+            blender.add(t, o)
+        done += len(batch)
+        stats.tiles += len(batch)
+        if progress is not None:
+            progress(done, total)
+
+    result = blender.result()[:h, :w]
+    np.clip(result, 0.0, 1.0, out=result)
+    stats.seconds = time.perf_counter() - start
+    stats.tile_size = current
+    return result, stats
+
+
+def _recover(
+    engine: Engine,
+    batch: list[Tile],
+    queue: deque[Tile],
+    current: int,
+    overlap: int,
+    min_tile: int,
+    total: int,
+    stats: RunStats,
+    warn: Warn | None,
+) -> tuple[int, int]:
+    """Out of memory: re-plan the failed and pending tiles smaller, or fall back to the CPU.
+
+    Finished tiles stay in the blender; only what is not done yet is cut again.
+    """
+    smaller = shrink_tile(current, overlap)
+    if smaller is not None and smaller[0] >= min_tile:
+        pending = [*batch, *queue]
+        queue.clear()
+        for t in pending:
+            if max(t.height, t.width) > smaller[0]:
+                queue.extend(plan_region(t, *smaller))
+            else:
+                queue.append(t)
+        stats.oom_splits += 1
+        stats.notes.append(f"out of memory at tile {current}, retrying at {smaller[0]}")
+        return smaller[0], total - len(pending) + len(queue)
+    if engine.device.type != "cpu":
+        if warn is not None:
+            warn(
+                f"{engine.device} ran out of memory even with {current}px tiles; continuing on the CPU"
+            )
+        engine.to_cpu()
+        stats.fell_back_to_cpu = True
+        stats.device = "cpu"
+        queue.extendleft(reversed(batch))
+        return current, total
+    raise OutOfMemoryError(
+        f"not enough memory even with {current}px tiles on the CPU; close other programs or "
+        "use a machine with more memory"
+    )

@@ -1,0 +1,1 @@
+"""Training support: synthetic degradations of clean photographs (`degrade`)."""

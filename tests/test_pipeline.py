@@ -1,0 +1,239 @@
+"""pad → tile → infer → stitch, with a stand-in network and a tiny real MPRNet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.pipeline import Engine, TileOptions, _reflect_index, restore_array
+from tests.conftest import tiny_model
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x.clone(), x, x]
+
+
+class Recording(nn.Module):
+    """Identity that records every batch shape, and fails above a pixel budget."""
+
+    def __init__(
+        self, max_pixels: int | None = None, oom: type[BaseException] = torch.OutOfMemoryError
+    ) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, ...]] = []
+        self.max_pixels = max_pixels
+        self.oom = oom
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.calls.append(tuple(x.shape))
+        if self.max_pixels is not None and x.shape[-1] * x.shape[-2] * x.shape[0] > self.max_pixels:
+            raise self.oom("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [x.clone()]
+
+
+def image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (8, 8), (37, 61), (64, 200)])
+@pytest.mark.parametrize("tile", [0, 16, 32])
+def test_identity_is_exact_for_any_size(shape: tuple[int, int], tile: int) -> None:
+    rgb = image(*shape)
+    out, stats = restore_array(
+        Engine(Identity(), torch.device("cpu")), rgb, TileOptions(tile=tile, overlap=8)
+    )
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    assert np.array_equal(out, rgb)
+    assert stats.tiles >= 1
+
+
+def test_reflect_index_matches_torch_reflect_pad() -> None:
+    for size in (2, 3, 7, 8, 13):
+        for pad in range(1, min(8, size)):  # torch's reflect needs pad < size
+            x = torch.arange(size, dtype=torch.float32)[None, None, :]
+            padded = torch.nn.functional.pad(x, (0, pad), mode="reflect")[0, 0].long().numpy()
+            assert np.array_equal(_reflect_index(size + pad, size), padded)
+    assert np.array_equal(_reflect_index(8, 1), np.zeros(8))  # 1-pixel axis: replicate
+
+
+def test_output_is_clipped_to_unit_range() -> None:
+    class Overshoot(nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [x * 3 - 1]
+
+    out, _ = restore_array(
+        Engine(Overshoot(), torch.device("cpu")), image(16, 16), TileOptions(tile=0)
+    )
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_progress_reports_every_tile() -> None:
+    seen: list[tuple[int, int]] = []
+    restore_array(
+        Engine(Identity(), torch.device("cpu")),
+        image(64, 64),
+        TileOptions(tile=32, overlap=8),
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen == [(i, 9) for i in range(1, 10)]
+
+
+def test_tile_batch_groups_tiles() -> None:
+    model = Recording()
+    restore_array(
+        Engine(model, torch.device("cpu")), image(64, 64), TileOptions(tile=32, overlap=8, batch=4)
+    )
+    assert [c[0] for c in model.calls] == [4, 4, 1]
+
+
+def test_oom_halves_the_tile_and_keeps_finished_tiles() -> None:
+    model = Recording(max_pixels=40 * 40)  # 64px tiles fail, 32px tiles fit
+    rgb = image(128, 128)
+    warnings: list[str] = []
+    out, stats = restore_array(
+        Engine(model, torch.device("cpu")),
+        rgb,
+        TileOptions(tile=64, overlap=16, min_tile=16),
+        warn=warnings.append,
+    )
+    assert np.array_equal(out, rgb)  # still exact after recovery
+    assert stats.oom_splits >= 1 and stats.tile_size == 32
+    failed = [c for c in model.calls if c[-1] == 64]
+    succeeded = [c for c in model.calls if c[-1] == 32]
+    assert failed and succeeded
+    assert not warnings
+
+
+def test_oom_continues_from_the_failed_tile_only() -> None:
+    """Tiles before the failure are not redone."""
+
+    class FailOnce(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+            self.shapes: list[tuple[int, ...]] = []
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            self.calls += 1
+            self.shapes.append(tuple(x.shape))
+            if self.calls == 3:
+                raise torch.OutOfMemoryError("out of memory")
+            return [x.clone()]
+
+    model = FailOnce()
+    rgb = image(64, 160)  # three 64px tiles across
+    out, stats = restore_array(
+        Engine(model, torch.device("cpu")), rgb, TileOptions(tile=64, overlap=16, min_tile=16)
+    )
+    assert np.array_equal(out, rgb)
+    full = [s for s in model.shapes if s[-1] == 64]
+    assert len(full) == 3  # two done + the failing one, none repeated
+    assert stats.oom_splits == 1
+
+
+def test_oom_below_minimum_on_cpu_is_a_clear_error() -> None:
+    model = Recording(max_pixels=10)
+    with pytest.raises(OutOfMemoryError, match="not enough memory"):
+        restore_array(
+            Engine(model, torch.device("cpu")),
+            image(64, 64),
+            TileOptions(tile=32, overlap=8, min_tile=16),
+        )
+
+
+def test_oom_on_gpu_falls_back_to_cpu_with_one_warning() -> None:
+    model = Recording(max_pixels=10)
+
+    class FakeGpu(Engine):
+        """Claims to be a GPU; moving to the CPU lifts the memory limit."""
+
+        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.model(batch)[0]
+            return out
+
+        def to_cpu(self) -> None:
+            self.device = torch.device("cpu")
+            model.max_pixels = None
+
+    engine = FakeGpu(model, torch.device("cpu"))
+    engine.device = torch.device("cuda")
+    warnings: list[str] = []
+    rgb = image(64, 64)
+    out, stats = restore_array(
+        engine, rgb, TileOptions(tile=32, overlap=8, min_tile=16), warn=warnings.append
+    )
+    assert np.array_equal(out, rgb)
+    assert stats.fell_back_to_cpu and stats.device == "cpu"
+    assert len(warnings) == 1 and "continuing on the CPU" in warnings[0]
+
+
+def test_runtime_oom_message_is_recognised() -> None:
+    model = Recording(max_pixels=40 * 40, oom=RuntimeError)
+    rgb = image(64, 64)
+    out, stats = restore_array(
+        Engine(model, torch.device("cpu")), rgb, TileOptions(tile=64, overlap=8, min_tile=16)
+    )
+    assert np.array_equal(out, rgb) and stats.oom_splits == 1
+
+
+def test_other_errors_propagate() -> None:
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        restore_array(Engine(Broken(), torch.device("cpu")), image(16, 16), TileOptions(tile=0))
+
+
+def test_tiles_blend_without_seams_for_a_local_network() -> None:
+    """A conv net with a 7px receptive field: tiling may only change pixels near tile edges, and the
+    blending window must hide even those."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 3, 3, padding=1),
+    )
+
+    class Local(nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.sigmoid(net(x))]
+
+    engine = Engine(Local(), torch.device("cpu"))
+    rgb = image(96, 136, seed=3)
+    whole, _ = restore_array(engine, rgb, TileOptions(tile=0))
+    tiled, stats = restore_array(engine, rgb, TileOptions(tile=48, overlap=24))
+    assert stats.tiles == 15
+    mse = float(np.mean((whole - tiled) ** 2))
+    assert 10 * np.log10(1 / mse) > 60
+    no_overlap, _ = restore_array(engine, rgb, TileOptions(tile=48, overlap=0))
+    assert np.mean((whole - no_overlap) ** 2) > 10 * mse  # blending is what removes the seams
+
+
+def test_matches_reference_demo_processing() -> None:
+    """Pad (reflect), run, clamp, crop — as the reference demo does, on an odd-sized image."""
+    model = tiny_model()
+    rgb = image(21, 30, seed=5)
+    out, _ = restore_array(
+        Engine(model, torch.device("cpu"), channels_last=False), rgb, TileOptions(tile=0)
+    )
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    padded = torch.nn.functional.pad(x, (0, 2, 0, 3), mode="reflect")
+    with torch.no_grad():
+        ref = model(padded)[0].clamp(0, 1)[0, :, :21, :30].permute(1, 2, 0).numpy()
+    assert np.abs(out - ref).max() <= 1e-5
+
+
+def test_tile_options_validation() -> None:
+    with pytest.raises(UsageError):
+        TileOptions(tile=12)
+    with pytest.raises(UsageError):
+        TileOptions(overlap=-1)
+    with pytest.raises(UsageError):
+        TileOptions(batch=0)
