@@ -79,6 +79,7 @@ class Engine:
         *,
         channels_last: bool = True,
         bytes_per_pixel: float | None = None,
+        compile: bool = False,
     ) -> None:
         self.device = device
         self.precision = precision
@@ -86,6 +87,10 @@ class Engine:
         self.bytes_per_pixel = bytes_per_pixel
         self.model = model.eval().requires_grad_(False)
         self._place()
+        self.forward: Callable[[torch.Tensor], list[torch.Tensor]] = self.model
+        if compile:
+            # Tiles share one shape, so one compilation serves the whole image.
+            self.forward = torch.compile(self.model)
 
     def _place(self) -> None:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -99,6 +104,7 @@ class Engine:
         if self.precision is Precision.FP16:
             self.precision = Precision.FP32  # CPUs have no fast fp16 convolutions
         self._place()
+        self.forward = self.model  # a compiled graph is specific to the old device
         empty_cache(old)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
@@ -113,7 +119,7 @@ class Engine:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
         with torch.inference_mode(), self._autocast():
-            out: torch.Tensor = self.model(x)[0]
+            out: torch.Tensor = self.forward(x)[0]
         return out.float().cpu()
 
     def auto_tile(self, height: int, width: int) -> int:

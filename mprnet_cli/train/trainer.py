@@ -69,8 +69,10 @@ class TrainSettings:
             raise UsageError("--input and --target go together")
         if self.crop % 8 or self.crop < 16:
             raise UsageError("--crop must be a multiple of 8, at least 16")
-        if self.steps < 1 or self.batch < 1:
+        if self.steps < 0 or self.batch < 1:
             raise UsageError("--steps and --batch must be positive")
+        if self.steps == 0 and not self.max_seconds:
+            raise UsageError("--steps 0 (fit the schedule to the time budget) needs --max-minutes")
 
     def recipe(self) -> dict[str, Any]:
         data = asdict(self)
@@ -84,6 +86,7 @@ class TrainSettings:
 @dataclass
 class TrainState:
     step: int = 0
+    total_steps: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -126,11 +129,11 @@ def mprnet_loss(outputs: list[Tensor], target: Tensor) -> Tensor:
     return total
 
 
-def learning_rate(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay from lr to lr_min."""
+def learning_rate(step: int, s: TrainSettings, total: int) -> float:
+    """Linear warm-up, then cosine decay from lr to lr_min over `total` steps."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    progress = (step - s.warmup) / max(1, total - s.warmup)
     return s.lr_min + 0.5 * (s.lr - s.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -218,6 +221,9 @@ class Trainer:
         self.device = device
         torch.manual_seed(settings.seed)
         self.model = MPRNet(settings.config).to(device)
+        self.channels_last = device.type == "cuda"  # tensor cores want NHWC
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.opt = torch.optim.Adam(
             self.model.parameters(), lr=settings.lr, betas=(0.9, 0.999), eps=1e-8
         )
@@ -264,6 +270,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
             "step": self.state.step,
+            "total_steps": self.state.total_steps,
             "seconds": self.state.seconds,
             "history": json.dumps(self.state.history),
             "data_gen": self.data_gen.get_state(),
@@ -287,7 +294,10 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.opt.load_state_dict(payload["optimizer"])
         self.state = TrainState(
-            int(payload["step"]), float(payload["seconds"]), json.loads(payload["history"])
+            step=int(payload["step"]),
+            total_steps=int(payload["total_steps"]),
+            seconds=float(payload["seconds"]),
+            history=json.loads(payload["history"]),
         )
         self.data_gen.set_state(payload["data_gen"])
         self.noise_gen.set_state(payload["noise_gen"])
@@ -313,7 +323,9 @@ class Trainer:
             with torch.no_grad():
                 deg = degrade(s.task.value, clean, self.noise_gen)
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.state.step, s)
+            group["lr"] = learning_rate(self.state.step, s, self.total_steps)
+        if self.channels_last:
+            deg = deg.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             outputs = self.model(deg)
         loss = mprnet_loss([o.float() for o in outputs], clean)
@@ -323,27 +335,48 @@ class Trainer:
         self.opt.step()
         return float(loss.detach())
 
+    @property
+    def total_steps(self) -> int:
+        """The schedule's length: --steps, or (with --steps 0) what fits the time budget."""
+        if self.state.total_steps:
+            return self.state.total_steps
+        return self.s.steps or 1_000_000  # auto: provisional until calibrated
+
+    def _calibrate(self, elapsed: float, steps_done: int) -> None:
+        """Fit the cosine schedule to --max-minutes once the step time is known."""
+        assert self.s.max_seconds is not None
+        remaining = self.s.max_seconds - elapsed
+        per_step = elapsed / max(steps_done, 1)
+        # Validation and checkpoints cost a little: keep 3% in reserve.
+        self.state.total_steps = self.state.step + max(1, int(0.97 * remaining / per_step))
+
     def run(self, progress: ProgressFn | None = None) -> TrainState:
         s = self.s
         self.model.train()
         started = time.perf_counter()
         base_seconds = self.state.seconds
+        first_step = self.state.step
         window_start, window_steps = time.perf_counter(), 0
         loss_avg = float("nan")
-        while self.state.step < s.steps:
+        if s.steps:
+            self.state.total_steps = s.steps
+        while self.state.step < self.total_steps:
             loss = self.step()
             loss_avg = loss if math.isnan(loss_avg) else 0.98 * loss_avg + 0.02 * loss
             self.state.step += 1
             window_steps += 1
-            self.state.seconds = base_seconds + time.perf_counter() - started
             now = time.perf_counter()
+            self.state.seconds = base_seconds + now - started
+            if not self.state.total_steps and self.state.step - first_step == 30:
+                self._calibrate(now - started, 30)
             rate = window_steps * s.batch / max(now - window_start, 1e-9)
             if progress is not None:
-                progress(self.state.step, s.steps, loss_avg, rate)
+                progress(self.state.step, self.state.total_steps or 0, loss_avg, rate)
             if now - window_start > 30:
                 window_start, window_steps = now, 0
             out_of_time = s.max_seconds is not None and now - started >= s.max_seconds
-            if self.state.step % s.save_every == 0 or self.state.step == s.steps or out_of_time:
+            last = self.state.step >= self.total_steps
+            if self.state.step % s.save_every == 0 or last or out_of_time:
                 self.state.history.append(
                     {
                         "step": self.state.step,
@@ -369,6 +402,7 @@ class Trainer:
             "config": json.dumps(self.s.config.to_dict()),
             "recipe": json.dumps(self.s.recipe()),
             "steps": str(self.state.step),
+            "total_steps": str(self.state.total_steps),
             "train_seconds": f"{self.state.seconds:.0f}",
             "history": json.dumps(self.state.history[-20:]),
             "hardware": _hardware(self.device),

@@ -1,0 +1,107 @@
+"""Is reduced precision safe? PSNR of bf16/fp16 outputs against fp32, on real photos.
+
+`--precision auto` may only pick a reduced precision where its output stays
+within 45 dB PSNR of float32 for every task; this script is how that is
+measured. For each weights file and each photo it restores the photo (and a
+degraded copy of it, made with the task's own synthetic degradation and a
+fixed seed) in fp32 and in each reduced precision, then reports PSNR(reduced,
+fp32) on the 8-bit outputs, the worst case, and whether any output was
+non-finite (fp16 overflow).
+
+    python3 benchmarks/precision_check.py --weights W1.safetensors W2.pth \
+        --images data/samples --device cuda --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mprnet_cli.device import Precision, resolve_device, supports_precision
+from mprnet_cli.imageio import read_image
+from mprnet_cli.model.checkpoint import build_model, read_checkpoint
+from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.train.degrade import degrade
+
+
+def psnr8(a: np.ndarray, b: np.ndarray) -> float:
+    a8 = np.round(np.clip(a, 0, 1) * 255)
+    b8 = np.round(np.clip(b, 0, 1) * 255)
+    mse = float(np.mean((a8 - b8) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--weights", nargs="+", type=Path, required=True)
+    parser.add_argument("--images", type=Path, required=True, help="folder of photos")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=512, help="centre crop size (0 = whole photo)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    photos = sorted(
+        p for p in args.images.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif"}
+    )
+    rows = []
+    for wpath in args.weights:
+        ckpt = read_checkpoint(wpath)
+        task = ckpt.metadata.get("task", "denoise")
+        model = build_model(ckpt)
+        for photo in photos:
+            rgb = read_image(photo).rgb
+            if args.size:
+                h, w = rgb.shape[:2]
+                s = min(args.size, h, w)
+                rgb = np.ascontiguousarray(
+                    rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+                )
+            gen = torch.Generator().manual_seed(0)
+            x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+            degraded = degrade(task, x, gen)[0].permute(1, 2, 0).numpy().copy()
+            for label, image in (("clean", rgb), ("degraded", degraded)):
+                outputs: dict[str, np.ndarray] = {}
+                for precision in (Precision.FP32, Precision.BF16, Precision.FP16):
+                    if not supports_precision(device, precision) or (
+                        device.type == "cpu" and precision is Precision.FP16
+                    ):
+                        continue
+                    engine = Engine(model, device, precision)
+                    t0 = time.perf_counter()
+                    out, _ = restore_array(engine, image, TileOptions(tile=0))
+                    outputs[precision.value] = out
+                    row = {
+                        "weights": wpath.name,
+                        "task": task,
+                        "photo": photo.name,
+                        "input": label,
+                        "precision": precision.value,
+                        "seconds": time.perf_counter() - t0,
+                        "finite": bool(np.isfinite(out).all()),
+                        "psnr_vs_fp32": psnr8(out, outputs["fp32"])
+                        if precision is not Precision.FP32
+                        else None,
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    worst: dict[str, float] = {}
+    for row in rows:
+        if row["psnr_vs_fp32"] is not None:
+            key = f"{row['task']}/{row['precision']}"
+            worst[key] = min(worst.get(key, math.inf), float(row["psnr_vs_fp32"]))  # type: ignore[arg-type]
+    print("worst PSNR vs fp32 (dB):", json.dumps(worst), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "worst": worst}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
