@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 
 import typer
 
@@ -22,6 +23,10 @@ from mprnet_cli import __version__
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from mprnet_cli.api import Restorer
+    from mprnet_cli.batch import Job, Result
     from mprnet_cli.errors import MprnetError
 
 DEBUG_ENV = "MPRNET_DEBUG"
@@ -113,11 +118,12 @@ def _main(
 # --------------------------------------------------------------------------- shared options
 
 OutputOpt = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional at runtime on 3.10
+    Optional[str],  # noqa: UP045 - typer needs Optional at runtime on 3.10
     typer.Option(
         "--output",
         "-o",
-        help="Output file (default: next to the input, named <stem>_<task>ed.png).",
+        help="Output file for one input, else a folder that mirrors the input tree; - for "
+        "stdout (default: next to each input).",
         show_default=False,
     ),
 ]
@@ -178,68 +184,272 @@ def parse_tile(value: str) -> int | None:
     return tile
 
 
-def default_output(source: Path, task: Task) -> Path:
-    return source.with_name(f"{source.stem}_{task.past_tense}.png")
-
-
 # --------------------------------------------------------------------------- restore commands
+
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Also restore the images in subfolders.")
+]
+SuffixOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--suffix",
+        help="Added to output names: <stem><suffix><ext> (default: _<task>ed, e.g. _derained).",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="png, jpg, webp, tiff, or same: the input's format where it can hold the result, "
+        "else png.",
+    ),
+]
+JpegQualityOpt = Annotated[
+    int, typer.Option("--jpeg-quality", min=1, max=100, help="JPEG and WebP quality (1-100).")
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="One JSON object per input on stdout; messages stay on stderr."),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=0,
+        help="Refuse images with more pixels than this (decompression bombs); 0: no limit.",
+    ),
+]
+
+_FORMAT_NAMES = {
+    "same": "same",
+    "png": "png",
+    "jpg": "jpg",
+    "jpeg": "jpg",
+    "webp": "webp",
+    "tif": "tiff",
+    "tiff": "tiff",
+}
+
+
+def parse_format(value: str) -> str:
+    """--format value -> an `OutputFormat` value (kept a string: no image imports at parse)."""
+    name = _FORMAT_NAMES.get(value.strip().lower())
+    if name is None:
+        raise typer.BadParameter(
+            f"expected png, jpg, webp, tiff or same, got {value!r}", param_hint="--format"
+        )
+    return name
+
+
+def progress_enabled(
+    quiet: bool, stream: TextIO | None = None, env: Mapping[str, str] | None = None
+) -> bool:
+    """Bars only for a person at a terminal: not with --quiet, NO_COLOR, TERM=dumb or a pipe."""
+    stream = sys.stderr if stream is None else stream
+    env = os.environ if env is None else env
+    if quiet or env.get("NO_COLOR") or env.get("TERM", "") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+class _Reporter:
+    """Everything a batch says on stderr: bars (files, tiles of big images), lines, summary."""
+
+    def __init__(self, total: int, *, quiet: bool, bar: bool) -> None:
+        self.quiet = quiet
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self._bar: Progress | None = None
+        if bar:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description:<28.28}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                redirect_stdout=False,  # stdout is data (JSON lines, image bytes), never the bar's
+            )
+            self._files = self._bar.add_task("images", total=total)
+            self._tiles = self._bar.add_task("  tiles", total=1, visible=False)
+
+    def __enter__(self) -> _Reporter:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def line(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.line(text)
+
+    def started(self, job: Job, width: int, height: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._files, description=job.label)
+            self._bar.update(self._tiles, visible=False, completed=0)
+
+    def tiles(self, done: int, total: int) -> None:
+        if self._bar is not None and total > 1:
+            self._bar.update(self._tiles, total=total, completed=done, visible=True)
+
+    def finished(self, result: Result) -> None:
+        status = result.status.value
+        self.counts[status] += 1
+        if self._bar is not None:
+            self._bar.advance(self._files)
+        source = "<stdin>" if result.input == "-" else result.input
+        if status == "failed":
+            self.line(f"mprnet: {source}: {_plain(result.error or 'failed')}")
+            return
+        for warning in result.warnings:
+            self.note(f"mprnet: warning: {_plain(warning)}")
+        if self._bar is None and status == "ok":
+            target = "<stdout>" if result.output == "-" else result.output
+            self.note(
+                f"{source} -> {target} "
+                f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"
+            )
+        elif self._bar is None:
+            self.note(f"{source}: skipped, {result.output} exists")
+
+    def summary(self, *, interrupted: bool = False) -> None:
+        c = self.counts
+        skipped = f"{c['skipped']} skipped" + (
+            " (exist; --overwrite to replace)" if c["skipped"] else ""
+        )
+        text = f"{c['ok']} restored, {skipped}, {c['failed']} failed"
+        if interrupted:
+            text += "; interrupted: run the same command again to resume"
+        self.note(text)
+
+
+def _print_json(line: str) -> None:
+    """One JSON line on stdout; a reader that went away (`| head`) stops the run cleanly."""
+    from mprnet_cli.errors import OutputError
+
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError("stdout was closed before all JSON lines were written") from None
 
 
 def _restore(
     task: Task,
-    input_path: Path,
-    output: Path | None,
-    weights: Path | None,
-    model: str,
-    device: str,
-    precision: str,
-    tile: str,
-    tile_overlap: int,
-    tile_batch: int,
+    inputs: list[str],
+    output: str | None,
+    recursive: bool,
+    suffix: str | None,
+    fmt: str,
+    jpeg_quality: int,
+    json_lines: bool,
+    max_pixels: int,
     overwrite: bool,
     quiet: bool,
+    restorer_options: dict[str, Any],
     threads: int | None,
 ) -> None:
-    tile_size = parse_tile(tile)
+    format_name = parse_format(fmt)
+    if threads is not None and threads < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--threads")
+    if restorer_options["tile_overlap"] < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--tile-overlap")
+    if restorer_options["tile_batch"] < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--tile-batch")
     with errors_to_exit():
-        from mprnet_cli.api import Restorer
-        from mprnet_cli.device import set_threads
-        from mprnet_cli.errors import InputError, OutputExistsError
-        from mprnet_cli.imageio import OutputFormat, format_from_suffix, read_image, write_image
+        import json
 
-        if not input_path.exists():
-            raise InputError(f"{input_path}: no such file")
-        if input_path.is_dir():
-            raise InputError(f"{input_path} is a folder: pass image files")
-        out_path = output or default_output(input_path, task)
-        if out_path.exists() and not overwrite:
-            raise OutputExistsError(f"{out_path} exists; pass --overwrite to replace it")
-        fmt = format_from_suffix(out_path) or OutputFormat.PNG
-        image = read_image(input_path)
-        set_threads(threads)
-        restorer = Restorer(
-            task,
-            weights=weights,
-            model=model,
-            device=device,
-            precision=precision,
-            tile=tile_size,
-            tile_overlap=tile_overlap,
-            tile_batch=tile_batch,
-            notify=lambda m: say(m, quiet=quiet),
-            quiet=quiet,
+        from mprnet_cli.batch import Callbacks, Destination, expand_inputs, plan_outputs, run_batch
+        from mprnet_cli.errors import UsageError
+        from mprnet_cli.imageio import OutputFormat
+
+        if json_lines and output == "-":
+            raise UsageError("--json and -o - both want stdout; write the image to a file")
+        name_suffix = f"_{task.past_tense}" if suffix is None else suffix
+        exclude = Path(output) if output not in (None, "-") else None
+        expansion = expand_inputs(inputs, recursive=recursive, suffix=name_suffix, exclude=exclude)
+        plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=OutputFormat(format_name))
+        if plan.destination is Destination.STDOUT and sys.stdout.isatty():
+            raise UsageError(
+                "-o - would print image data to the terminal; redirect stdout (> out.png)"
+            )
+        reporter = _Reporter(len(expansion.jobs), quiet=quiet, bar=progress_enabled(quiet))
+
+        def load() -> Restorer:
+            from mprnet_cli.api import Restorer
+            from mprnet_cli.device import set_threads
+
+            set_threads(threads)
+            return Restorer(task, notify=reporter.note, quiet=quiet, **restorer_options)
+
+        callbacks = Callbacks(
+            started=reporter.started, tiles=reporter.tiles, finished=reporter.finished
         )
-        restored, stats = restorer.restore_rgb(image.rgb, warn=lambda m: say(f"warning: {m}"))
-        write_image(out_path, restored, image.info, fmt, alpha=image.alpha, overwrite=overwrite)
-        say(f"{input_path} -> {out_path} ({stats.seconds:.1f} s on {stats.device})", quiet=quiet)
+        try:
+            with reporter:
+                for result in run_batch(
+                    expansion.jobs,
+                    load,
+                    plan,
+                    overwrite=overwrite,
+                    jpeg_quality=jpeg_quality,
+                    max_pixels=max_pixels or None,
+                    callbacks=callbacks,
+                    stdin=sys.stdin.buffer,
+                    stdout=sys.stdout.buffer,
+                    raise_unexpected=_debug(),
+                ):
+                    if json_lines:
+                        _print_json(json.dumps(result.to_json()))
+        except KeyboardInterrupt:
+            reporter.summary(interrupted=True)
+            raise
+        reporter.summary()
+        if reporter.counts["failed"]:
+            raise typer.Exit(1)
 
 
 def _register(task: Task) -> None:
     def command(
-        input_path: Annotated[
-            Path, typer.Argument(metavar="INPUT", help="Image to restore.", show_default=False)
+        inputs: Annotated[
+            list[str],
+            typer.Argument(
+                metavar="INPUT",
+                help="Image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.",
+                show_default=False,
+            ),
         ],
         output: OutputOpt = None,
+        recursive: RecursiveOpt = False,
+        suffix: SuffixOpt = None,
+        fmt: FormatOpt = "same",
+        jpeg_quality: JpegQualityOpt = 95,
+        json_lines: JsonOpt = False,
+        max_pixels: MaxPixelsOpt = 16384 * 16384,
+        overwrite: OverwriteOpt = False,
+        quiet: QuietOpt = False,
         weights: WeightsOpt = None,
         model: ModelOpt = "auto",
         device: DeviceOpt = "auto",
@@ -247,28 +457,40 @@ def _register(task: Task) -> None:
         tile: TileOpt = "auto",
         tile_overlap: OverlapOpt = 32,
         tile_batch: TileBatchOpt = 1,
-        overwrite: OverwriteOpt = False,
-        quiet: QuietOpt = False,
         threads: ThreadsOpt = None,
     ) -> None:
+        options = {
+            "weights": weights,
+            "model": model,
+            "device": device,
+            "precision": precision,
+            "tile": parse_tile(tile),
+            "tile_overlap": tile_overlap,
+            "tile_batch": tile_batch,
+        }
         _restore(
             task,
-            input_path,
+            inputs,
             output,
-            weights,
-            model,
-            device,
-            precision,
-            tile,
-            tile_overlap,
-            tile_batch,
+            recursive,
+            suffix,
+            fmt,
+            jpeg_quality,
+            json_lines,
+            max_pixels,
             overwrite,
             quiet,
+            options,
             threads,
         )
 
     command.__doc__ = (
-        f"{task.summary} Writes INPUT_{task.past_tense}.png next to INPUT unless -o is given."
+        f"{task.summary}\n\n"
+        f"Writes <stem>_{task.past_tense}<ext> next to each input, as the same kind of file "
+        "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
+        "skipped, so rerunning an interrupted batch resumes it.\n\n"
+        "Exit codes: 0 all done (restored or skipped), 1 some inputs failed, "
+        "2 usage error, 130 interrupted."
     )
     app.command(task.value)(command)
 
@@ -381,6 +603,317 @@ def weights_path(
         if entry.bundled is None:
             raise WeightsError(f"no bundled weights for {chosen.value}")
         print(bundled_path(entry.bundled))
+
+
+# --------------------------------------------------------------------------- train and eval
+
+
+def _parse_width(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or parts[0] < 4:
+        raise typer.BadParameter(
+            "expected N_FEAT,SCALE_UNET,SCALE_ORSNET, e.g. 32,16,12", param_hint="--width"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def _one_task(name: str) -> Task:
+    (task,) = _tasks([name])
+    return task
+
+
+@app.command("train")
+def train_command(
+    task_name: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
+    clean: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Argument(
+            metavar="[CLEAN_DIR]",
+            help="Folder of clean photos (degraded on the fly).",
+            show_default=False,
+        ),
+    ] = None,
+    input_dir: Annotated[
+        Path | None, typer.Option("--input", help="Paired degraded images.", show_default=False)
+    ] = None,
+    target_dir: Annotated[
+        Path | None,
+        typer.Option("--target", help="Paired clean images (same names).", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder (checkpoints; resumed if present).")
+    ] = Path("runs/train"),
+    width: Annotated[
+        str, typer.Option("--width", help="N_FEAT,SCALE_UNET,SCALE_ORSNET.")
+    ] = "32,16,12",
+    num_cab: Annotated[int, typer.Option("--num-cab", help="CABs per stage-3 block.")] = 4,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps in total.")] = 20_000,
+    batch: Annotated[int, typer.Option("--batch", help="Crops per step.")] = 8,
+    crop: Annotated[int, typer.Option("--crop", help="Crop size (multiple of 8).")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine decay).")] = 2e-4,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for weights, crops and degradations.")
+    ] = 0,
+    device: DeviceOpt = "auto",
+    max_minutes: Annotated[
+        float | None,
+        typer.Option("--max-minutes", help="Stop (and save) after this long.", show_default=False),
+    ] = None,
+    save_every: Annotated[
+        int, typer.Option("--save-every", help="Checkpoint and validate every N steps.")
+    ] = 500,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Write .safetensors here (default: OUT/TASK.safetensors).",
+            show_default=False,
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Start from these weights (fine-tuning).", show_default=False),
+    ] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Learning-rate warm-up steps.")] = 200,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore an existing checkpoint in OUT.")
+    ] = False,
+    quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train an MPRNet of any width; resumes from OUT/last.pt. Writes .safetensors with the recipe."""
+    task = _one_task(task_name)
+    n, s, o = _parse_width(width)
+    with errors_to_exit():
+        from mprnet_cli.device import resolve_device, set_threads
+        from mprnet_cli.model.config import MPRNetConfig
+        from mprnet_cli.train.trainer import Trainer, TrainSettings
+
+        settings = TrainSettings(
+            task=task,
+            config=MPRNetConfig(n_feat=n, scale_unetfeats=s, scale_orsnetfeats=o, num_cab=num_cab),
+            run_dir=out,
+            clean_dir=clean,
+            input_dir=input_dir,
+            target_dir=target_dir,
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            lr=lr,
+            seed=seed,
+            device=device,
+            save_every=save_every,
+            max_seconds=max_minutes * 60 if max_minutes else None,
+            init=init,
+            warmup=warmup,
+        )
+        set_threads(threads)
+        dev = resolve_device(device)
+        if restart and (out / "last.pt").exists():
+            (out / "last.pt").unlink()
+        trainer = Trainer(settings, dev)
+        if trainer.resume():
+            say(f"resumed {out / 'last.pt'} at step {trainer.state.step}", quiet=quiet)
+        say(f"training {task.value} {settings.config} on {dev}", quiet=quiet)
+        with _train_progress(quiet) as progress:
+            state = trainer.run(progress)
+        path = trainer.export(export or out / f"{task.value}.safetensors")
+        last = state.history[-1] if state.history else {}
+        say(
+            f"step {state.step}/{state.total_steps} in {state.seconds / 60:.1f} min; "
+            f"validation PSNR {last.get('val_psnr', float('nan')):.2f} dB; weights: {path}",
+            quiet=quiet,
+        )
+
+
+@contextmanager
+def _train_progress(quiet: bool) -> Iterator[Callable[[int, int, float, float], None] | None]:
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} crops/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as bar:
+        handle = bar.add_task("train", total=None, loss=float("nan"), rate=0.0)
+
+        def update(step: int, total: int, loss: float, rate: float) -> None:
+            bar.update(handle, completed=step, total=total, loss=loss, rate=rate)
+
+        yield update
+
+
+@app.command("eval")
+def eval_command(
+    task_name: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
+    input_dir: Annotated[
+        Path, typer.Option("--input", help="Degraded images (or clean ones with --degrade).")
+    ],
+    target_dir: Annotated[
+        Path | None,
+        typer.Option("--target", help="Clean images, same names.", show_default=False),
+    ] = None,
+    degrade: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--degrade",
+            help="Degrade --input on the fly: noise:25, blur:levin:K, rain (fixed seed).",
+            show_default=False,
+        ),
+    ] = None,
+    weights: WeightsOpt = None,
+    model: ModelOpt = "auto",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    tile: TileOpt = "auto",
+    seed: Annotated[
+        int, typer.Option("--seed", help="Base seed of --degrade (image i uses seed + i).")
+    ] = 0,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N pairs.", show_default=False)
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON line per image, then a summary line.")
+    ] = False,
+    quiet: QuietOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """PSNR/SSIM over degraded/clean pairs (the paper's protocol), and the same for the untouched input."""
+    task = _one_task(task_name)
+    tile_size = parse_tile(tile)
+    with errors_to_exit():
+        import json as jsonlib
+
+        from mprnet_cli.api import Restorer
+        from mprnet_cli.device import set_threads
+        from mprnet_cli.evaluate import evaluate, iter_pairs
+        from mprnet_cli.train.degrade import parse_degradation
+
+        set_threads(threads)
+        degradation = parse_degradation(degrade) if degrade else None
+        restorer = Restorer(
+            task,
+            weights=weights,
+            model=model,
+            device=device,
+            precision=precision,
+            tile=tile_size,
+            notify=lambda m: say(m, quiet=quiet),
+            quiet=quiet,
+        )
+        pairs = iter_pairs(input_dir, target_dir, degradation, seed=seed, limit=limit)
+
+        def show(r: Any) -> None:
+            if json_out:
+                print(jsonlib.dumps(asdict(r)), flush=True)
+            else:
+                say(
+                    f"{r.name}: {r.psnr:.2f} dB / {r.ssim:.4f} (input {r.input_psnr:.2f} / {r.input_ssim:.4f})",
+                    quiet=quiet,
+                )
+
+        report = evaluate(task, lambda rgb: restorer.restore_rgb(rgb)[0], pairs, on_result=show)
+        summary = report.summary()
+        summary["weights"] = str(restorer.weights_path)
+        summary["source"] = restorer.source.value
+        if json_out:
+            print(jsonlib.dumps(summary), flush=True)
+        print(
+            f"{task.value} on {input_dir} ({report.images} images, {report.protocol}): "
+            f"{report.psnr:.2f} dB / {report.ssim:.4f}  (input {report.input_psnr:.2f} dB / "
+            f"{report.input_ssim:.4f}, gain {report.gain:+.2f} dB)",
+            file=sys.stderr if json_out else sys.stdout,
+        )
+
+
+@app.command("bench")
+def bench_command(
+    tasks: Annotated[
+        list[str] | None, typer.Argument(metavar="[TASK]...", help="Tasks (default: all).")
+    ] = None,
+    size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "512x512",
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    modes: Annotated[
+        str | None,
+        typer.Option(
+            "--modes",
+            help="Comma-separated execution modes to compare: reference, fp32, bf16, fp16, "
+            "bf16+compile, fp32+compile (default: the one --precision picks).",
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 1,
+    repeat: Annotated[int, typer.Option("--repeat", help="Timed runs (median is reported).")] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line per result.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Time each network (random weights) and compare with the reference execution, in one run."""
+    chosen = _tasks(tasks)
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter("expected WxH, e.g. 512x512", param_hint="--size") from None
+    if w < 8 or h < 8 or w % 8 or h % 8:
+        raise typer.BadParameter("width and height must be multiples of 8", param_hint="--size")
+    with errors_to_exit():
+        import json as jsonlib
+
+        from mprnet_cli import bench
+        from mprnet_cli.api import choose_precision
+        from mprnet_cli.device import Precision, describe, resolve_device, set_threads
+        from mprnet_cli.errors import UsageError
+
+        set_threads(threads)
+        dev = resolve_device(device)
+        if modes:
+            names = [m.strip() for m in modes.split(",") if m.strip()]
+            unknown = [m for m in names if m not in bench.MODES]
+            if unknown:
+                raise UsageError(
+                    f"unknown mode {unknown[0]!r}: choose from {', '.join(bench.MODES)}"
+                )
+        else:
+            names = [choose_precision(dev.type, Precision(precision)).value]
+        say(f"benchmarking on {describe(dev)}, {w}x{h}, {torch_threads()} threads", quiet=json_out)
+
+        def show(r: bench.BenchResult) -> None:
+            if json_out:
+                print(jsonlib.dumps(r.to_json()), flush=True)
+                return
+            speed = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
+            print(
+                f"{r.task:8s} {r.mode:13s} {r.megapixels_per_second:8.3f} MP/s  "
+                f"{r.seconds_per_12mp:8.1f} s/12MP  {r.gflops:8.1f} GFLOP/s  "
+                f"peak {r.peak_memory_bytes / 2**20:7.0f} MiB  {speed} vs reference",
+                flush=True,
+            )
+
+        bench.run(
+            [t.value for t in chosen],
+            names,
+            dev,
+            height=h,
+            width=w,
+            batch=batch,
+            repeat=repeat,
+            on_result=show,
+        )
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> None:

@@ -127,6 +127,7 @@ __all__ = [
     "output_notes",
     "read_image",
     "resolve_format",
+    "temp_target",
     "to_uint8",
     "to_uint16",
     "write_image",
@@ -1166,6 +1167,19 @@ def _create_temp(folder: Path, name: str) -> tuple[Path, int]:
             continue
         return tmp, fd
     raise OSError(errno.EEXIST, "could not create a temporary file")
+
+
+_TEMP_NAME: Final = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")
+
+
+def temp_target(name: str) -> str | None:
+    """The output name a `write_image` temporary file (`_create_temp`) was for, else None.
+
+    Only a killed process (SIGKILL, power loss) leaves one behind; batch runs use this to
+    remove those of the outputs they handle, so a resumed run leaves no debris.
+    """
+    match = _TEMP_NAME.fullmatch(name)
+    return match["target"] if match else None
 
 
 _NO_HARDLINK_ERRNOS: Final = frozenset(

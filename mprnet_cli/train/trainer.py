@@ -59,6 +59,7 @@ class TrainSettings:
     save_every: int = 500
     max_seconds: float | None = None
     val_images: int = 4
+    init: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.clean_dir is None) == (self.input_dir is None):
@@ -78,7 +79,7 @@ class TrainSettings:
         data = asdict(self)
         data["task"] = self.task.value
         data["config"] = self.config.to_dict()
-        for key in ("run_dir", "clean_dir", "input_dir", "target_dir"):
+        for key in ("run_dir", "clean_dir", "input_dir", "target_dir", "init"):
             data[key] = str(data[key]) if data[key] is not None else None
         return data
 
@@ -220,7 +221,10 @@ class Trainer:
         self.s = settings
         self.device = device
         torch.manual_seed(settings.seed)
-        self.model = MPRNet(settings.config).to(device)
+        self.model = MPRNet(settings.config)
+        if settings.init is not None:
+            self._load_init(settings.init)
+        self.model.to(device)
         self.channels_last = device.type == "cuda"  # tensor cores want NHWC
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -259,6 +263,18 @@ class Trainer:
                 deg = degrade(s.task.value, clean, dgen)
             val.append((deg, clean))
         return sampler, val
+
+    def _load_init(self, path: Path) -> None:
+        """Fine-tuning: start from existing weights of the same network (fresh optimiser)."""
+        from mprnet_cli.model.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(path)
+        if ckpt.config != self.s.config:
+            raise UsageError(
+                f"--init {path} is a {ckpt.config} network, not {self.s.config}; "
+                "pass the matching --width/--num-cab"
+            )
+        self.model.load_state_dict({k: v.float() for k, v in ckpt.state_dict.items()})
 
     # -- checkpoints
     def checkpoint_path(self) -> Path:

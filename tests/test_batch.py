@@ -1,0 +1,553 @@
+"""Tests for mprnet_cli.batch: jobs from arguments, output names, and the overlapped runner.
+
+Most runner tests use a stand-in restorer (1 - x, instant) so that they test the batch
+logic, not the network; one test runs a tiny real MPRNet through `Restorer`.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+
+from mprnet_cli import imageio as mio
+from mprnet_cli.batch import (
+    Callbacks,
+    Destination,
+    Expansion,
+    Job,
+    OutputPlan,
+    Result,
+    Status,
+    expand_inputs,
+    output_name,
+    plan_outputs,
+    run_batch,
+)
+from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.imageio import OutputFormat, read_image
+from mprnet_cli.pipeline import RunStats
+
+SUFFIX = "_derained"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def save(
+    path: Path, size: tuple[int, int] = (24, 20), mode: str = "RGB", fmt: str | None = None
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], channels)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path, fmt)
+    return path
+
+
+class Fake:
+    """Instant stand-in for Restorer: 1 - x, with hooks for failures and interrupts."""
+
+    def __init__(self, on_call: Callable[[int], None] | None = None) -> None:
+        self.calls = 0
+        self.on_call = on_call
+
+    def restore_rgb(
+        self,
+        rgb: npt.NDArray[np.float32],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> tuple[npt.NDArray[np.float32], RunStats]:
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call(self.calls)
+        if progress is not None:
+            progress(1, 2)
+            progress(2, 2)
+        return (1.0 - rgb).astype(np.float32), RunStats(tiles=2, device="fake", seconds=0.001)
+
+
+def names(jobs: list[Job]) -> list[str]:
+    return [j.label for j in jobs]
+
+
+def run(
+    args: list[str],
+    output: str | None = None,
+    *,
+    restorer: Any = None,
+    recursive: bool = False,
+    fmt: OutputFormat = OutputFormat.SAME,
+    suffix: str = SUFFIX,
+    **kw: Any,
+) -> list[Result]:
+    exclude = Path(output) if output not in (None, "-") else None
+    exp = expand_inputs(args, recursive=recursive, suffix=suffix, exclude=exclude)
+    plan = plan_outputs(exp, output, suffix=suffix, fmt=fmt)
+    return list(run_batch(exp.jobs, restorer or Fake(), plan, **kw))
+
+
+def temps(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture()
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def test_folder_gives_its_direct_images_sorted_and_recursion_adds_subfolders(cwd: Path) -> None:
+    for name in ["b.png", "a.JPG", "c.webp", "sub/d.tif", "sub/deep/e.bmp"]:
+        save(cwd / "in" / name, fmt="JPEG" if name.endswith("JPG") else None)
+    (cwd / "in" / "notes.txt").write_text("not an image")
+    save(cwd / "in" / ".hidden.png")
+    save(cwd / "in" / ".cache" / "f.png")
+    save(cwd / "in" / "a_derained.png")  # an earlier output: not an input again
+
+    flat = expand_inputs(["in"], suffix=SUFFIX)
+    assert names(flat.jobs) == ["in/a.JPG", "in/b.png", "in/c.webp"]
+    assert not flat.single_file
+    deep = expand_inputs(["in"], recursive=True, suffix=SUFFIX)
+    assert names(deep.jobs) == [
+        "in/a.JPG",
+        "in/b.png",
+        "in/c.webp",
+        "in/sub/d.tif",
+        "in/sub/deep/e.bmp",
+    ]
+    assert all(j.root == Path("in") and not j.explicit for j in deep.jobs)
+    assert deep.jobs[-1].relative == Path("sub/deep/e.bmp")
+
+
+def test_explicit_files_are_always_attempted_and_duplicates_dropped(cwd: Path) -> None:
+    save(cwd / "a.png")
+    (cwd / "notes.txt").write_text("x")
+    exp = expand_inputs(["a.png", "notes.txt", "missing.png", "./a.png", "."], suffix=SUFFIX)
+    assert names(exp.jobs) == ["a.png", "notes.txt", "missing.png"]
+    assert all(j.explicit and j.error is None for j in exp.jobs)
+    assert expand_inputs(["a.png"], suffix=SUFFIX).single_file
+    assert expand_inputs(["missing.png"], suffix=SUFFIX).single_file
+
+
+def test_output_folder_inside_the_input_tree_is_not_scanned(cwd: Path) -> None:
+    save(cwd / "in" / "a.png")
+    save(cwd / "in" / "out" / "a_x.png")
+    exp = expand_inputs(["in"], recursive=True, suffix="_x", exclude=Path("in/out"))
+    assert names(exp.jobs) == ["in/a.png"]
+    exp = expand_inputs(["in"], recursive=True, suffix="", exclude=Path("in/out"))
+    assert names(exp.jobs) == ["in/a.png"]
+
+
+def test_globs_are_expanded_when_the_shell_did_not(cwd: Path) -> None:
+    save(cwd / "p" / "a.jpg", fmt="JPEG")
+    save(cwd / "p" / "x" / "b.jpg", fmt="JPEG")
+    save(cwd / "p" / "x" / "c.png")
+    save(cwd / "p" / "x" / "b_derained.jpg", fmt="JPEG")
+    exp = expand_inputs(["p/**/*.jpg"], suffix=SUFFIX)
+    assert names(exp.jobs) == ["p/a.jpg", "p/x/b.jpg"]
+    assert {j.root for j in exp.jobs} == {Path("p")}
+    assert exp.jobs[1].relative == Path("x/b.jpg")
+    assert not exp.single_file
+
+    (nothing,) = expand_inputs(["p/*.gif"], suffix=SUFFIX).jobs
+    assert nothing.label == "p/*.gif" and nothing.error and "match" in nothing.error
+
+    literal = save(cwd / "q[1].png")  # exists: a name, not a pattern
+    (job,) = expand_inputs([str(literal.name)], suffix=SUFFIX).jobs
+    assert job.source == Path("q[1].png") and job.explicit
+
+
+def test_empty_folder_and_stdin_rules(cwd: Path) -> None:
+    (cwd / "empty" / "sub").mkdir(parents=True)
+    save(cwd / "empty" / "sub" / "a.png")
+    (job,) = expand_inputs(["empty"], suffix=SUFFIX).jobs
+    assert job.error and "-r" in job.error
+    assert names(expand_inputs(["empty"], recursive=True, suffix=SUFFIX).jobs) == [
+        "empty/sub/a.png"
+    ]
+    stdin = expand_inputs(["-"], suffix=SUFFIX)
+    assert stdin.single_file and stdin.jobs[0].source is None and stdin.jobs[0].label == "-"
+    with pytest.raises(UsageError, match="only INPUT"):
+        expand_inputs(["-", "a.png"])
+    with pytest.raises(UsageError):
+        expand_inputs([])
+
+
+# --------------------------------------------------------------------------- output names
+
+
+@pytest.mark.parametrize(
+    ("source", "fmt", "expected"),
+    [
+        ("IMG_1.JPG", OutputFormat.JPEG, "IMG_1_derained.JPG"),
+        ("a.jpeg", OutputFormat.JPEG, "a_derained.jpeg"),
+        ("a.tiff", OutputFormat.TIFF, "a_derained.tiff"),
+        ("a.bmp", OutputFormat.PNG, "a_derained.png"),
+        ("a.png", OutputFormat.TIFF, "a_derained.tif"),
+        ("a.jpg", OutputFormat.WEBP, "a_derained.webp"),
+        ("archive.v2.png", OutputFormat.PNG, "archive.v2_derained.png"),
+    ],
+)
+def test_output_name(source: str, fmt: OutputFormat, expected: str) -> None:
+    assert output_name(Job(Path("x") / source), SUFFIX, fmt) == expected
+
+
+def single(path: str = "a.png") -> Expansion:
+    return Expansion([Job(Path(path), root=Path())], single_file=True)
+
+
+def test_plan_outputs_rules(tmp_path: Path) -> None:
+    many = Expansion([Job(Path("a.png")), Job(Path("b.png"))], single_file=False)
+    assert plan_outputs(single(), None, suffix=SUFFIX).destination is Destination.NEXT_TO_INPUT
+    assert plan_outputs(single(), "-", suffix=SUFFIX).destination is Destination.STDOUT
+    plan = plan_outputs(single(), str(tmp_path / "c.JPEG"), suffix=SUFFIX)
+    assert (plan.destination, plan.format) == (Destination.FILE, OutputFormat.JPEG)
+    plan = plan_outputs(single(), str(tmp_path / "noext"), suffix=SUFFIX, fmt=OutputFormat.TIFF)
+    assert (plan.destination, plan.format) == (Destination.FILE, OutputFormat.TIFF)
+    for folder in (str(tmp_path), str(tmp_path / "new") + "/"):
+        assert plan_outputs(single(), folder, suffix=SUFFIX).destination is Destination.DIRECTORY
+    assert plan_outputs(many, str(tmp_path / "x"), suffix=SUFFIX).destination is (
+        Destination.DIRECTORY
+    )
+
+    stdin = Expansion([Job(None)], single_file=True)
+    (tmp_path / "file.png").write_bytes(b"")
+    bad: list[tuple[Expansion, str, str, OutputFormat]] = [
+        (stdin, "", "needs -o", OutputFormat.SAME),
+        (many, "-", "exactly one", OutputFormat.SAME),
+        (single(), str(tmp_path / "c.bmp"), "cannot write .bmp", OutputFormat.SAME),
+        (single(), str(tmp_path / "c.jpg"), "--format", OutputFormat.PNG),
+        (many, str(tmp_path / "file.png"), "must be a folder", OutputFormat.SAME),
+    ]
+    for exp, out, match, fmt in bad:
+        with pytest.raises(UsageError, match=match):
+            plan_outputs(exp, out or None, suffix=SUFFIX, fmt=fmt)
+    with pytest.raises(UsageError, match="separator"):
+        plan_outputs(single(), None, suffix="/x")
+
+
+def test_directory_output_mirrors_each_input_tree(cwd: Path) -> None:
+    for name in ["in/a.png", "in/sub/b.png", "other/c.png"]:
+        save(cwd / name)
+    exp = expand_inputs(["in", "other/c.png", "other/*.png"], recursive=True, suffix=SUFFIX)
+    plan = plan_outputs(exp, "out", suffix=SUFFIX)
+    targets = [plan.predict(j) for j in exp.jobs]
+    assert targets == [
+        Path("out/a_derained.png"),
+        Path("out/sub/b_derained.png"),
+        Path("out/c_derained.png"),
+    ]
+    glob_exp = expand_inputs(["**/b.png"], suffix=SUFFIX)
+    assert plan_outputs(glob_exp, "out", suffix=SUFFIX).predict(glob_exp.jobs[0]) == Path(
+        "out/in/sub/b_derained.png"
+    )
+
+
+def test_same_format_name_is_predicted_from_content_not_extension(cwd: Path) -> None:
+    png_named_jpg = save(cwd / "a.jpg", fmt="PNG")
+    gif = cwd / "b.gif"
+    Image.new("P", (8, 8)).save(gif)
+    plan = OutputPlan(Destination.NEXT_TO_INPUT, suffix=SUFFIX)
+    assert plan.predict(Job(png_named_jpg)) == cwd / "a_derained.png"
+    assert plan.predict(Job(gif)) == cwd / "b_derained.png"
+    assert plan.predict(Job(cwd / "missing.jpg")) is None
+    decoded = read_image(png_named_jpg)
+    assert plan.resolve(Job(png_named_jpg), decoded.info)[0] == cwd / "a_derained.png"
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def test_batch_with_a_corrupt_file_reports_it_and_finishes_the_rest(cwd: Path) -> None:
+    save(cwd / "in" / "a.png", mode="RGBA")
+    (cwd / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    save(cwd / "in" / "c.jpg", fmt="JPEG")
+    started: list[tuple[str, int, int]] = []
+    finished: list[str] = []
+    tiles: list[tuple[int, int]] = []
+    callbacks = Callbacks(
+        started=lambda job, w, h: started.append((job.label, w, h)),
+        tiles=lambda d, t: tiles.append((d, t)),
+        finished=lambda r: finished.append(r.input),
+    )
+    results = run(["in"], callbacks=callbacks)
+    assert [(r.input, r.status) for r in results] == [
+        ("in/a.png", Status.OK),
+        ("in/b.png", Status.FAILED),
+        ("in/c.jpg", Status.OK),
+    ]
+    ok = results[0]
+    assert (ok.output, ok.width, ok.height, ok.device, ok.tiles) == (
+        "in/a_derained.png",
+        24,
+        20,
+        "fake",
+        2,
+    )
+    assert ok.seconds is not None and ok.seconds >= 0
+    assert results[1].error and not results[1].error.startswith("in/b.png")
+    assert results[1].output is None
+    assert started == [("in/a.png", 24, 20), ("in/c.jpg", 24, 20)]  # only what is restored
+    assert finished == [r.input for r in results]
+    assert tiles.count((2, 2)) == 2
+    out = np.asarray(Image.open(cwd / "in" / "a_derained.png"))
+    src = np.asarray(Image.open(cwd / "in" / "a.png"))
+    assert out.shape == (20, 24, 4) and np.array_equal(out[..., 3], src[..., 3])
+    assert np.array_equal(out[..., :3], 255 - src[..., :3])
+    assert Image.open(cwd / "in" / "c_derained.jpg").format == "JPEG"
+    assert set(results[0].to_json()) == {
+        "input",
+        "output",
+        "status",
+        "error",
+        "width",
+        "height",
+        "seconds",
+        "device",
+        "tiles",
+        "warnings",
+    }
+
+
+def test_rerun_skips_existing_outputs_without_decoding_or_loading_weights(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ["a.png", "b.jpg", "c.tif"]:
+        save(cwd / "in" / name)
+    assert [r.status for r in run(["in"], "out")] == [Status.OK] * 3
+    mtimes = [p.stat().st_mtime_ns for p in sorted((cwd / "out").iterdir())]
+
+    decodes: list[object] = []
+    monkeypatch.setattr("mprnet_cli.batch.read_image", lambda *a, **k: decodes.append(a))
+
+    def no_weights() -> Fake:
+        raise AssertionError("weights loaded for a run with nothing to do")
+
+    again = run(["in"], "out", restorer=no_weights)
+    assert [r.status for r in again] == [Status.SKIPPED] * 3
+    assert [r.output for r in again] == [
+        "out/a_derained.png",
+        "out/b_derained.jpg",
+        "out/c_derained.tif",
+    ]
+    assert decodes == []
+    assert [p.stat().st_mtime_ns for p in sorted((cwd / "out").iterdir())] == mtimes
+
+    monkeypatch.undo()
+    monkeypatch.chdir(cwd)
+    replaced = run(["in"], "out", overwrite=True)
+    assert [r.status for r in replaced] == [Status.OK] * 3
+
+
+def test_unpredictable_names_are_skipped_after_decoding(cwd: Path) -> None:
+    save(cwd / "a.png")
+    save(cwd / "out.png")
+    exp = expand_inputs(["-"])
+    plan = plan_outputs(exp, "out.png", suffix=SUFFIX)
+    stdin = io.BytesIO((cwd / "a.png").read_bytes())
+    fake = Fake()
+    (result,) = run_batch(exp.jobs, fake, plan, stdin=stdin)
+    assert (result.status, result.width, fake.calls) == (Status.SKIPPED, 24, 0)
+
+
+def test_collisions_and_output_equal_to_input_fail_instead_of_overwriting(cwd: Path) -> None:
+    save(cwd / "a" / "x.png")
+    save(cwd / "b" / "x.png")
+    first = run(["a/x.png", "b/x.png"], "out")
+    assert [r.status for r in first] == [Status.OK, Status.FAILED]
+    assert first[1].error and "a/x.png" in first[1].error
+    again = run(["a/x.png", "b/x.png"], "out")
+    assert [r.status for r in again] == [Status.SKIPPED, Status.FAILED]
+
+    same = run(["a/x.png"], suffix="", overwrite=True)
+    assert same[0].status is Status.FAILED and "replace the input" in (same[0].error or "")
+
+    save(cwd / "c" / "y.png")
+    save(cwd / "c" / "y_derained.png")
+    both = run(["c/y.png", "c/y_derained.png"], overwrite=True)
+    assert [r.status for r in both] == [Status.FAILED, Status.OK]
+    assert "another input" in (both[0].error or "")
+
+    format_clash = run(["c/y.png", "a/x.png"], "out2", fmt=OutputFormat.PNG)
+    assert [r.status for r in format_clash] == [Status.OK, Status.OK]
+
+
+def test_restore_errors_fail_one_file_and_bugs_are_reported_or_raised(cwd: Path) -> None:
+    for name in "abc":
+        save(cwd / f"{name}.png")
+
+    def oom_on_second(n: int) -> None:
+        if n == 2:
+            raise OutOfMemoryError("not enough memory even with 64px tiles on the CPU")
+
+    results = run(["a.png", "b.png", "c.png"], restorer=Fake(oom_on_second))
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK]
+    assert "memory" in (results[1].error or "")
+
+    def bug(n: int) -> None:
+        raise RuntimeError("boom")
+
+    for p in cwd.glob("*_derained.png"):
+        p.unlink()
+    (failed, *_rest) = run(["a.png", "b.png"], restorer=Fake(bug))
+    assert failed.status is Status.FAILED and "bug" in (failed.error or "")
+    with pytest.raises(RuntimeError, match="boom"):
+        run(["a.png"], restorer=Fake(bug), raise_unexpected=True)
+
+
+def test_sequential_mode_gives_the_same_results(cwd: Path) -> None:
+    for name in ["a.png", "b.jpg", "c.tif"]:
+        save(cwd / "in" / name)
+    threaded = run(["in"], "t")
+    sequential = run(["in"], "s", prefetch=0, pending=0)
+    assert [(r.input, r.status) for r in threaded] == [(r.input, r.status) for r in sequential]
+    for name in ["a_derained.png", "b_derained.jpg", "c_derained.tif"]:
+        assert (cwd / "t" / name).read_bytes() == (cwd / "s" / name).read_bytes()
+
+
+def test_stdout_target_gets_the_image_bytes(cwd: Path) -> None:
+    save(cwd / "a.tif", fmt="TIFF")
+    exp = expand_inputs(["a.tif"])
+    out = io.BytesIO()
+    plan = plan_outputs(exp, "-", suffix=SUFFIX, fmt=OutputFormat.WEBP)
+    (result,) = run_batch(exp.jobs, Fake(), plan, stdout=out)
+    assert (result.status, result.output) == (Status.OK, "-")
+    assert Image.open(io.BytesIO(out.getvalue())).format == "WEBP"
+    assert list(cwd.iterdir()) == [cwd / "a.tif"]
+
+
+def test_memory_stays_bounded_by_the_queues(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decodes never run more than `prefetch` ahead, writes never lag more than `pending`."""
+    for i in range(12):
+        save(cwd / "in" / f"{i:02}.png", size=(8, 8))
+    counts = {"decoded": 0, "restored": 0, "written": 0}
+    worst = {"ahead": 0, "behind": 0}
+    lock = threading.Lock()
+    real_read, real_write = mio.read_image, mio.write_image
+
+    def read(*a: Any, **k: Any) -> Any:
+        with lock:
+            counts["decoded"] += 1
+            worst["ahead"] = max(worst["ahead"], counts["decoded"] - counts["restored"])
+        return real_read(*a, **k)
+
+    def write(*a: Any, **k: Any) -> None:
+        time.sleep(0.01)  # a slow disk: the runner must wait, not pile up restored images
+        real_write(*a, **k)
+        with lock:
+            counts["written"] += 1
+
+    def restored(n: int) -> None:
+        time.sleep(0.005)
+        with lock:
+            counts["restored"] += 1
+            worst["behind"] = max(worst["behind"], counts["restored"] - counts["written"])
+
+    monkeypatch.setattr("mprnet_cli.batch.read_image", read)
+    monkeypatch.setattr("mprnet_cli.batch.write_image", write)
+    for prefetch, pending in [(1, 1), (2, 2)]:
+        counts.update(decoded=0, restored=0, written=0)
+        worst.update(ahead=0, behind=0)
+        results = run(
+            ["in"], f"out{prefetch}", restorer=Fake(restored), prefetch=prefetch, pending=pending
+        )
+        assert all(r.status is Status.OK for r in results) and len(results) == 12
+        assert worst["ahead"] <= prefetch + 1  # the one being restored + the queue
+        assert worst["behind"] <= pending + 1  # the one just restored + the queue
+
+
+def test_ctrl_c_lets_the_write_in_progress_finish_and_leaves_no_temp_files(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(6):
+        save(cwd / "in" / f"{i}.png", size=(8, 8))
+    real_write = mio.write_image
+    writing = threading.Event()
+
+    def slow_write(*a: Any, **k: Any) -> None:
+        writing.set()
+        time.sleep(0.2)
+        real_write(*a, **k)
+
+    def interrupt_third(n: int) -> None:
+        if n == 3:
+            assert writing.wait(5)  # the second image is being written right now
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("mprnet_cli.batch.write_image", slow_write)
+    got: list[Result] = []
+    with pytest.raises(KeyboardInterrupt):
+        for result in run_batch(
+            expand_inputs(["in"], suffix=SUFFIX).jobs,
+            Fake(interrupt_third),
+            plan_outputs(expand_inputs(["in"]), "out", suffix=SUFFIX),
+        ):
+            got.append(result)
+    written = sorted(p.name for p in (cwd / "out").iterdir())
+    assert written == ["0_derained.png", "1_derained.png"]  # the in-flight write completed
+    for name in written:
+        Image.open(cwd / "out" / name).load()
+    assert temps(cwd) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("mprnet-")]
+
+
+def test_temp_files_of_a_killed_run_are_removed_when_their_output_is_reached(cwd: Path) -> None:
+    save(cwd / "a.png")
+    save(cwd / "b.png")
+    save(cwd / "b_derained.png")
+    stale = [cwd / ".a_derained.png.0123abcd.tmp", cwd / ".b_derained.png.deadbeef.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    keep = cwd / ".unrelated.png.0123abcd.tmp"
+    keep.write_bytes(b"someone else's")
+    results = run(["a.png", "b.png"])
+    assert [r.status for r in results] == [Status.OK, Status.SKIPPED]
+    assert temps(cwd) == [keep]
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """One torch thread: steady timings on busy machines; the setting is process-wide."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_real_tiny_network_through_restorer(cwd: Path, tiny_checkpoint: Path) -> None:
+    from mprnet_cli.api import Restorer
+
+    save(cwd / "a.png", size=(24, 24))
+    save(cwd / "b.png", size=(24, 24), mode="L")
+    (cwd / "c.png").write_bytes(b"")
+    loads: list[int] = []
+
+    def load() -> Restorer:
+        loads.append(1)
+        return Restorer("derain", weights=tiny_checkpoint, device="cpu", tile=0)
+
+    results = run(["a.png", "b.png", "c.png"], restorer=load)
+    assert [r.status for r in results] == [Status.OK, Status.OK, Status.FAILED]
+    assert loads == [1]
+    assert results[0].device == "cpu" and results[0].tiles == 1
+    assert "empty" in (results[2].error or "")
+    gray = Image.open(cwd / "b_derained.png")
+    assert gray.mode == "L" and gray.size == (24, 24)
+    assert not np.array_equal(np.asarray(gray), np.asarray(Image.open(cwd / "b.png")))
+    assert temps(cwd) == []

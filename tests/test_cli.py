@@ -1,0 +1,511 @@
+"""Tests for the restore commands: parsing and exit codes in-process, files end to end.
+
+End-to-end tests run `python -m mprnet_cli` in real subprocesses on generated images with a
+tiny checkpoint, one thread (fast and steady on busy machines) and `--tile 0`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from mprnet_cli import __version__
+from mprnet_cli.cli import app, progress_enabled
+from tests.conftest import tiny_model
+
+RNG = np.random.default_rng(7)
+FAST = ["--tile", "0", "--threads", "1"]
+JSON_KEYS = {
+    "input",
+    "output",
+    "status",
+    "error",
+    "width",
+    "height",
+    "seconds",
+    "device",
+    "tiles",
+    "warnings",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make
+    exif[0x0110] = "EOS R5"  # Model
+    exif[0x0112] = orientation
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal
+    return exif.tobytes()
+
+
+def rand(h: int, w: int, c: int, dtype: Any = np.uint8) -> np.ndarray[Any, Any]:
+    top = 256 if dtype == np.uint8 else 65536
+    shape = (h, w) if c == 1 else (h, w, c)
+    return RNG.integers(0, top, shape, dtype=dtype)
+
+
+def save_png(path: Path, size: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rand(size, size, 3)).save(path)
+
+
+def write_checkpoint(path: Path) -> Path:
+    state = {f"module.{k}": v for k, v in tiny_model().state_dict().items()}
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out.pop("MPRNET_DEBUG", None)
+    out["HF_HUB_OFFLINE"] = "1"
+    out["NO_COLOR"] = "1"
+    return out
+
+
+def mprnet(*args: str | Path, cwd: Path, stdin: bytes | None = None, **kw: Any) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "mprnet_cli", *map(str, args)],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=kw.pop("env", env()),
+        timeout=120,
+        check=False,
+        **kw,
+    )
+
+
+def temps(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """In-process runs pass --threads 1, which is process-wide: put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+def make_tree(root: Path) -> None:
+    """One file per kind the issue lists, plus a corrupt file, a bomb and odd names."""
+    root.mkdir()
+    icc, s = srgb_icc(), 24
+    photo = Image.fromarray(rand(24, 32, 3))  # 32 wide, 24 high, stored rotated (6)
+    photo.save(root / "photo.jpg", quality=95, icc_profile=icc, exif=camera_exif(6))
+    cv2.imwrite(str(root / "rgb16.png"), rand(s, s, 3, np.uint16))
+    cv2.imwrite(str(root / "rgba16.png"), rand(s, s, 4, np.uint16))
+    Image.fromarray(rand(s, s, 4)).save(root / "rgba.png")
+    Image.fromarray(rand(s, s, 1)).save(root / "gray.png")
+    Image.fromarray(rand(s, s, 1, np.uint16)).save(root / "gray16.png")
+    Image.fromarray(rand(s, s, 3)).quantize(16).save(root / "palette.png")
+    Image.fromarray(rand(s, s, 3)).save(root / "scan.tif", icc_profile=icc)
+    cv2.imwrite(str(root / "deep.tif"), rand(s, s, 3, np.uint16))
+    Image.frombytes("CMYK", (s, s), rand(s, s, 4).tobytes()).save(root / "print.jpg", quality=95)
+    Image.fromarray(rand(s, s, 3)).save(root / "old.bmp")
+    Image.fromarray(rand(s, s, 3)).save(root / "web.webp", quality=90)
+    (root / "notes.txt").write_text("not an image: left alone")
+    sub = root / "sub dir"
+    sub.mkdir()
+    Image.fromarray(rand(s, s, 3)).save(sub / "café ☕.png")
+    data = (root / "photo.jpg").read_bytes()
+    (sub / "broken.jpg").write_bytes(data[: len(data) // 2])
+    (sub / "bomb.png").write_bytes(png_claiming(40000, 40000))  # 1600 MP in 100 bytes
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A decompression bomb's header: a PNG that says it is huge (the pixels never come)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+EXPECTED_OK = {
+    "tree/photo.jpg": "out/photo_derained.jpg",
+    "tree/rgb16.png": "out/rgb16_derained.png",
+    "tree/rgba16.png": "out/rgba16_derained.png",
+    "tree/rgba.png": "out/rgba_derained.png",
+    "tree/gray.png": "out/gray_derained.png",
+    "tree/gray16.png": "out/gray16_derained.png",
+    "tree/palette.png": "out/palette_derained.png",
+    "tree/scan.tif": "out/scan_derained.tif",
+    "tree/deep.tif": "out/deep_derained.tif",
+    "tree/print.jpg": "out/print_derained.jpg",
+    "tree/old.bmp": "out/old_derained.png",
+    "tree/web.webp": "out/web_derained.webp",
+    "tree/sub dir/café ☕.png": "out/sub dir/café ☕_derained.png",
+}
+
+
+@pytest.fixture(scope="module")
+def tree_run(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple[Path, Any]:
+    """One real run over the whole tree; the tests below each check one aspect of it."""
+    work = tmp_path_factory.mktemp("e2e")
+    make_tree(work / "tree")
+    proc = mprnet("derain", "tree", "-r", "-o", "out", "--json", "-w", checkpoint, *FAST, cwd=work)
+    return work, proc
+
+
+def lines(proc: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+def test_e2e_json_lines_exit_code_and_messages(tree_run: tuple[Path, Any]) -> None:
+    work, proc = tree_run
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    records = lines(proc)  # every stdout line is JSON, nothing else is there
+    assert all(set(r) == JSON_KEYS for r in records)
+    by_input = {r["input"]: r for r in records}
+    assert len(records) == len(by_input) == len(EXPECTED_OK) + 2
+    for source, output in EXPECTED_OK.items():
+        r = by_input[source]
+        assert (r["status"], r["output"], r["error"]) == ("ok", output, None), r
+        assert r["device"] == "cpu" and r["tiles"] == 1 and r["seconds"] > 0
+    assert (by_input["tree/photo.jpg"]["width"], by_input["tree/photo.jpg"]["height"]) == (24, 32)
+    for bad, words in [("tree/sub dir/broken.jpg", "truncated"), ("tree/sub dir/bomb.png", "MP")]:
+        assert by_input[bad]["status"] == "failed"
+        assert words.lower() in by_input[bad]["error"].lower()
+        assert by_input[bad]["output"] is None
+        assert stderr.count(f"mprnet: {bad}: ") == 1
+    assert "notes.txt" not in proc.stdout.decode()
+    assert "Traceback" not in stderr
+    assert any("CMYK" in w for w in by_input["tree/print.jpg"]["warnings"])
+    assert "mprnet: warning: tree/print.jpg: CMYK" in stderr
+    assert "13 restored, 0 skipped, 2 failed" in stderr
+    assert temps(work) == []
+
+
+def test_e2e_formats_depths_alpha_and_gray_are_kept(tree_run: tuple[Path, Any]) -> None:
+    work, _ = tree_run
+    out, tree = work / "out", work / "tree"
+
+    def cv(name: Path) -> np.ndarray[Any, Any]:
+        return np.asarray(cv2.imread(str(name), cv2.IMREAD_UNCHANGED))
+
+    for name in ["rgb16_derained.png", "deep_derained.tif"]:
+        a = cv(out / name)
+        assert (a.dtype, a.shape) == (np.uint16, (24, 24, 3)), name
+    rgba16 = cv(out / "rgba16_derained.png")
+    assert (rgba16.dtype, rgba16.shape) == (np.uint16, (24, 24, 4))
+    assert np.array_equal(rgba16[..., 3], cv(tree / "rgba16.png")[..., 3])  # alpha untouched
+    rgba = Image.open(out / "rgba_derained.png")
+    assert rgba.mode == "RGBA"
+    assert np.array_equal(
+        np.asarray(rgba)[..., 3], np.asarray(Image.open(tree / "rgba.png"))[..., 3]
+    )
+    assert not np.array_equal(
+        np.asarray(rgba)[..., :3], np.asarray(Image.open(tree / "rgba.png"))[..., :3]
+    )
+    assert Image.open(out / "gray_derained.png").mode == "L"
+    assert Image.open(out / "gray16_derained.png").mode.startswith("I")
+    assert cv(out / "gray16_derained.png").dtype == np.uint16
+    kinds = {
+        "palette_derained.png": ("PNG", "RGB"),
+        "scan_derained.tif": ("TIFF", "RGB"),
+        "print_derained.jpg": ("JPEG", "RGB"),
+        "old_derained.png": ("PNG", "RGB"),
+        "web_derained.webp": ("WEBP", "RGB"),
+        "photo_derained.jpg": ("JPEG", "RGB"),
+        "sub dir/café ☕_derained.png": ("PNG", "RGB"),
+    }
+    for name, (fmt, mode) in kinds.items():
+        with Image.open(out / name) as im:
+            assert (im.format, im.mode) == (fmt, mode), name
+            im.load()
+
+
+def test_e2e_metadata_round_trips_and_orientation_is_applied(tree_run: tuple[Path, Any]) -> None:
+    work, _ = tree_run
+    out, tree = work / "out", work / "tree"
+    icc = Image.open(tree / "photo.jpg").info["icc_profile"]
+    assert icc == Image.open(tree / "scan.tif").info["icc_profile"]
+    with Image.open(out / "photo_derained.jpg") as im:
+        assert im.size == (24, 32)  # stored 32x24 with orientation 6: written upright
+        assert im.info["icc_profile"] == icc
+        exif = im.getexif()
+        assert (exif[0x010F], exif[0x0110]) == ("Canon", "EOS R5")
+        assert exif.get(0x0112, 1) == 1
+        assert exif.get_ifd(0x8769)[0x9003] == "2024:05:06 07:08:09"
+    with Image.open(out / "scan_derained.tif") as im:
+        assert im.info["icc_profile"] == icc
+
+
+def test_e2e_stdin_to_stdout(tmp_path: Path, checkpoint: Path) -> None:
+    photo = Image.fromarray(rand(24, 32, 3))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", exif=camera_exif(6))
+    proc = mprnet(
+        "denoise", "-", "-o", "-", "--format", "png", "-w", checkpoint, *FAST,
+        cwd=tmp_path, stdin=buf.getvalue(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    with Image.open(io.BytesIO(proc.stdout)) as im:  # stdout holds the image and nothing else
+        assert (im.format, im.size) == ("PNG", (24, 32))
+        im.load()
+    assert list(tmp_path.iterdir()) == []
+    assert "1 restored" in proc.stderr.decode()
+
+
+# --------------------------------------------------------------------------- interruption
+
+
+def start_batch(work: Path, checkpoint: Path, count: int = 16) -> tuple[list[str], Path]:
+    for i in range(count):
+        save_png(work / "in" / f"{i:02} ü.png")
+    args = ["derain", "in", "-o", "out", "-w", str(checkpoint), *FAST]
+    return args, work / "out"
+
+
+def kill_after_first_output(args: list[str], work: Path, out: Path, sig: int) -> Any:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mprnet_cli", *args],
+        cwd=work,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 90
+    while not (out.is_dir() and any(out.glob("*_derained.png"))):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr.decode()
+
+
+def check_outputs_whole(out: Path) -> list[str]:
+    done = sorted(p.name for p in out.glob("*_derained.png"))
+    for name in done:
+        with Image.open(out / name) as im:
+            im.load()  # a partial file would fail here
+    return done
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killed_batch_leaves_whole_files_and_rerun_completes(
+    tmp_path: Path, checkpoint: Path, sig: int
+) -> None:
+    args, out = start_batch(tmp_path, checkpoint)
+    code, stderr = kill_after_first_output(args, tmp_path, out, sig)
+    done = check_outputs_whole(out)
+    assert 1 <= len(done) < 16, "the batch finished before the signal; make it longer"
+    if sig == signal.SIGINT:
+        assert code == 130, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
+        assert temps(tmp_path) == []
+    else:
+        assert code == -signal.SIGKILL
+
+    again = mprnet(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    summary = again.stderr.decode().strip().splitlines()[-1]
+    assert (
+        summary
+        == f"{16 - len(done)} restored, {len(done)} skipped (exist; --overwrite to replace), 0 failed"
+    )
+    assert len(check_outputs_whole(out)) == 16
+    assert temps(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{i:02} ü_derained.png" for i in range(16)
+    )
+
+    if sig == signal.SIGINT:  # all done: no weights are loaded (these do not even exist)
+        idle = mprnet(
+            "derain", "in", "-o", "out", "-w", tmp_path / "none.pth", "--json", cwd=tmp_path
+        )
+        assert idle.returncode == 0, idle.stderr.decode()
+        assert {r["status"] for r in lines(idle)} == {"skipped"}
+
+
+# --------------------------------------------------------------------------- core CLI checks
+
+
+def test_help_does_not_import_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from mprnet_cli.cli import app\n"
+        "r = [CliRunner().invoke(app, a) for a in (['--help'], ['derain', '--help'])]\n"
+        "print([x.exit_code for x in r], 'torch' in sys.modules, 'INPUT' in r[1].output)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True
+    )
+    assert proc.stdout.split() == ["[0,", "0]", "False", "True"], proc.stderr
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    args = ["derain", "a.png", "b.png", "-o", "-"]
+    plain = mprnet(*args, cwd=tmp_path)
+    assert plain.returncode == 2
+    assert plain.stderr.decode().splitlines() == [
+        "mprnet: error: -o - (stdout) takes exactly one input file or - (stdin)"
+    ]
+    debug = mprnet(*args, cwd=tmp_path, env={**env(), "MPRNET_DEBUG": "1"})
+    assert debug.returncode != 0
+    assert "Traceback" in debug.stderr.decode() and "UsageError" in debug.stderr.decode()
+
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path, cwd: Path | None = None, **kw: Any) -> Any:
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args], **kw)
+    finally:
+        os.chdir(old)
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"mprnet {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "bmp"], "--format"),
+        (["--tile", "12"], "--tile"),
+        (["--jpeg-quality", "0"], "--jpeg-quality"),
+        (["--tile-batch", "0"], "--tile-batch"),
+        (["--json", "-o", "-"], "stdout"),
+        (["--suffix", "a/b"], "separator"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    save_png(tmp_path / "a.png")
+    result = invoke("derain", "a.png", *args, cwd=tmp_path)
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_stdin_needs_an_output_and_stdout_takes_one_input(tmp_path: Path) -> None:
+    assert invoke("derain", "-", cwd=tmp_path).exit_code == 2
+    assert invoke("derain", "-", "x.png", "-o", "out", cwd=tmp_path).exit_code == 2
+    assert invoke("derain", cwd=tmp_path).exit_code == 2
+
+
+def test_single_file_output_skip_and_overwrite(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    save_png(tmp_path / "a b.png")
+    base: list[str | Path] = ["derain", "a b.png", "-w", tiny_checkpoint, *FAST]
+    first = invoke(*base, "-o", "clean.tif", cwd=tmp_path)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == ""
+    assert Image.open(tmp_path / "clean.tif").format == "TIFF"
+    assert "a b.png -> clean.tif" in first.stderr
+    assert first.stderr.splitlines()[-1] == "1 restored, 0 skipped, 0 failed"
+
+    before = (tmp_path / "clean.tif").stat().st_mtime_ns
+    again = invoke(*base, "-o", "clean.tif", cwd=tmp_path)
+    assert again.exit_code == 0
+    assert "1 skipped (exist; --overwrite to replace)" in again.stderr
+    assert (tmp_path / "clean.tif").stat().st_mtime_ns == before
+    forced = invoke(*base, "-o", "clean.tif", "--overwrite", "-q", cwd=tmp_path)
+    assert forced.exit_code == 0 and forced.stderr == ""
+
+    default = invoke(*base, "--suffix", ".x", "--format", "jpg", cwd=tmp_path)
+    assert default.exit_code == 0
+    assert Image.open(tmp_path / "a b.x.jpg").format == "JPEG"
+
+
+def test_missing_input_and_missing_weights_are_one_line_errors(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    missing = invoke("derain", "nope.png", "-w", tiny_checkpoint, cwd=tmp_path)
+    assert missing.exit_code == 1
+    assert missing.stderr.splitlines()[0] == "mprnet: nope.png: no such file; check the path"
+    save_png(tmp_path / "a.png")
+    weights = invoke("derain", "a.png", "-w", tmp_path / "none.pth", cwd=tmp_path)
+    assert weights.exit_code == 1
+    assert len(weights.stderr.strip().splitlines()) == 1
+    assert weights.stderr.startswith("mprnet: error:")
+    assert not list(tmp_path.glob("a_*"))
+
+
+def test_json_in_process_and_glob_expansion(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    for name in ["x/a.png", "x/y/b.png"]:
+        save_png(tmp_path / name)
+    (tmp_path / "x" / "c.txt").write_text("not an image")
+    result = invoke("deblur", "x/**/*.png", "--json", "-w", tiny_checkpoint, *FAST, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["input"], r["output"], r["status"]) for r in records] == [
+        ("x/a.png", "x/a_deblurred.png", "ok"),
+        ("x/y/b.png", "x/y/b_deblurred.png", "ok"),
+    ]
+
+
+def test_progress_is_only_for_terminals() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, term = Tty(), {"TERM": "xterm-256color"}
+    assert progress_enabled(False, tty, term)
+    assert not progress_enabled(True, tty, term)
+    assert not progress_enabled(False, io.StringIO(), term)
+    assert not progress_enabled(False, tty, {**term, "NO_COLOR": "1"})
+    assert not progress_enabled(False, tty, {"TERM": "dumb"})
+    assert progress_enabled(False, tty, {**term, "NO_COLOR": ""})
+
+
+def test_progress_bars_never_touch_stdout(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With bars on (a terminal on stderr), --json lines still go to stdout, and only there."""
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats its stderr console as a terminal
+    monkeypatch.setattr("mprnet_cli.cli.progress_enabled", lambda quiet: True)
+    save_png(tmp_path / "a.png", size=24)
+    save_png(tmp_path / "b.png", size=24)
+    result = invoke(
+        "derain", "a.png", "b.png", "--json", "--tile", "16", "-w", tiny_checkpoint,
+        "--threads", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2 and all(r["tiles"] > 1 for r in records)  # tile bars shown
+    assert "images" in result.stderr and "tiles" in result.stderr
+    assert "{" not in result.stderr
