@@ -36,7 +36,8 @@ images) while the calling thread runs the network, so memory is bounded by a few
 whatever the batch size. Results come back in input order. On KeyboardInterrupt the queues
 are cancelled and a write already in progress finishes (writes are atomic: the output is
 complete or absent); temporary files left by a killed run are removed when a later run
-reaches the same output.
+reaches the same output, once they are `STALE_TEMP_SECONDS` old (a younger one may be
+another mprnet process writing that output right now).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -81,6 +82,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "JSON_FIELDS",
+    "STALE_TEMP_SECONDS",
     "STDOUT",
     "Callbacks",
     "Destination",
@@ -103,6 +106,9 @@ _EXTENSION_WORDS: Final = (
 IMAGE_EXTENSIONS: Final = frozenset(_EXTENSION_WORDS.split())
 STDIN_ARG: Final = "-"
 _GLOB_CHARS: Final = frozenset("*?[")
+#: A write's temporary file lives for the seconds it takes to write and fsync the encoded
+#: bytes; one whose last change is older than this was left by a killed process.
+STALE_TEMP_SECONDS: Final = 600.0
 
 T = TypeVar("T")
 
@@ -436,6 +442,21 @@ class Status(str, Enum):
     FAILED = "failed"
 
 
+#: The keys of a `--json` line (`Result.to_json`), in order: the documented output schema.
+JSON_FIELDS: Final[tuple[str, ...]] = (
+    "input",
+    "output",
+    "status",
+    "error",
+    "width",
+    "height",
+    "seconds",
+    "device",
+    "tiles",
+    "warnings",
+)
+
+
 @dataclass(frozen=True)
 class Result:
     """What happened to one input: one `--json` line."""
@@ -452,17 +473,15 @@ class Result:
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
+        """Exactly the `JSON_FIELDS`, in that order, so the schema is declared in one place."""
+        converted: dict[str, Any] = {
             "status": self.status.value,
-            "error": self.error,
-            "width": self.width,
-            "height": self.height,
             "seconds": None if self.seconds is None else round(self.seconds, 4),
-            "device": self.device,
-            "tiles": self.tiles,
             "warnings": list(self.warnings),
+        }
+        return {
+            name: converted[name] if name in converted else getattr(self, name)
+            for name in JSON_FIELDS
         }
 
 
@@ -539,10 +558,14 @@ def _prefixed(note: str, label: str) -> str:
 class _TempSweeper:
     """Removes temporary files a killed run left for the outputs this run reaches.
 
-    Each folder is listed once (so a folder of thousands of outputs costs one scan).
+    Each folder is listed once (so a folder of thousands of outputs costs one scan). Only
+    files older than `max_age` seconds (by mtime, checked when their output is reached) go:
+    a younger one may be another live process's write in progress, which would otherwise
+    fail when it moves its vanished temp file into place.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_age: float = STALE_TEMP_SECONDS) -> None:
+        self.max_age = max_age
         self._by_folder: dict[Path, dict[str, list[Path]]] = {}
 
     def sweep(self, target: Path) -> None:
@@ -558,7 +581,8 @@ class _TempSweeper:
             self._by_folder[folder] = temps
         for tmp in temps.pop(target.name, []):
             with contextlib.suppress(OSError):  # not ours to insist on; the output is unaffected
-                tmp.unlink()
+                if time.time() - tmp.lstat().st_mtime > self.max_age:
+                    tmp.unlink()
 
 
 @dataclass
@@ -755,7 +779,7 @@ class _Runner:
         return _replace(done, seconds=seconds)
 
     # -- the loop
-    def run(self, jobs: Sequence[Job]) -> Iterator[Result]:
+    def run(self, jobs: Sequence[Job]) -> Generator[Result, None, None]:
         self._inputs = {_key(j.source) for j in jobs if j.source is not None and j.error is None}
         decoder: ThreadPoolExecutor | _Inline = (
             ThreadPoolExecutor(1, thread_name_prefix="mprnet-decode")
@@ -843,7 +867,7 @@ def run_batch(
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
     raise_unexpected: bool = False,
-) -> Iterator[Result]:
+) -> Generator[Result, None, None]:
     """Restore `jobs`, yielding one `Result` per job in order.
 
     `restorer` is a Restorer or a zero-argument factory, called once at the first job that
@@ -853,6 +877,10 @@ def run_batch(
     decompression bombs (None: no limit). Per-file problems become
     failed results; errors that concern the whole run (weights, devices) propagate.
     `raise_unexpected` lets bugs raise instead of failing the file (MPRNET_DEBUG).
+
+    A caller that may stop early (an error, Ctrl-C between results) should `close()` the
+    generator (`contextlib.closing`): that stops the threads at once, dropping queued work
+    and letting a write in progress finish, instead of whenever it is garbage-collected.
     """
     if prefetch < 0 or pending < 0:
         raise ValueError("prefetch and pending must be >= 0")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
+from mprnet_cli.choices import ModelChoice, Precision
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -37,10 +38,16 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's help renderer alone costs more import time than the
+    # rest of `mprnet --help` together.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 weights_app = typer.Typer(
-    help="List, download and locate network weights.", no_args_is_help=True, add_completion=False
+    help="List, download and locate network weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
 )
 app.add_typer(weights_app, name="weights")
 
@@ -137,10 +144,8 @@ WeightsOpt = Annotated[
     ),
 ]
 ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model", "-m", help="Which weights when no file is given: auto, published or bundled."
-    ),
+    ModelChoice,
+    typer.Option("--model", "-m", help="Which weights when no file is given."),
 ]
 DeviceOpt = Annotated[
     str,
@@ -148,7 +153,10 @@ DeviceOpt = Annotated[
         "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (auto picks a usable GPU)."
     ),
 ]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16.")]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option("--precision", help="Arithmetic precision (auto: bf16 on CUDA GPUs, else fp32)."),
+]
 TileOpt = Annotated[
     str,
     typer.Option(
@@ -162,7 +170,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but
 ThreadsOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
-        "--threads", help="CPU threads for the network (default: one per core).", show_default=False
+        "--threads",
+        min=1,
+        help="CPU threads for the network (default: one per core).",
+        show_default=False,
     ),
 ]
 
@@ -356,6 +367,18 @@ def _print_json(line: str) -> None:
         raise OutputError("stdout was closed before all JSON lines were written") from None
 
 
+def _check_device(spec: str) -> None:
+    """`--device` syntax, checked up front without torch: a run whose outputs all exist loads
+    nothing, yet a typo must still be a usage error. Mirrors `device.resolve_device`."""
+    import re
+
+    from mprnet_cli.errors import UsageError
+
+    text = (spec or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise UsageError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def _restore(
     task: Task,
     inputs: list[str],
@@ -380,11 +403,13 @@ def _restore(
         raise typer.BadParameter("must be >= 1", param_hint="--tile-batch")
     with errors_to_exit():
         import json
+        from contextlib import closing
 
         from mprnet_cli.batch import Callbacks, Destination, expand_inputs, plan_outputs, run_batch
         from mprnet_cli.errors import UsageError
         from mprnet_cli.imageio import OutputFormat
 
+        _check_device(restorer_options["device"])
         if json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
         name_suffix = f"_{task.past_tense}" if suffix is None else suffix
@@ -407,20 +432,24 @@ def _restore(
         callbacks = Callbacks(
             started=reporter.started, tiles=reporter.tiles, finished=reporter.finished
         )
+        # closing(): whatever stops this loop (a closed stdout, Ctrl-C between results) shuts
+        # the runner down here and now (queued work dropped, the write in progress finished),
+        # before the error is reported, not whenever the generator happens to be collected.
+        results = run_batch(
+            expansion.jobs,
+            load,
+            plan,
+            overwrite=overwrite,
+            jpeg_quality=jpeg_quality,
+            max_pixels=max_pixels or None,
+            callbacks=callbacks,
+            stdin=sys.stdin.buffer,
+            stdout=sys.stdout.buffer,
+            raise_unexpected=_debug(),
+        )
         try:
-            with reporter:
-                for result in run_batch(
-                    expansion.jobs,
-                    load,
-                    plan,
-                    overwrite=overwrite,
-                    jpeg_quality=jpeg_quality,
-                    max_pixels=max_pixels or None,
-                    callbacks=callbacks,
-                    stdin=sys.stdin.buffer,
-                    stdout=sys.stdout.buffer,
-                    raise_unexpected=_debug(),
-                ):
+            with reporter, closing(results):
+                for result in results:
                     if json_lines:
                         _print_json(json.dumps(result.to_json()))
         except KeyboardInterrupt:
@@ -451,9 +480,9 @@ def _register(task: Task) -> None:
         overwrite: OverwriteOpt = False,
         quiet: QuietOpt = False,
         weights: WeightsOpt = None,
-        model: ModelOpt = "auto",
+        model: ModelOpt = ModelChoice.AUTO,
         device: DeviceOpt = "auto",
-        precision: PrecisionOpt = "auto",
+        precision: PrecisionOpt = Precision.AUTO,
         tile: TileOpt = "auto",
         tile_overlap: OverlapOpt = 32,
         tile_batch: TileBatchOpt = 1,
@@ -536,16 +565,16 @@ def weights_list() -> None:
 
         from mprnet_cli.weights import status
 
-        table = Table("task", "source", "file", "local", "size", "path", "license")
+        table = Table("task", "source", "local", "size", "licence", "file / path")
+        table.columns[-1].overflow = "fold"
         for row in status():
             table.add_row(
                 row.task.value,
                 row.source.value,
-                row.name,
                 "yes" if row.cached else "no",
                 _size(row.size),
-                str(row.path) if row.path else "-",
                 row.license,
+                str(row.path) if row.path else row.name,
             )
         Console().print(table)
 
@@ -577,21 +606,20 @@ def weights_download(
 @weights_app.command("path")
 def weights_path(
     task: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
-    model: ModelOpt = "auto",
+    model: ModelOpt = ModelChoice.AUTO,
 ) -> None:
     """Print the local path of a task's weights (nothing is downloaded)."""
     (chosen,) = _tasks([task])
     with errors_to_exit():
         from mprnet_cli.errors import WeightsError
         from mprnet_cli.weights import (
-            ModelChoice,
             bundled_path,
             cached_published,
             offline_error,
             registry,
         )
 
-        choice = ModelChoice(model)
+        choice = model
         entry = registry()[chosen]
         if choice is not ModelChoice.BUNDLED:
             cached = cached_published(entry.published)
@@ -649,10 +677,13 @@ def train_command(
     width: Annotated[
         str, typer.Option("--width", help="N_FEAT,SCALE_UNET,SCALE_ORSNET.")
     ] = "32,16,12",
-    num_cab: Annotated[int, typer.Option("--num-cab", help="CABs per stage-3 block.")] = 4,
-    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps in total.")] = 20_000,
-    batch: Annotated[int, typer.Option("--batch", help="Crops per step.")] = 8,
-    crop: Annotated[int, typer.Option("--crop", help="Crop size (multiple of 8).")] = 128,
+    num_cab: Annotated[int, typer.Option("--num-cab", min=1, help="CABs per stage-3 block.")] = 4,
+    steps: Annotated[
+        int,
+        typer.Option("--steps", min=0, help="Optimiser steps in total (0: fit to --max-minutes)."),
+    ] = 20_000,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Crops per step.")] = 8,
+    crop: Annotated[int, typer.Option("--crop", min=16, help="Crop size (multiple of 8).")] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine decay).")] = 2e-4,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed for weights, crops and degradations.")
@@ -663,7 +694,7 @@ def train_command(
         typer.Option("--max-minutes", help="Stop (and save) after this long.", show_default=False),
     ] = None,
     save_every: Annotated[
-        int, typer.Option("--save-every", help="Checkpoint and validate every N steps.")
+        int, typer.Option("--save-every", min=1, help="Checkpoint and validate every N steps.")
     ] = 500,
     export: Annotated[
         Path | None,
@@ -677,9 +708,14 @@ def train_command(
         Path | None,
         typer.Option("--init", help="Start from these weights (fine-tuning).", show_default=False),
     ] = None,
-    warmup: Annotated[int, typer.Option("--warmup", help="Learning-rate warm-up steps.")] = 200,
+    warmup: Annotated[
+        int, typer.Option("--warmup", min=0, help="Learning-rate warm-up steps.")
+    ] = 200,
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore an existing checkpoint in OUT.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --export file.")
     ] = False,
     quiet: QuietOpt = False,
     threads: ThreadsOpt = None,
@@ -689,6 +725,7 @@ def train_command(
     n, s, o = _parse_width(width)
     with errors_to_exit():
         from mprnet_cli.device import resolve_device, set_threads
+        from mprnet_cli.errors import OutputExistsError
         from mprnet_cli.model.config import MPRNetConfig
         from mprnet_cli.train.trainer import Trainer, TrainSettings
 
@@ -712,15 +749,16 @@ def train_command(
         )
         set_threads(threads)
         dev = resolve_device(device)
-        if restart and (out / "last.pt").exists():
-            (out / "last.pt").unlink()
-        trainer = Trainer(settings, dev)
-        if trainer.resume():
+        export_path = export or out / f"{task.value}.safetensors"
+        if export is not None and export.exists() and not overwrite:
+            raise OutputExistsError(f"{export} exists; pass --overwrite to replace it")
+        trainer = Trainer(settings, dev)  # validates the data before anything is discarded
+        if not restart and trainer.resume():
             say(f"resumed {out / 'last.pt'} at step {trainer.state.step}", quiet=quiet)
         say(f"training {task.value} {settings.config} on {dev}", quiet=quiet)
         with _train_progress(quiet) as progress:
             state = trainer.run(progress)
-        path = trainer.export(export or out / f"{task.value}.safetensors")
+        path = trainer.export(export_path)
         last = state.history[-1] if state.history else {}
         say(
             f"step {state.step}/{state.total_steps} in {state.seconds / 60:.1f} min; "
@@ -771,15 +809,16 @@ def eval_command(
         ),
     ] = None,
     weights: WeightsOpt = None,
-    model: ModelOpt = "auto",
+    model: ModelOpt = ModelChoice.AUTO,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    precision: PrecisionOpt = Precision.AUTO,
     tile: TileOpt = "auto",
     seed: Annotated[
         int, typer.Option("--seed", help="Base seed of --degrade (image i uses seed + i).")
     ] = 0,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="Only the first N pairs.", show_default=False)
+        int | None,
+        typer.Option("--limit", min=1, help="Only the first N pairs.", show_default=False),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON line per image, then a summary line.")
@@ -800,6 +839,7 @@ def eval_command(
 
         set_threads(threads)
         degradation = parse_degradation(degrade) if degrade else None
+        pairs = iter_pairs(input_dir, target_dir, degradation, seed=seed, limit=limit)
         restorer = Restorer(
             task,
             weights=weights,
@@ -810,7 +850,6 @@ def eval_command(
             notify=lambda m: say(m, quiet=quiet),
             quiet=quiet,
         )
-        pairs = iter_pairs(input_dir, target_dir, degradation, seed=seed, limit=limit)
 
         def show(r: Any) -> None:
             if json_out:
@@ -842,7 +881,7 @@ def bench_command(
     ] = None,
     size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "512x512",
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
+    precision: PrecisionOpt = Precision.AUTO,
     modes: Annotated[
         str | None,
         typer.Option(
@@ -852,8 +891,10 @@ def bench_command(
             show_default=False,
         ),
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Images per forward pass.")] = 1,
-    repeat: Annotated[int, typer.Option("--repeat", help="Timed runs (median is reported).")] = 3,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = 1,
+    repeat: Annotated[
+        int, typer.Option("--repeat", min=1, help="Timed runs (median is reported).")
+    ] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per result.")] = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -870,7 +911,7 @@ def bench_command(
 
         from mprnet_cli import bench
         from mprnet_cli.api import choose_precision
-        from mprnet_cli.device import Precision, describe, resolve_device, set_threads
+        from mprnet_cli.device import describe, resolve_device, set_threads
         from mprnet_cli.errors import UsageError
 
         set_threads(threads)
@@ -883,7 +924,7 @@ def bench_command(
                     f"unknown mode {unknown[0]!r}: choose from {', '.join(bench.MODES)}"
                 )
         else:
-            names = [choose_precision(dev.type, Precision(precision)).value]
+            names = [choose_precision(dev.type, precision).value]
         say(f"benchmarking on {describe(dev)}, {w}x{h}, {torch_threads()} threads", quiet=json_out)
 
         def show(r: bench.BenchResult) -> None:

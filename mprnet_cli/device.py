@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import os
 import re
-from enum import Enum
 
 import torch
 
+from mprnet_cli.choices import Precision
 from mprnet_cli.errors import DeviceError, UsageError
 
+__all__ = ["Precision", "resolve_device"]
+
+# torch.OutOfMemoryError appeared in 2.5; older releases only have the CUDA one.
+_TORCH_OOM: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-class Precision(str, Enum):
-    AUTO = "auto"
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
 
 
 def _mps_available() -> bool:
@@ -70,7 +68,7 @@ def describe(device: torch.device) -> str:
 
 def is_oom(exc: BaseException) -> bool:
     """True for CUDA/MPS/CPU allocator out-of-memory errors (their types differ by backend)."""
-    if isinstance(exc, torch.OutOfMemoryError):
+    if isinstance(exc, _TORCH_OOM):
         return True
     if isinstance(exc, RuntimeError):
         text = str(exc).lower()

@@ -108,27 +108,40 @@ def iter_pairs(
     seed: int = 0,
     limit: int | None = None,
 ) -> Iterator[tuple[str, FloatImage, FloatImage]]:
-    """Yield (name, degraded, clean) images, decoded as float32 RGB."""
+    """(name, degraded, clean) images, decoded as float32 RGB.
+
+    Arguments and folders are checked now, before any weights are loaded;
+    images are decoded lazily, one pair at a time.
+    """
+    if limit is not None and limit < 1:
+        raise UsageError("--limit must be at least 1")
     if degradation is None:
         if target_dir is None:
             raise UsageError(
                 "give --target DIR with the clean images, or --degrade SPEC to degrade --input"
             )
-        pairs = find_pairs(input_dir, target_dir)[:limit]
-        for name, degraded_path, clean_path in pairs:
-            degraded, clean = _load(degraded_path), _load(clean_path)
-            if degraded.shape != clean.shape:
-                raise InputError(f"{degraded_path} and {clean_path} differ in size")
-            yield name, degraded, clean
-        return
+        return _paired(find_pairs(input_dir, target_dir)[:limit])
     if target_dir is not None:
         raise UsageError("--degrade makes its own targets from --input; drop --target")
     names = sorted(_images(input_dir), key=_natural)[:limit]
     if not names:
         raise InputError(f"{input_dir}: no images")
+    return _degraded(input_dir, names, degradation, seed)
+
+
+def _paired(pairs: list[tuple[str, Path, Path]]) -> Iterator[tuple[str, FloatImage, FloatImage]]:
+    for name, degraded_path, clean_path in pairs:
+        degraded, clean = _load(degraded_path), _load(clean_path)
+        if degraded.shape != clean.shape:
+            raise InputError(f"{degraded_path} and {clean_path} differ in size")
+        yield name, degraded, clean
+
+
+def _degraded(
+    folder: Path, names: list[str], degradation: Degradation, seed: int
+) -> Iterator[tuple[str, FloatImage, FloatImage]]:
     for index, name in enumerate(names):
-        clean = _load(input_dir / name)
-        degraded, target = degradation(clean, seed + index)
+        degraded, target = degradation(_load(folder / name), seed + index)
         yield name, degraded, target
 
 

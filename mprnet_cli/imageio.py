@@ -18,7 +18,9 @@ Decoding (`read_image`)
   replaces it, under a module lock (so decodes in threads are serialised).
 * Broken input (missing, empty, truncated, not an image, unsupported mode) raises
   `InputError` naming the file, never a raw Pillow/OpenCV exception. Warnings Pillow emits
-  while decoding (e.g. "Corrupt EXIF data") become `ImageInfo.notes`, not stderr noise.
+  while decoding (e.g. "Corrupt EXIF data") become `ImageInfo.notes`, not stderr noise. Only
+  the decoding thread's warnings are taken: those other threads raise meanwhile (torch on the
+  main thread of a batch) keep their filters and handlers (`_warnings_as_notes`).
 * Animated / multi-page files (GIF, APNG, WebP, multi-page TIFF): only the first frame is
   decoded; `ImageInfo.frame_count` and `ImageInfo.notes` say so, so the CLI can tell the user.
   An MPO (a camera JPEG with embedded previews) counts as one still JPEG.
@@ -102,7 +104,7 @@ import struct
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -353,13 +355,92 @@ def read_image(
         raise InputError(f"{label}: cannot read ({_one_line(exc)})") from None
 
 
+# Warnings are process-global state and `warnings.catch_warnings` is not thread-safe: used
+# on the decode thread it would swallow (or pin on the wrong image) what the main thread
+# warns meanwhile. So while any decode runs, `warnings.warn` and `warnings.showwarning` are
+# wrapped (installed and removed under a lock, counted) by hooks that keep the warnings of
+# the decoding threads and pass every other thread's on unchanged.
+_WARN_LOCK = threading.Lock()
+_warn_users = 0
+_capturing: dict[int, list[str]] = {}  # thread ident -> what it warned while decoding
+_saved_warn: Callable[..., None] = warnings.warn
+_saved_showwarning: Callable[..., None] = warnings.showwarning
+
+
+def _warn_hook(
+    message: Warning | str,
+    category: type[Warning] | None = None,
+    stacklevel: int = 1,
+    source: Any = None,
+    **kwargs: Any,
+) -> None:
+    """`warnings.warn` during decodes: a decoding thread's warning is a note whatever the filters
+    (even `-W error`, and repeats are kept); other threads get the real `warn`."""
+    sink = _capturing.get(threading.get_ident())
+    if sink is not None:
+        sink.append(str(message))
+        return
+    _saved_warn(message, category, stacklevel + 1, source, **kwargs)  # +1: skip this frame
+
+
+def _showwarning_hook(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """`warnings.showwarning` during decodes: catches what bypasses `warnings.warn` (C code)."""
+    sink = _capturing.get(threading.get_ident())
+    if sink is not None:
+        sink.append(str(message))
+        return
+    _saved_showwarning(message, category, filename, lineno, file, line)
+
+
+@contextlib.contextmanager
+def _warnings_as_notes() -> Iterator[list[str]]:
+    """Collect the warnings raised on this thread meanwhile; other threads are unaffected."""
+    global _warn_users, _saved_warn, _saved_showwarning
+    ident = threading.get_ident()
+    sink: list[str] = []
+    with _WARN_LOCK:
+        if _warn_users == 0:
+            # Someone may have put a different function in place since last time (or kept
+            # our hook: `catch_warnings` restores what it saw); only wrap what is not ours.
+            if warnings.warn is not _warn_hook:
+                _saved_warn = warnings.warn
+                warnings.warn = _warn_hook
+            if warnings.showwarning is not _showwarning_hook:
+                _saved_showwarning = warnings.showwarning
+                warnings.showwarning = _showwarning_hook
+        _warn_users += 1
+        outer = _capturing.get(ident)
+        _capturing[ident] = sink
+    try:
+        yield sink
+    finally:
+        with _WARN_LOCK:
+            if outer is None:
+                del _capturing[ident]
+            else:
+                _capturing[ident] = outer
+            _warn_users -= 1
+            if _warn_users == 0:
+                # A hook left behind (replaced by someone since) only forwards: harmless.
+                if warnings.warn is _warn_hook:
+                    warnings.warn = _saved_warn
+                if warnings.showwarning is _showwarning_hook:
+                    warnings.showwarning = _saved_showwarning
+
+
 def _read_stream(fp: IO[bytes], label: str, max_pixels: int | None) -> DecodedImage:
     # Pillow warns (e.g. "Corrupt EXIF data") instead of raising: that is for the user, via
-    # `notes`, not a Python warning on stderr. The lock also covers the warnings filters.
-    with _pillow_bomb_check_off(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # `notes`, not a Python warning on stderr.
+    with _pillow_bomb_check_off(), _warnings_as_notes() as caught:
         decoded = _open_and_decode(fp, label, max_pixels)
-    extra = [f"{label}: {_one_line(Exception(w.message))}" for w in caught]
+    extra = [f"{label}: {' '.join(text.split())}" for text in caught if text.strip()]
     if not extra:
         return decoded
     notes = tuple(dict.fromkeys([*decoded.info.notes, *extra]))
@@ -1143,7 +1224,10 @@ def _atomic_write(target: Path, data: bytes, *, overwrite: bool) -> None:
         if overwrite:
             with contextlib.suppress(OSError):  # keep the replaced file's permissions
                 tmp.chmod(stat.S_IMODE(target.stat().st_mode))
-            tmp.replace(target)
+            try:
+                tmp.replace(target)
+            except FileNotFoundError as exc:
+                raise _vanished(tmp, target, exc) from None
         else:
             _link_no_clobber(tmp, target)
         _fsync_dir(folder)
@@ -1176,7 +1260,8 @@ def temp_target(name: str) -> str | None:
     """The output name a `write_image` temporary file (`_create_temp`) was for, else None.
 
     Only a killed process (SIGKILL, power loss) leaves one behind; batch runs use this to
-    remove those of the outputs they handle, so a resumed run leaves no debris.
+    remove the stale ones of the outputs they handle, so a resumed run leaves no debris. A
+    fresh one may belong to a live writer: see `mprnet_cli.batch.STALE_TEMP_SECONDS`.
     """
     match = _TEMP_NAME.fullmatch(name)
     return match["target"] if match else None
@@ -1195,6 +1280,8 @@ def _link_no_clobber(tmp: Path, target: Path) -> None:
         raise OutputExistsError(
             f"{target} already exists; pass --overwrite to replace it"
         ) from None
+    except FileNotFoundError as exc:
+        raise _vanished(tmp, target, exc) from None
     except OSError as exc:  # no hard links here (FAT, some network shares): best effort
         if exc.errno not in _NO_HARDLINK_ERRNOS:
             raise
@@ -1202,9 +1289,27 @@ def _link_no_clobber(tmp: Path, target: Path) -> None:
             raise OutputExistsError(
                 f"{target} already exists; pass --overwrite to replace it"
             ) from None
-        tmp.replace(target)
+        try:
+            tmp.replace(target)
+        except FileNotFoundError as exc2:
+            raise _vanished(tmp, target, exc2) from None
         return
-    tmp.unlink()
+    with contextlib.suppress(FileNotFoundError):  # the output is in place: that is what counts
+        tmp.unlink()
+
+
+def _vanished(tmp: Path, target: Path, exc: OSError) -> OutputError:
+    """ENOENT when moving the temp into place: the folder went away, or just the temp file.
+
+    The latter happens when something else deleted it meanwhile (a cleanup tool, or a batch
+    run of an older mprnet that removed every temp file of the outputs it reached).
+    """
+    if not tmp.parent.is_dir():
+        return _output_error(target, exc)
+    return OutputError(
+        f"{target}: its temporary file {tmp.name} was deleted by another program while it "
+        "was being written; nothing was written, run again"
+    )
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -22,8 +22,10 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from mprnet_cli.device import Precision, available_memory, empty_cache, is_oom
+from mprnet_cli.choices import Precision
+from mprnet_cli.device import available_memory, cpu_has_fast_bf16, empty_cache, is_oom
 from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, shrink_tile
 
 Progress = Callable[[int, int], None]
@@ -101,8 +103,11 @@ class Engine:
         """Move to the CPU after the GPU ran out of memory even at the smallest tile."""
         old = self.device
         self.device = torch.device("cpu")
-        if self.precision is Precision.FP16:
-            self.precision = Precision.FP32  # CPUs have no fast fp16 convolutions
+        if self.precision is Precision.FP16 or (
+            self.precision is Precision.BF16 and not cpu_has_fast_bf16()
+        ):
+            # CPUs have no fast fp16 convolutions, and emulate bf16 without AVX-512 BF16/AMX.
+            self.precision = Precision.FP32
         self._place()
         self.forward = self.model  # a compiled graph is specific to the old device
         empty_cache(old)
@@ -131,6 +136,23 @@ class Engine:
             return 0
         side = int(math.sqrt(max(budget, 0.0) / self.bytes_per_pixel))
         return max(MIN_TILE, min(MAX_AUTO_TILE, side - side % ALIGN))
+
+
+# Live activations of one forward pass are ~38-40 bytes per input pixel per channel
+# of the full-resolution stage (n_feat + scale_orsnetfeats) in float32 and ~23 under
+# 16-bit autocast, for every width measured (3 published networks, 2 compact ones;
+# H200 and CPU). The CPU allocator's peak RSS is 2.1-2.4x the live peak
+# (benchmarks/measure_memory.py); CUDA's caching allocator adds ~10%.
+_LIVE_BYTES = {Precision.FP32: 40.0, Precision.BF16: 24.0, Precision.FP16: 24.0}
+_ALLOCATOR = {"cpu": 2.4, "cuda": 1.1, "mps": 1.3}
+
+
+def estimate_bytes_per_pixel(config: MPRNetConfig, precision: Precision, device_type: str) -> float:
+    """Peak memory per input pixel of one forward pass, for widths nobody measured."""
+    per_channel = _LIVE_BYTES.get(precision, _LIVE_BYTES[Precision.FP32])
+    return (
+        per_channel * (config.n_feat + config.scale_orsnetfeats) * _ALLOCATOR.get(device_type, 2.4)
+    )
 
 
 def _round_up(n: int, m: int) -> int:

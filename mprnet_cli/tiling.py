@@ -93,10 +93,18 @@ def _check_params(tile: int, overlap: int, align: int) -> None:
 def _axis_starts(size: int, tile: int, overlap: int, align: int) -> tuple[int, list[int]]:
     """Tile length and starts along one axis: regular steps, last tile flush with the end.
 
-    Flushing the last tile (instead of a short remainder tile) keeps every tile
-    full-sized and aligned, which the network's down-sampling needs.
+    The length is balanced: the fewest tiles of at most `tile` pixels that
+    cover `size` with the overlap, each shrunk to the smallest aligned length
+    that still does. (Flush-only planning would run a 520-pixel axis as two
+    512-pixel tiles, nearly twice the work.) Flushing the last tile instead of
+    a short remainder keeps every tile the same aligned size, which the
+    network's down-sampling needs and lets tiles be batched.
     """
-    length = size if tile == 0 or tile >= size else tile
+    if tile == 0 or tile >= size:
+        return size, [0]
+    count = -(-(size - overlap) // (tile - overlap))
+    length = -(-(size + (count - 1) * overlap) // count)
+    length = min(tile, -(-length // align) * align)
     step = max(align, (length - overlap) // align * align)
     return length, [*range(0, size - length, step), size - length]
 
@@ -121,13 +129,14 @@ def plan_region(region: Tile, tile: int, overlap: int, align: int = 8) -> tuple[
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 8) -> TilePlan:
-    """Plan full-sized, `align`-aligned, overlapping tiles covering the image.
+    """Plan equal-sized, `align`-aligned, overlapping tiles covering the image.
 
-    Starts along each axis are ``0, step, 2*step, ...`` with ``step = tile -
+    Along each axis the tile length is at most `tile` (balanced: see
+    `_axis_starts`), starts are ``0, step, 2*step, ...`` with ``step = length -
     overlap`` rounded down to a multiple of `align` (at least `align`), so
-    neighbours overlap by at least ``min(overlap, tile - align)`` (an overlap
-    above ``tile - align`` is accepted but cannot be honoured); the last tile
-    ends at the border.
+    neighbours overlap by at least ``min(overlap, length - align)`` (an overlap
+    above that is accepted but cannot be honoured); the last tile ends at the
+    border.
     """
     _check_params(tile, overlap, align)
     if height < 1 or width < 1 or height % align or width % align:

@@ -24,19 +24,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mprnet_cli.choices import ModelChoice
 from mprnet_cli.errors import IntegrityError, OfflineError, UsageError, WeightsError
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tasks import Task
 
 Notify = Callable[[str], None]
-
-
-class ModelChoice(str, Enum):
-    """Which weights to use when no file is given."""
-
-    AUTO = "auto"
-    PUBLISHED = "published"
-    BUNDLED = "bundled"
 
 
 class Source(str, Enum):
@@ -55,6 +48,7 @@ class Benchmark:
 class License:
     name: str
     url: str
+    short: str
 
 
 @dataclass(frozen=True)
@@ -70,6 +64,8 @@ class PublishedWeights:
     license: License
     config: MPRNetConfig
     benchmarks: Mapping[str, Benchmark] = field(default_factory=dict)
+    # Measured peak bytes per input pixel, keyed "cpu_fp32", "cuda_bf16", ...
+    memory_bytes_per_pixel: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,7 +121,10 @@ def _benchmarks(data: Mapping[str, Any]) -> dict[str, Benchmark]:
 def _load_registry(path: Path) -> dict[Task, TaskWeights]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        licenses = {k: License(v["name"], v["url"]) for k, v in raw.get("licenses", {}).items()}
+        licenses = {
+            k: License(v["name"], v["url"], v.get("short", k))
+            for k, v in raw.get("licenses", {}).items()
+        }
         out: dict[Task, TaskWeights] = {}
         for task in Task:
             p = raw["published"][task.value]
@@ -139,6 +138,9 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
                 license=licenses[p["license"]],
                 config=MPRNetConfig.from_dict(p["config"]),
                 benchmarks=_benchmarks(p.get("benchmarks", {})),
+                memory_bytes_per_pixel={
+                    k: float(v) for k, v in p.get("memory_bytes_per_pixel", {}).items()
+                },
             )
             b = raw.get("bundled", {}).get(task.value)
             bundled = None
@@ -246,6 +248,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     huggingface_hub retries network errors with back-off for about half a minute;
     an offline user should hear what to do at once instead.
     """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy only the real request can tell
     url = urlsplit(hub_endpoint())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -473,7 +477,7 @@ def status() -> list[WeightsStatus]:
                 cached is not None,
                 cached.stat().st_size if cached else spec.size,
                 cached,
-                spec.license.name,
+                spec.license.short,
             )
         )
         if entry.bundled is not None:
@@ -487,7 +491,7 @@ def status() -> list[WeightsStatus]:
                     present,
                     path.stat().st_size if present else None,
                     path if present else None,
-                    entry.bundled.license.name,
+                    entry.bundled.license.short,
                 )
             )
     return rows

@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -27,23 +28,13 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from mprnet_cli import __version__
+from mprnet_cli.batch import JSON_FIELDS
 from mprnet_cli.cli import app, progress_enabled
+from mprnet_cli.errors import OutputError, UsageError
 from tests.conftest import tiny_model
 
 RNG = np.random.default_rng(7)
 FAST = ["--tile", "0", "--threads", "1"]
-JSON_KEYS = {
-    "input",
-    "output",
-    "status",
-    "error",
-    "width",
-    "height",
-    "seconds",
-    "device",
-    "tiles",
-    "warnings",
-}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -193,7 +184,7 @@ def test_e2e_json_lines_exit_code_and_messages(tree_run: tuple[Path, Any]) -> No
     stderr = proc.stderr.decode()
     assert proc.returncode == 1, stderr
     records = lines(proc)  # every stdout line is JSON, nothing else is there
-    assert all(set(r) == JSON_KEYS for r in records)
+    assert all(tuple(r) == JSON_FIELDS for r in records)
     by_input = {r["input"]: r for r in records}
     assert len(records) == len(by_input) == len(EXPECTED_OK) + 2
     for source, output in EXPECTED_OK.items():
@@ -335,6 +326,11 @@ def test_killed_batch_leaves_whole_files_and_rerun_completes(
         assert temps(tmp_path) == []
     else:
         assert code == -signal.SIGKILL
+        # A temp file SIGKILL left is only removed once it is old enough not to be another
+        # live run's write in progress (batch.STALE_TEMP_SECONDS): as if rerun an hour later.
+        for tmp in temps(tmp_path):
+            an_hour_ago = time.time() - 3600
+            os.utime(tmp, (an_hour_ago, an_hour_ago))
 
     again = mprnet(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr.decode()
@@ -420,6 +416,105 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> N
     result = invoke("derain", "a.png", *args, cwd=tmp_path)
     assert result.exit_code == 2
     assert message in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("option", "valid"),
+    [
+        ("--model", ["auto", "published", "bundled"]),
+        ("--precision", ["auto", "fp32", "bf16", "fp16"]),
+        ("--device", ["auto", "cpu", "cuda", "mps"]),
+    ],
+)
+@pytest.mark.parametrize("output_exists", [False, True], ids=["new", "all-outputs-exist"])
+def test_invalid_choice_is_a_one_line_usage_error(
+    tmp_path: Path, option: str, valid: list[str], output_exists: bool
+) -> None:
+    """Even when every output exists (nothing to restore), a bad value is exit 2, not a skip."""
+    save_png(tmp_path / "a.png")
+    if output_exists:
+        save_png(tmp_path / "a_derained.png")
+    result = invoke("derain", "a.png", option, "foo", cwd=tmp_path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    named = [line for line in result.stderr.splitlines() if "'foo'" in line]
+    assert len(named) == 1, result.stderr
+    assert all(value in named[0] for value in valid), named[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.png", *(["a_derained.png"] if output_exists else [])]
+    )
+
+
+def test_device_check_agrees_with_the_device_module(tmp_path: Path) -> None:
+    """The CLI checks --device without torch; it must accept exactly what resolve_device does."""
+    from mprnet_cli.device import resolve_device
+
+    save_png(tmp_path / "a.png")
+    save_png(tmp_path / "a_derained.png")  # all outputs exist: only the check itself runs
+    for spec in ["auto", " CPU ", "cuda", "cuda:0", "cuda:12", "mps", "", "gpu", "cuda:", "cpu:0"]:
+        try:
+            resolve_device(spec)
+            usage_error = False
+        except UsageError:
+            usage_error = True
+        except Exception:  # DeviceError: well-formed but not usable here
+            usage_error = False
+        result = invoke("derain", "a.png", "--device", spec, "-q", cwd=tmp_path)
+        assert result.exit_code == (2 if usage_error else 0), (spec, result.stderr)
+
+
+@pytest.mark.parametrize("stop", ["closed-stdout", "ctrl-c"])
+def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """An error after the first result: no worker threads, no writes, no temp files after it."""
+    for i in range(6):
+        save_png(tmp_path / "in" / f"{i}.png", size=8)
+
+    class Instant:  # the network is not what this test is about
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def restore_rgb(self, rgb: Any, **kwargs: Any) -> Any:
+            from mprnet_cli.pipeline import RunStats
+
+            return 1.0 - rgb, RunStats(tiles=1, device="cpu", seconds=0.0)
+
+    import mprnet_cli.cli
+    from mprnet_cli import imageio
+
+    real_write, real_fail = imageio.write_image, mprnet_cli.cli.fail
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.1)  # so that writes are still queued when the consumer stops
+        real_write(*args, **kwargs)
+
+    def consumer_stops(line: str) -> None:
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+        raise OutputError("stdout was closed before all JSON lines were written")
+
+    at_report: dict[str, Any] = {}
+
+    def fail(message: str, code: int = 1) -> Any:
+        at_report["threads"] = [t.name for t in threading.enumerate() if "mprnet-" in t.name]
+        at_report["outputs"] = sorted(p.name for p in (tmp_path / "out").iterdir())
+        return real_fail(message, code)
+
+    monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
+    monkeypatch.setattr("mprnet_cli.batch.write_image", slow_write)
+    monkeypatch.setattr(mprnet_cli.cli, "_print_json", consumer_stops)
+    monkeypatch.setattr(mprnet_cli.cli, "fail", fail)
+    result = invoke("derain", "in", "-o", "out", "--json", "--threads", "1", cwd=tmp_path)
+    assert result.exit_code == (130 if stop == "ctrl-c" else 1), result.output
+    assert at_report["threads"] == []
+    assert 1 <= len(at_report["outputs"]) < 6  # the queued writes were dropped
+    time.sleep(0.3)  # nothing is still being written behind the error's back
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == at_report["outputs"]
+    for name in written:
+        Image.open(tmp_path / "out" / name).load()
+    assert temps(tmp_path) == []
 
 
 def test_stdin_needs_an_output_and_stdout_takes_one_input(tmp_path: Path) -> None:

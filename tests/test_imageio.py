@@ -10,6 +10,8 @@ import errno
 import io
 import os
 import struct
+import threading
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -554,6 +556,45 @@ def test_malformed_exif_is_dropped_with_a_note() -> None:
     assert any("EXIF" in note for note in decoded.info.notes)
 
 
+def test_decode_warnings_are_taken_only_from_the_decoding_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A warning another thread raises mid-decode reaches its handler, not the image's notes."""
+    jpeg = pil_bytes(
+        Image.fromarray(rand8(8, 8)), "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"
+    )
+    real_decode = mio._open_and_decode
+    decoding, go_on = threading.Event(), threading.Event()
+
+    def paused_decode(*args: Any) -> DecodedImage:
+        decoded = real_decode(*args)  # Pillow warns "Corrupt EXIF data" here
+        warnings.warn("decoder says hi", UserWarning, stacklevel=1)
+        decoding.set()
+        assert go_on.wait(10)
+        return decoded
+
+    monkeypatch.setattr(mio, "_open_and_decode", paused_decode)
+    before = (warnings.warn, warnings.showwarning)
+    box: list[DecodedImage] = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        worker = threading.Thread(target=lambda: box.append(mio.read_image(jpeg)))
+        worker.start()
+        try:
+            assert decoding.wait(10)
+            warnings.warn("main thread says hi", UserWarning, stacklevel=1)
+        finally:
+            go_on.set()
+            worker.join(10)
+    (decoded,) = box
+    notes = decoded.info.notes
+    assert any("Corrupt EXIF" in n for n in notes) and any("decoder says hi" in n for n in notes)
+    assert not any("main thread" in n for n in notes)
+    assert [str(w.message) for w in seen] == ["main thread says hi"]
+    assert seen[0].filename == __file__  # attributed to its caller, not to the hook
+    assert (warnings.warn, warnings.showwarning) == before  # the hooks are gone again
+
+
 # --------------------------------------------------------------------------- ICC and DPI
 
 
@@ -899,6 +940,52 @@ def test_unwritable_folder_is_an_output_error(
             tmp_path / "o.png", np.zeros((2, 2, 3), np.float32), info_for(), OutputFormat.PNG
         )
     assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["link", "no-hard-links", "overwrite"])
+def test_temp_file_deleted_by_someone_else_is_reported_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Not "the folder does not exist": the folder is there, the temp file is not."""
+    real_fsync = os.fsync
+
+    def sweep_then_fsync(fd: int) -> None:  # the first fsync is the temp file's, before linking
+        for tmp in tmp_path.glob(".o.png.*.tmp"):
+            tmp.unlink()
+        real_fsync(fd)
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fsync", sweep_then_fsync)
+    if how == "no-hard-links":
+        monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(OutputError, match=r"temporary file .* was deleted") as caught:
+        mio.write_image(
+            tmp_path / "o.png",
+            np.zeros((2, 2, 3), np.float32),
+            info_for(),
+            OutputFormat.PNG,
+            overwrite=how == "overwrite",
+        )
+    assert "does not exist" not in str(caught.value)
+    assert _listing(tmp_path) == []
+
+
+def test_temp_file_deleted_after_linking_is_still_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_link = os.link
+
+    def link_then_sweep(src: Any, dst: Any) -> None:
+        real_link(src, dst)
+        Path(src).unlink()
+
+    monkeypatch.setattr(os, "link", link_then_sweep)
+    mio.write_image(
+        tmp_path / "o.png", np.zeros((2, 2, 3), np.float32), info_for(), OutputFormat.PNG
+    )
+    assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG" and _listing(tmp_path) == ["o.png"]
 
 
 def test_write_without_hard_links_falls_back_to_replace(

@@ -92,21 +92,31 @@ def _check_cover(tiles: tuple[Tile, ...], region: Tile, tile: int, overlap: int)
     assert tiles, "empty plan"
     assert len(set(tiles)) == len(tiles), "duplicate tiles"
     assert list(tiles) == sorted(tiles, key=lambda t: (t.y0, t.x0)), "not row-major"
-    th = region.height if tile == 0 else min(tile, region.height)
-    tw = region.width if tile == 0 else min(tile, region.width)
+    th, tw = tiles[0].height, tiles[0].width
+    if tile == 0:
+        assert (th, tw) == (region.height, region.width)
+    for length, size in ((th, region.height), (tw, region.width)):
+        assert length % ALIGN == 0 and length <= size
+        if tile:
+            assert length <= tile, "tile larger than asked"
+            # Balanced: no more tiles along an axis than tiles of the full size would need.
+            if length < size:
+                assert (
+                    -(-(size - overlap) // max(length - overlap, 1))
+                    <= -(-(size - overlap) // (tile - overlap)) + 1
+                )
     for t in tiles:
         assert region.y0 <= t.y0 and t.y1 <= region.y1
         assert region.x0 <= t.x0 and t.x1 <= region.x1
-        assert (t.height, t.width) == (th, tw), "tile not full-sized"
+        assert (t.height, t.width) == (th, tw), "tiles differ in size"
         assert t.y0 % ALIGN == 0 and t.x0 % ALIGN == 0, "tile not aligned"
     ys = {(t.y0 - region.y0, t.y1 - region.y0) for t in tiles}
     xs = {(t.x0 - region.x0, t.x1 - region.x0) for t in tiles}
     # The plan is the full grid ys x xs, so covering each axis covers the rectangle.
     assert len(tiles) == len(ys) * len(xs)
     # Neighbours overlap by >= overlap, except that the step never drops below `align`.
-    least = min(overlap, tile - ALIGN)
-    _assert_axis_covered(ys, region.height, least if len(ys) > 1 else 0)
-    _assert_axis_covered(xs, region.width, least if len(xs) > 1 else 0)
+    _assert_axis_covered(ys, region.height, min(overlap, th - ALIGN) if len(ys) > 1 else 0)
+    _assert_axis_covered(xs, region.width, min(overlap, tw - ALIGN) if len(xs) > 1 else 0)
     if len(tiles) <= 200:  # direct check too, where it is cheap
         hit = np.zeros((region.height, region.width), dtype=bool)
         for t in tiles:
@@ -146,9 +156,12 @@ def test_plan_examples() -> None:
     assert plan_tiles(64, 64, 0, 0).tiles == (Tile(0, 0, 64, 64),)
     assert plan_tiles(64, 64, 64, 16).tiles == (Tile(0, 0, 64, 64),)
     # Image narrower than the tile: the tile shrinks along that axis only.
+    # 48 px with tiles <= 32 and overlap 8 needs 2 tiles; balanced: ceil((48 + 8) / 2) = 28 -> 32.
     assert plan_tiles(16, 48, 32, 8).tiles == (Tile(0, 0, 16, 32), Tile(0, 16, 16, 48))
-    # step = 32 - 12 = 20 -> 16; the last tile is flush with the border.
+    # 72 px, tiles <= 32, overlap 12: 3 tiles; ceil((72 + 24) / 3) = 32; step 20 -> 16, last flush.
     assert [t.x0 for t in plan_tiles(8, 72, 32, 12)] == [0, 16, 32, 40]
+    # 520 px with 512-px tiles: two balanced 280-px tiles, not two 512-px ones (3.9x the work).
+    assert [(t.x0, t.width) for t in plan_tiles(8, 520, 512, 32)] == [(0, 280), (240, 280)]
     # overlap 7 with tile 8: step rounds down to 0, is raised to `align`.
     assert [t.x0 for t in plan_tiles(8, 24, 8, 7)] == [0, 8, 16]
 

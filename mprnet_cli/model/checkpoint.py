@@ -32,6 +32,7 @@ class Checkpoint:
     state_dict: dict[str, Tensor]
     config: MPRNetConfig
     metadata: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -64,12 +65,22 @@ _UNSAFE = (
 
 
 def _read_pickle(path: Path) -> Any:
+    with path.open("rb") as f:
+        head = f.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither a zip archive nor a pickle
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint or .safetensors file (it starts with {head!r})"
+        )
     # Zip-format files (torch >= 1.6) are memory-mapped: no copy of the weights in RAM.
     mmap = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(f"{path}: {_UNSAFE}") from exc
+        if "global" in str(exc).lower():  # torch names the blocked callable it refused
+            raise UnsafeCheckpointError(f"{path}: {_UNSAFE}") from exc
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint or .safetensors file ({exc})"
+        ) from exc
     except Exception as exc:  # torch raises a zoo of types for corrupt files
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
@@ -128,7 +139,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(
                 f"{path}: metadata config {declared} disagrees with tensor shapes {config}"
             )
-    return Checkpoint(state_dict=state, config=config, metadata=metadata)
+    return Checkpoint(state_dict=state, config=config, metadata=metadata, path=path)
 
 
 def build_model(checkpoint: Checkpoint) -> MPRNet:
@@ -150,7 +161,11 @@ def build_model(checkpoint: Checkpoint) -> MPRNet:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} wrong shapes (e.g. {wrong[0]})")
-        raise CheckpointError("checkpoint does not fit an MPRNet: " + "; ".join(parts))
+        where = f"{checkpoint.path}: " if checkpoint.path else ""
+        raise CheckpointError(
+            f"{where}these weights do not fit an MPRNet ({'; '.join(parts)}); they may come from a "
+            "modified architecture: use a checkpoint of the published MPRNet"
+        )
     model.load_state_dict(checkpoint.state_dict, strict=True)
     return model.eval()
 

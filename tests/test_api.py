@@ -1,0 +1,144 @@
+"""The Restorer API: kinds in = kinds out, pickling, device/precision policy, memory estimates."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mprnet_cli import Restorer
+from mprnet_cli.api import choose_precision
+from mprnet_cli.choices import Precision
+from mprnet_cli.errors import CheckpointError, UsageError
+from mprnet_cli.model.config import MPRNetConfig
+from mprnet_cli.pipeline import TileOptions, restore_array
+from tests.conftest import tiny_model
+
+
+@pytest.fixture()
+def restorer(tiny_checkpoint: Path) -> Restorer:
+    torch.set_num_threads(1)
+    return Restorer(weights=tiny_checkpoint, device="cpu", tile=0)
+
+
+def _rgb(h: int = 20, w: int = 28, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+def test_float_array_matches_the_pipeline(restorer: Restorer) -> None:
+    rgb = _rgb()
+    expected, _ = restore_array(restorer.engine, rgb, TileOptions(tile=0))
+    out = restorer.restore(rgb)
+    assert out.dtype == np.float32 and out.shape == rgb.shape
+    assert np.array_equal(out, expected)
+    assert not np.allclose(out, rgb, atol=1e-3)  # the network really ran
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(np.uint8, 255), (np.uint16, 65535)])
+def test_integer_arrays_keep_dtype_and_rounding(
+    restorer: Restorer, dtype: type, scale: int
+) -> None:
+    rgb = _rgb()
+    ints = np.round(rgb * scale).astype(dtype)
+    out = restorer.restore(ints)
+    assert out.dtype == dtype and out.shape == ints.shape
+    expected, _ = restorer.restore_rgb(ints.astype(np.float32) / scale)
+    assert np.array_equal(out, np.round(expected * scale).astype(dtype))
+
+
+def test_gray_and_alpha_arrays(restorer: Restorer) -> None:
+    gray = np.round(_rgb()[:, :, 0] * 255).astype(np.uint8)
+    out = restorer.restore(gray)
+    assert out.shape == gray.shape and out.dtype == np.uint8
+    rgba = np.dstack(
+        [
+            np.round(_rgb() * 255).astype(np.uint8),
+            np.arange(20 * 28, dtype=np.uint8).reshape(20, 28),
+        ]
+    )
+    out4 = restorer.restore(rgba)
+    assert out4.shape == rgba.shape
+    assert np.array_equal(out4[:, :, 3], rgba[:, :, 3])  # alpha untouched
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "I;16", "I", "F"])
+def test_pil_images_come_back_in_their_mode(restorer: Restorer, mode: str) -> None:
+    base = Image.fromarray(np.round(_rgb() * 255).astype(np.uint8))
+    if mode in ("I;16", "I"):
+        image = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        image = image.convert("I") if mode == "I" else image
+    elif mode == "F":
+        image = Image.fromarray(np.asarray(base.convert("L")).astype(np.float32) / 255, mode="F")
+    else:
+        image = base.convert(mode)
+    out = restorer.restore(image)
+    assert isinstance(out, Image.Image)
+    assert out.mode == image.mode and out.size == image.size
+    if "A" in mode:
+        assert np.array_equal(np.asarray(out)[..., -1], np.asarray(image)[..., -1])
+
+
+def test_pil_palette_comes_back_as_rgb(restorer: Restorer) -> None:
+    image = Image.fromarray(np.round(_rgb() * 255).astype(np.uint8)).convert("P")
+    out = restorer.restore(image)
+    assert out.mode == "RGB" and out.size == image.size
+
+
+def test_float_pil_outside_unit_range_is_refused(restorer: Restorer) -> None:
+    with pytest.raises(UsageError, match="outside"):
+        restorer.restore(Image.fromarray(np.full((16, 16), 2.0, np.float32), mode="F"))
+
+
+def test_bad_inputs(restorer: Restorer) -> None:
+    with pytest.raises(TypeError):
+        restorer.restore("photo.jpg")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="shape"):
+        restorer.restore(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(TypeError, match="dtype"):
+        restorer.restore(np.zeros((4, 4, 3), np.int64))
+
+
+def test_pickle_reloads_the_weights(restorer: Restorer) -> None:
+    clone = pickle.loads(pickle.dumps(restorer))
+    assert clone is not restorer and clone.engine is not restorer.engine
+    rgb = _rgb(seed=4)
+    assert np.array_equal(clone.restore(rgb), restorer.restore(rgb))
+    assert len(pickle.dumps(restorer)) < 2000  # settings travel, not the weights
+
+
+def test_bad_settings_are_usage_errors(tiny_checkpoint: Path) -> None:
+    with pytest.raises(UsageError):
+        Restorer(weights=tiny_checkpoint, precision="fp64")
+    with pytest.raises(UsageError):
+        Restorer("dewarp")
+    with pytest.raises(UsageError):
+        Restorer(weights=tiny_checkpoint, device="tpu")
+
+
+def test_non_rgb_network_is_refused(tmp_path: Path) -> None:
+    model = tiny_model(
+        0,
+        MPRNetConfig(in_c=1, out_c=1, n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1),
+    )
+    path = tmp_path / "gray.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="RGB"):
+        Restorer(weights=path, device="cpu")
+
+
+def test_auto_precision_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert choose_precision("cpu", Precision.AUTO) is Precision.FP32
+    assert choose_precision("cpu", Precision.BF16) is Precision.BF16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_precision("cuda", Precision.AUTO) is Precision.BF16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_precision("cuda", Precision.AUTO) is Precision.FP32
+
+
+def test_bundled_restorer_uses_estimated_memory(tiny_checkpoint: Path) -> None:
+    r = Restorer(weights=tiny_checkpoint, device="cpu")
+    assert r.engine.bytes_per_pixel is not None and r.engine.bytes_per_pixel > 0
