@@ -1,3 +1,3 @@
-from mprnet_cli.cli import main
+from mprnet_cli._entry import main
 
 main()

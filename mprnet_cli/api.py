@@ -70,6 +70,7 @@ class Restorer:
         tile: int | None = None,
         tile_overlap: int = DEFAULT_OVERLAP,
         tile_batch: int = 1,
+        compile: bool = False,
         notify: Callable[[str], None] | None = None,
         quiet: bool = False,
     ) -> None:
@@ -88,6 +89,7 @@ class Restorer:
             "tile": tile,
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
+            "compile": compile,
             "quiet": quiet,
         }
         self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
@@ -109,6 +111,7 @@ class Restorer:
             self.device,
             self.precision,
             bytes_per_pixel=self._bytes_per_pixel(),
+            compile=compile,
         )
 
     def _bytes_per_pixel(self) -> float:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mprnet_cli.device import Precision, supports_precision
+from mprnet_cli.choices import Precision
+from mprnet_cli.device import autocast, supports_precision
 from mprnet_cli.model.config import PUBLISHED_CONFIGS, MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 
@@ -139,16 +141,6 @@ def _peak_memory(device: torch.device) -> Iterator[Callable[[], int]]:
     yield lambda: max(0, _vmhwm() - base) if reset else 0
 
 
-def _autocast(
-    device: torch.device, precision: Precision
-) -> contextlib.AbstractContextManager[object]:
-    if precision is Precision.BF16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision is Precision.FP16:
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def build(
     config: MPRNetConfig, mode: Mode, device: torch.device, seed: int = 0
 ) -> Callable[[torch.Tensor], Any]:
@@ -162,66 +154,41 @@ def build(
     return fn
 
 
-def bench_one(
-    task: str,
-    config: MPRNetConfig,
-    mode: Mode,
-    device: torch.device,
-    *,
-    height: int,
-    width: int,
-    batch: int = 1,
-    warmup: int = 1,
-    repeat: int = 3,
-    min_seconds: float = 2.0,
-    macs: int | None = None,
-) -> BenchResult:
-    """Time one (network, mode): median of `repeat` timed runs after warm-up."""
-    fn = build(config, mode, device)
+@dataclass
+class _Runner:
+    """One mode of one network, ready to run; collects its timings."""
+
+    mode: Mode
+    fn: Callable[[torch.Tensor], Any]
+    x: torch.Tensor
+    first: float = 0.0
+    peak: int = 0
+    times: list[float] = field(default_factory=list)
+
+
+def _prepare(
+    config: MPRNetConfig, mode: Mode, device: torch.device, height: int, width: int, batch: int
+) -> _Runner:
     fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
     x = torch.rand(batch, config.in_c, height, width, generator=torch.Generator().manual_seed(1))
-    x = x.to(device).contiguous(memory_format=fmt)
-    if macs is None:
-        macs = count_macs(MPRNet(config), height, width)
-    times: list[float] = []
-    with torch.inference_mode(), _autocast(device, mode.precision), _peak_memory(device) as peak:
+    runner = _Runner(mode, build(config, mode, device), x.to(device).contiguous(memory_format=fmt))
+    with torch.inference_mode(), autocast(device, mode.precision), _peak_memory(device) as peak:
         t0 = time.perf_counter()
-        fn(x)
+        runner.fn(runner.x)  # first call: allocation, autotuning, compilation
         _sync(device)
-        first = time.perf_counter() - t0
-        for _ in range(max(0, warmup - 1)):
-            fn(x)
+        runner.first = time.perf_counter() - t0
+        runner.fn(runner.x)
         _sync(device)
-        started = time.perf_counter()
-        while len(times) < repeat or (
-            time.perf_counter() - started < min_seconds and len(times) < 50
-        ):
-            t = time.perf_counter()
-            fn(x)
-            _sync(device)
-            times.append(time.perf_counter() - t)
-        peak_bytes = peak()
-    times.sort()
-    per_batch = times[len(times) // 2]
-    per_image = per_batch / batch
-    mp_s = height * width / per_image / 1e6
-    return BenchResult(
-        task=task,
-        mode=mode.name,
-        device=str(device),
-        width=width,
-        height=height,
-        batch=batch,
-        threads=torch.get_num_threads(),
-        seconds_per_image=per_image,
-        megapixels_per_second=mp_s,
-        seconds_per_12mp=MEGAPIXELS_12 / (mp_s * 1e6),
-        gmac_per_image=macs / 1e9,
-        gflops=2 * macs / per_image / 1e9,
-        peak_memory_bytes=peak_bytes,
-        speedup_vs_reference=None,
-        first_call_seconds=first,
-    )
+        runner.peak = peak()
+    return runner
+
+
+def _time_once(runner: _Runner, device: torch.device) -> None:
+    with torch.inference_mode(), autocast(device, runner.mode.precision):
+        t = time.perf_counter()
+        runner.fn(runner.x)
+        _sync(device)
+        runner.times.append(time.perf_counter() - t)
 
 
 def run(
@@ -237,39 +204,50 @@ def run(
     configs: dict[str, MPRNetConfig] | None = None,
     on_result: Callable[[BenchResult], None] | None = None,
 ) -> list[BenchResult]:
-    """Benchmark every task in every mode; the reference mode always runs first for the ratio."""
+    """Benchmark every task in every mode against the reference mode.
+
+    The modes of a task are timed in interleaved rounds (reference, mode A,
+    mode B, reference, ...) and the medians compared, so that a noisy
+    neighbour or a clock change hits every mode alike.
+    """
     configs = configs or PUBLISHED_CONFIGS
     wanted = ["reference", *[m for m in modes if m != "reference"]]
     results: list[BenchResult] = []
     for task in tasks:
         config = configs[task]
         macs = count_macs(MPRNet(config), height, width)
-        reference_time: float | None = None
-        for name in wanted:
-            mode = MODES[name]
-            if not supports_precision(device, mode.precision):
-                continue
-            result = bench_one(
-                task,
-                config,
-                mode,
-                device,
-                height=height,
+        runners = [
+            _prepare(config, MODES[name], device, height, width, batch)
+            for name in wanted
+            if supports_precision(device, MODES[name].precision)
+        ]
+        started = time.perf_counter()
+        rounds = 0
+        while rounds < repeat or (time.perf_counter() - started < min_seconds and rounds < 50):
+            for runner in runners:
+                _time_once(runner, device)
+            rounds += 1
+        reference = statistics.median(runners[0].times) / batch
+        for runner in runners:
+            per_image = statistics.median(runner.times) / batch
+            mp_s = height * width / per_image / 1e6
+            result = BenchResult(
+                task=task,
+                mode=runner.mode.name,
+                device=str(device),
                 width=width,
+                height=height,
                 batch=batch,
-                repeat=repeat,
-                min_seconds=min_seconds,
-                macs=macs,
+                threads=torch.get_num_threads(),
+                seconds_per_image=per_image,
+                megapixels_per_second=mp_s,
+                seconds_per_12mp=MEGAPIXELS_12 / (mp_s * 1e6),
+                gmac_per_image=macs / 1e9,
+                gflops=2 * macs / per_image / 1e9,
+                peak_memory_bytes=runner.peak,
+                speedup_vs_reference=reference / per_image,
+                first_call_seconds=runner.first,
             )
-            if name == "reference":
-                reference_time = result.seconds_per_image
-            if reference_time is not None:
-                result = BenchResult(
-                    **{
-                        **asdict(result),
-                        "speedup_vs_reference": reference_time / result.seconds_per_image,
-                    }
-                )
             results.append(result)
             if on_result is not None:
                 on_result(result)

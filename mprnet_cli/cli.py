@@ -167,6 +167,14 @@ OverlapOpt = Annotated[int, typer.Option("--tile-overlap", help="Overlap between
 TileBatchOpt = Annotated[int, typer.Option("--tile-batch", help="Tiles per forward pass (GPU).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", "-f", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the network: faster per pixel on GPUs for large batches, but the "
+        "first image pays the compilation (minutes on a CPU).",
+    ),
+]
 ThreadsOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
@@ -487,6 +495,7 @@ def _register(task: Task) -> None:
         tile_overlap: OverlapOpt = 32,
         tile_batch: TileBatchOpt = 1,
         threads: ThreadsOpt = None,
+        compile_model: CompileOpt = False,
     ) -> None:
         options = {
             "weights": weights,
@@ -496,6 +505,7 @@ def _register(task: Task) -> None:
             "tile": parse_tile(tile),
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
+            "compile": compile_model,
         }
         _restore(
             task,

@@ -6,6 +6,7 @@ Kept apart from the pipeline so the policy ("auto picks the GPU when usable",
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -140,6 +141,17 @@ def supports_precision(device: torch.device, precision: Precision) -> bool:
 def check_precision(device: torch.device, precision: Precision) -> None:
     if not supports_precision(device, precision):
         raise UsageError(f"--precision {precision.value} is not supported on {device}; use fp32")
+
+
+def autocast(
+    device: torch.device, precision: Precision
+) -> contextlib.AbstractContextManager[object]:
+    """The autocast context for a precision (nothing for fp32)."""
+    if precision is Precision.BF16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision is Precision.FP16:
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def set_threads(threads: int | None) -> None:

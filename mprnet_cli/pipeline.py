@@ -10,7 +10,6 @@ Progress is reported through a callback (`done, total`), never printed here.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import deque
@@ -23,7 +22,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from mprnet_cli.choices import Precision
-from mprnet_cli.device import available_memory, cpu_has_fast_bf16, empty_cache, is_oom
+from mprnet_cli.device import autocast, available_memory, cpu_has_fast_bf16, empty_cache, is_oom
 from mprnet_cli.errors import OutOfMemoryError, UsageError
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, shrink_tile
@@ -112,18 +111,11 @@ class Engine:
         self.forward = self.model  # a compiled graph is specific to the old device
         empty_cache(old)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.precision is Precision.BF16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.precision is Precision.FP16:
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
-
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) float32 on the CPU -> restored (N, 3, h, w) float32 on the CPU."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             out: torch.Tensor = self.forward(x)[0]
         return out.float().cpu()
 

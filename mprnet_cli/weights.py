@@ -259,12 +259,57 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _aliases_path() -> Path:
+    return _verified_db().with_name("aliases.json")
+
+
+def _alias_key(spec: PublishedWeights) -> str:
+    return f"{spec.repo}@{spec.revision or 'main'}/{spec.filename}"
+
+
+def _published_name(spec: PublishedWeights) -> str:
+    """The file actually used for a spec: its own name, or the one picked when it vanished."""
+    try:
+        aliases = json.loads(_aliases_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return spec.filename
+    name = aliases.get(_alias_key(spec))
+    return name if isinstance(name, str) else spec.filename
+
+
+def _remember_alias(spec: PublishedWeights, picked: str) -> None:
+    path = _aliases_path()
+    try:
+        aliases = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        aliases = {}
+    aliases[_alias_key(spec)] = picked
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(aliases, indent=1), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # without the note the next run lists the repo again
+
+
 def cached_published(spec: PublishedWeights) -> Path | None:
-    """The cached file for a spec, found without any network call."""
+    """The cached file for a spec (or its recorded replacement), found without any network call."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(spec.repo, spec.filename, revision=spec.revision or "main")
+    found = try_to_load_from_cache(
+        spec.repo, _published_name(spec), revision=spec.revision or "main"
+    )
     return Path(found) if isinstance(found, str) else None
+
+
+def _verify_published(spec: PublishedWeights, path: Path) -> None:
+    """Registry checks apply to the registry's own file; a replacement has only the Hub's hash."""
+    if _published_name(spec) == spec.filename:
+        verify_file(path, _expected_sha(spec, path), spec.size)
+    else:
+        blob = Path(os.path.realpath(path)).name
+        verify_file(path, blob if _HEX64.match(blob) else None)
 
 
 _TASK_WORDS = {
@@ -312,7 +357,7 @@ def download_published(
 
     hf_logging.set_verbosity_error()  # its retry chatter is not for our users
     revision = spec.revision or "main"
-    filename = spec.filename
+    filename = _published_name(spec)
     first_time = cached_published(spec) is None
     if first_time and notify:
         notify(
@@ -335,6 +380,7 @@ def download_published(
             if notify:
                 notify(f"{spec.filename} is not in {spec.repo}; using {picked} instead")
             path = hf_hub_download(spec.repo, picked, revision=revision, force_download=force)
+            _remember_alias(spec, picked)
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
         raise WeightsError(f"cannot access {spec.repo}@{revision}: {_first_line(exc)}") from exc
     except LocalEntryNotFoundError as exc:
@@ -352,7 +398,7 @@ def download_published(
         if quiet:
             enable_progress_bars()
     local = Path(path)
-    verify_file(local, _expected_sha(spec, local), spec.size if filename == spec.filename else None)
+    _verify_published(spec, local)
     return local
 
 
@@ -406,7 +452,7 @@ def _resolve_published(
     spec = entry.published
     cached = cached_published(spec)
     if cached is not None:
-        verify_file(cached, _expected_sha(spec, cached), spec.size)
+        _verify_published(spec, cached)
         return ResolvedWeights(cached, Source.PUBLISHED, task, spec.config)
     path = download_published(spec, notify=notify, quiet=quiet)
     return ResolvedWeights(path, Source.PUBLISHED, task, spec.config)

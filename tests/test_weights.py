@@ -211,10 +211,18 @@ def test_registry_sha256_mismatch_is_detected(tmp_path: Path, hub: FakeHub) -> N
 
 
 def test_missing_registry_name_falls_back_to_listing(tmp_path: Path, hub: FakeHub) -> None:
-    reg = write_registry(tmp_path, filename="renamed_deraining_v2.pth")
+    # The registry's sha256 belongs to its own (vanished) file: the replacement is
+    # checked against the Hub's hash instead, and found again offline.
+    reg = write_registry(tmp_path, filename="renamed_deraining_v2.pth", sha256="e" * 64)
     proc = run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url))
     assert proc.returncode == 0, proc.stderr
     assert "using model_deraining.pth instead" in proc.stderr
+    hub.stop()
+    offline = hub_env(tmp_path, reg, None)
+    where = run_cli(["weights", "path", "derain"], offline)
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).name == "model_deraining.pth"
+    assert _resolve_in_subprocess(offline)["source"] == "published"
 
 
 def test_no_checkpoint_for_task_lists_repo_files(tmp_path: Path) -> None:

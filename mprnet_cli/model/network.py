@@ -25,11 +25,30 @@ from mprnet_cli.model.config import MPRNetConfig
 Features = list[Tensor]
 
 
+class _FastPath:
+    """Mixin: blocks may update fresh intermediate tensors in place on the fast path.
+
+    Only when no gradient is recorded (inference, validation) and only on the fast
+    path: the reference mode keeps the reference's out-of-place arithmetic. Every
+    in-place target below is a tensor the block itself just produced, so no caller
+    can observe the difference (the values are identical).
+    """
+
+    inplace: bool = False
+
+    def _in_place(self) -> bool:
+        return self.inplace and not torch.is_grad_enabled()
+
+
+def _add(a: Tensor, b: Tensor, in_place: bool) -> Tensor:
+    return a.add_(b) if in_place else a + b
+
+
 def conv(in_c: int, out_c: int, kernel_size: int, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(in_c, out_c, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
-class CALayer(nn.Module):
+class CALayer(_FastPath, nn.Module):
     """Channel attention: per-channel gates from the global mean."""
 
     def __init__(self, channels: int, reduction: int, bias: bool) -> None:
@@ -43,10 +62,10 @@ class CALayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate: Tensor = self.conv_du(x.mean(dim=(2, 3), keepdim=True))
-        return x * gate
+        return x.mul_(gate) if self._in_place() else x * gate
 
 
-class CAB(nn.Module):
+class CAB(_FastPath, nn.Module):
     """Channel attention block: conv-act-conv, gated, plus the input."""
 
     def __init__(self, c: int, k: int, reduction: int, bias: bool, act: nn.Module) -> None:
@@ -55,15 +74,15 @@ class CAB(nn.Module):
         self.body = nn.Sequential(conv(c, c, k, bias), act, conv(c, c, k, bias))
 
     def forward(self, x: Tensor) -> Tensor:
-        res: Tensor = self.CA(self.body(x))
-        return res + x
+        res: Tensor = self.CA(self.body(x))  # body's output is fresh: CA may gate it in place
+        return _add(res, x, self._in_place())
 
 
 def _cabs(n: int, c: int, k: int, reduction: int, bias: bool, act: nn.Module) -> nn.Sequential:
     return nn.Sequential(*(CAB(c, k, reduction, bias, act) for _ in range(n)))
 
 
-class SAM(nn.Module):
+class SAM(_FastPath, nn.Module):
     """Supervised attention module: predicts the stage image and gates features by it."""
 
     def __init__(self, c: int, out_c: int, bias: bool) -> None:
@@ -73,10 +92,11 @@ class SAM(nn.Module):
         self.conv3 = conv(out_c, c, 1, bias)
 
     def forward(self, x: Tensor, x_img: Tensor) -> tuple[Tensor, Tensor]:
+        ip = self._in_place()
         x1 = self.conv1(x)
-        img = self.conv2(x) + x_img
+        img = _add(self.conv2(x), x_img, ip)
         att = torch.sigmoid(self.conv3(img))
-        return x1 * att + x, img
+        return _add(x1.mul_(att) if ip else x1 * att, x, ip), img
 
 
 class _Resize(nn.Module):
@@ -110,14 +130,14 @@ class UpSample(nn.Module):
         return out
 
 
-class SkipUpSample(UpSample):
+class SkipUpSample(_FastPath, UpSample):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         assert y is not None
         out: Tensor = self.up(x)
-        return out + y
+        return _add(out, y, self._in_place())
 
 
-class Encoder(nn.Module):
+class Encoder(_FastPath, nn.Module):
     def __init__(self, cfg: MPRNetConfig, act: nn.Module, csff: bool) -> None:
         super().__init__()
         n, s, k, r, b = cfg.n_feat, cfg.scale_unetfeats, cfg.kernel_size, cfg.reduction, cfg.bias
@@ -139,18 +159,25 @@ class Encoder(nn.Module):
         self, x: Tensor, encoder_outs: Features | None = None, decoder_outs: Features | None = None
     ) -> Features:
         fuse = encoder_outs is not None and decoder_outs is not None
+        ip = self._in_place()
         enc1 = self.encoder_level1(x)
         if fuse:
             assert encoder_outs is not None and decoder_outs is not None
-            enc1 = enc1 + self.csff_enc1(encoder_outs[0]) + self.csff_dec1(decoder_outs[0])
+            enc1 = _add(
+                _add(enc1, self.csff_enc1(encoder_outs[0]), ip), self.csff_dec1(decoder_outs[0]), ip
+            )
         enc2 = self.encoder_level2(self.down12(enc1))
         if fuse:
             assert encoder_outs is not None and decoder_outs is not None
-            enc2 = enc2 + self.csff_enc2(encoder_outs[1]) + self.csff_dec2(decoder_outs[1])
+            enc2 = _add(
+                _add(enc2, self.csff_enc2(encoder_outs[1]), ip), self.csff_dec2(decoder_outs[1]), ip
+            )
         enc3 = self.encoder_level3(self.down23(enc2))
         if fuse:
             assert encoder_outs is not None and decoder_outs is not None
-            enc3 = enc3 + self.csff_enc3(encoder_outs[2]) + self.csff_dec3(decoder_outs[2])
+            enc3 = _add(
+                _add(enc3, self.csff_enc3(encoder_outs[2]), ip), self.csff_dec3(decoder_outs[2]), ip
+            )
         return [enc1, enc2, enc3]
 
 
@@ -174,7 +201,7 @@ class Decoder(nn.Module):
         return [dec1, dec2, dec3]
 
 
-class ORB(nn.Module):
+class ORB(_FastPath, nn.Module):
     """Original-resolution block: CABs then a bias-free conv, plus the input."""
 
     def __init__(self, c: int, cfg: MPRNetConfig, act: nn.Module) -> None:
@@ -186,10 +213,10 @@ class ORB(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         res: Tensor = self.body(x)
-        return res + x
+        return _add(res, x, self._in_place())
 
 
-class ORSNet(nn.Module):
+class ORSNet(_FastPath, nn.Module):
     def __init__(self, cfg: MPRNetConfig, act: nn.Module) -> None:
         super().__init__()
         n, s, o, b = cfg.n_feat, cfg.scale_unetfeats, cfg.scale_orsnetfeats, cfg.bias
@@ -208,18 +235,18 @@ class ORSNet(nn.Module):
         self.conv_dec3 = conv(n, n + o, 1, b)
 
     def forward(self, x: Tensor, enc: Features, dec: Features) -> Tensor:
-        x = self.orb1(x) + self.conv_enc1(enc[0]) + self.conv_dec1(dec[0])
-        x = (
-            self.orb2(x)
-            + self.conv_enc2(self.up_enc1(enc[1]))
-            + self.conv_dec2(self.up_dec1(dec[1]))
+        ip = self._in_place()
+        x = _add(_add(self.orb1(x), self.conv_enc1(enc[0]), ip), self.conv_dec1(dec[0]), ip)
+        x = _add(
+            _add(self.orb2(x), self.conv_enc2(self.up_enc1(enc[1])), ip),
+            self.conv_dec2(self.up_dec1(dec[1])),
+            ip,
         )
-        out: Tensor = (
-            self.orb3(x)
-            + self.conv_enc3(self.up_enc2(enc[2]))
-            + self.conv_dec3(self.up_dec2(dec[2]))
+        return _add(
+            _add(self.orb3(x), self.conv_enc3(self.up_enc2(enc[2])), ip),
+            self.conv_dec3(self.up_dec2(dec[2])),
+            ip,
         )
-        return out
 
 
 def _join(a: Tensor, b: Tensor, dim: int) -> Tensor:
@@ -247,7 +274,6 @@ class MPRNet(nn.Module):
         super().__init__()
         cfg = config or MPRNetConfig()
         self.config = cfg
-        self.batched = True
         n, o, k, r, b = cfg.n_feat, cfg.scale_orsnetfeats, cfg.kernel_size, cfg.reduction, cfg.bias
         act = nn.PReLU()  # one slope shared by every block, as in the published weights
         self.shallow_feat1 = nn.Sequential(conv(cfg.in_c, n, k, b), CAB(n, k, r, b, act))
@@ -263,6 +289,19 @@ class MPRNet(nn.Module):
         self.concat12 = conv(2 * n, n, k, b)
         self.concat23 = conv(2 * n, n + o, k, b)
         self.tail = conv(n + o, cfg.out_c, k, b)
+        self.batched = True
+
+    @property
+    def batched(self) -> bool:
+        """The fast path (batched quarters/halves, in-place updates without autograd) or the reference."""
+        return self._batched
+
+    @batched.setter
+    def batched(self, value: bool) -> None:
+        self._batched = value
+        for module in self.modules():
+            if isinstance(module, _FastPath):
+                module.inplace = value
 
     def forward(self, x: Tensor) -> list[Tensor]:
         h, w = x.shape[-2:]

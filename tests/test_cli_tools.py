@@ -1,0 +1,268 @@
+"""The tool commands: train, eval, bench and weights (in-process, tiny settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mprnet_cli.cli import app
+from mprnet_cli.model.checkpoint import read_checkpoint
+from mprnet_cli.model.config import MPRNetConfig
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:64] / 16.0
+    for i in range(3):
+        base = (
+            np.stack([np.sin(xx + i + c) * np.cos(yy - c) for c in range(3)], axis=-1) * 0.3 + 0.5
+        )
+        noise = rng.normal(0, 0.02, base.shape)
+        Image.fromarray(np.uint8(np.clip(base + noise, 0, 1) * 255)).save(folder / f"{i}.png")
+    return folder
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+TRAIN = (
+    "--width",
+    "8,4,4",
+    "--num-cab",
+    "1",
+    "--batch",
+    "1",
+    "--crop",
+    "32",
+    "--device",
+    "cpu",
+    "--save-every",
+    "1",
+    "--threads",
+    "1",
+    "--quiet",
+)
+
+
+def test_train_writes_safetensors_with_its_recipe_and_resumes(tmp_path: Path, photos: Path) -> None:
+    run = tmp_path / "run"
+    code, _, err = invoke(
+        "train", "denoise", str(photos), "--out", str(run), "--steps", "2", *TRAIN
+    )
+    assert code == 0, err
+    ckpt = read_checkpoint(run / "denoise.safetensors")
+    assert ckpt.config == MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1)
+    assert ckpt.metadata["task"] == "denoise" and ckpt.metadata["steps"] == "2"
+    recipe = json.loads(ckpt.metadata["recipe"])
+    assert recipe["crop"] == 32 and recipe["seed"] == 0
+    assert len(json.loads(ckpt.metadata["history"])) == 2  # validated at every save
+    # Same command with more steps continues from last.pt.
+    code, _, err = invoke(
+        "train", "denoise", str(photos), "--out", str(run), "--steps", "3", *TRAIN
+    )
+    assert code == 0, err
+    assert read_checkpoint(run / "denoise.safetensors").metadata["steps"] == "3"
+
+
+def test_train_refuses_to_replace_an_export_and_bad_data(tmp_path: Path, photos: Path) -> None:
+    existing = tmp_path / "w.safetensors"
+    existing.write_bytes(b"keep me")
+    code, _, err = invoke(
+        "train",
+        "denoise",
+        str(photos),
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+        "--export",
+        str(existing),
+        *TRAIN,
+    )
+    assert code == 1 and "--overwrite" in err and existing.read_bytes() == b"keep me"
+    code, _, err = invoke(
+        "train", "denoise", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), *TRAIN
+    )
+    assert code == 1 and "not a folder" in err
+    code, _, err = invoke(
+        "train", "denoise", str(photos), "--crop", "12", "--out", str(tmp_path / "r")
+    )
+    assert code == 2
+    code, _, err = invoke("train", "dewarp", str(photos))
+    assert code == 2
+
+
+def test_train_init_must_match_the_network(
+    tmp_path: Path, photos: Path, tiny_checkpoint: Path
+) -> None:
+    code, _, err = invoke(
+        "train",
+        "denoise",
+        str(photos),
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+        "--init",
+        str(tiny_checkpoint),
+        *TRAIN,
+        "--num-cab",
+        "2",  # the tiny checkpoint has one CAB per block: a different network
+    )
+    assert code == 2 and "--width" in err
+
+
+def test_eval_reports_restored_and_input_scores(photos: Path, tiny_checkpoint: Path) -> None:
+    code, out, err = invoke(
+        "eval",
+        "denoise",
+        "--input",
+        str(photos),
+        "--degrade",
+        "noise:25",
+        "--weights",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--tile",
+        "0",
+        "--json",
+        "--quiet",
+    )
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["name"] for line in lines[:-1]] == ["0.png", "1.png", "2.png"]
+    summary = lines[-1]
+    assert summary["images"] == 3 and summary["protocol"] == "RGB"
+    assert 18 < summary["input_psnr"] < 23  # sigma 25 on 8-bit images
+    assert summary["psnr"] == pytest.approx(np.mean([line["psnr"] for line in lines[:-1]]))
+
+
+def test_eval_pairs_use_the_y_channel_for_derain(photos: Path, tiny_checkpoint: Path) -> None:
+    code, out, err = invoke(
+        "eval",
+        "derain",
+        "--input",
+        str(photos),
+        "--target",
+        str(photos),
+        "--weights",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--tile",
+        "0",
+        "--json",
+        "--quiet",
+        "--limit",
+        "2",
+    )
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["images"] == 2 and summary["protocol"].startswith("Y")
+    assert summary["input_psnr"] == float("inf")  # input == target
+
+
+def test_eval_checks_its_arguments_before_loading_weights(photos: Path, tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-weights.pth")
+    code, _, err = invoke(
+        "eval",
+        "denoise",
+        "--input",
+        str(photos),
+        "--target",
+        str(photos),
+        "--degrade",
+        "noise:25",
+        "--weights",
+        missing,
+    )
+    assert code == 2 and "drop --target" in err
+    code, _, err = invoke("eval", "denoise", "--input", str(photos), "--weights", missing)
+    assert code == 2 and "--degrade" in err
+    code, _, err = invoke(
+        "eval", "denoise", "--input", str(photos), "--degrade", "snow:3", "--weights", missing
+    )
+    assert code == 2
+
+
+def test_bench_compares_with_the_reference_mode() -> None:
+    code, out, err = invoke(
+        "bench",
+        "derain",
+        "--size",
+        "16x16",
+        "--modes",
+        "reference,fp32",
+        "--repeat",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["mode"] for r in rows] == ["reference", "fp32"]
+    assert rows[0]["speedup_vs_reference"] == 1.0
+    assert rows[1]["gmac_per_image"] == rows[0]["gmac_per_image"] > 0
+    for r in rows:
+        assert r["megapixels_per_second"] > 0 and r["gflops"] > 0
+        assert r["seconds_per_12mp"] == pytest.approx(12 / r["megapixels_per_second"])
+
+
+def test_bench_usage_errors() -> None:
+    assert invoke("bench", "--size", "20x20")[0] == 2
+    assert invoke("bench", "--modes", "turbo", "--size", "16x16", "--device", "cpu")[0] == 2
+    assert invoke("bench", "--precision", "fp64")[0] == 2
+    assert invoke("bench", "--batch", "0")[0] == 2
+
+
+def test_weights_path_and_list_without_network() -> None:
+    code, out, err = invoke("weights", "path", "derain", "--model", "bundled")
+    assert code == 0, err
+    assert (
+        Path(out.strip()).name == "mprnet-derain-compact.safetensors"
+        and Path(out.strip()).is_file()
+    )
+    code, out, err = invoke("weights", "path", "derain", "--model", "published")
+    assert code == 1 and "mprnet weights download derain" in err
+    code, out, _ = invoke("weights", "list")
+    assert code == 0 and "bundled" in out and "published" in out
+    assert invoke("weights", "path", "derain", "--model", "foo")[0] == 2
+
+
+def test_a_text_file_as_weights_is_one_clear_line(tmp_path: Path, photos: Path) -> None:
+    notes = tmp_path / "README.md"
+    notes.write_text("# not weights\n")
+    code, _, err = invoke(
+        "eval",
+        "denoise",
+        "--input",
+        str(photos),
+        "--degrade",
+        "noise:25",
+        "--weights",
+        str(notes),
+        "--device",
+        "cpu",
+    )
+    assert code == 1
+    assert "not a PyTorch checkpoint or .safetensors file" in err and "Traceback" not in err
