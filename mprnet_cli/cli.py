@@ -592,7 +592,7 @@ def weights_list() -> None:
 @weights_app.command("download")
 def weights_download(
     tasks: Annotated[
-        list[str] | None, typer.Argument(metavar="[TASK]...", help="Tasks (default: all).")
+        list[str] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
     quiet: QuietOpt = False,
@@ -622,12 +622,7 @@ def weights_path(
     (chosen,) = _tasks([task])
     with errors_to_exit():
         from mprnet_cli.errors import WeightsError
-        from mprnet_cli.weights import (
-            bundled_path,
-            cached_published,
-            offline_error,
-            registry,
-        )
+        from mprnet_cli.weights import bundled_path, cached_published, registry
 
         choice = model
         entry = registry()[chosen]
@@ -637,7 +632,10 @@ def weights_path(
                 print(cached)
                 return
             if choice is ModelChoice.PUBLISHED or entry.bundled is None:
-                raise offline_error(chosen)
+                raise WeightsError(
+                    f"the published {chosen.value} weights are not in the cache; run "
+                    f"`mprnet weights download {chosen.value}` (nothing is downloaded by `path`)"
+                )
         if entry.bundled is None:
             raise WeightsError(f"no bundled weights for {chosen.value}")
         print(bundled_path(entry.bundled))
@@ -663,13 +661,13 @@ def _one_task(name: str) -> Task:
     return task
 
 
-@app.command("train")
+@app.command("train", short_help="Train an MPRNet of any width (resumable); writes .safetensors.")
 def train_command(
     task_name: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
     clean: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Argument(
-            metavar="[CLEAN_DIR]",
+            metavar="CLEAN_DIR",
             help="Folder of clean photos (degraded on the fly).",
             show_default=False,
         ),
@@ -800,7 +798,7 @@ def _train_progress(quiet: bool) -> Iterator[Callable[[int, int, float, float], 
         yield update
 
 
-@app.command("eval")
+@app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper's protocol).")
 def eval_command(
     task_name: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
     input_dir: Annotated[
@@ -884,10 +882,10 @@ def eval_command(
         )
 
 
-@app.command("bench")
+@app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")
 def bench_command(
     tasks: Annotated[
-        list[str] | None, typer.Argument(metavar="[TASK]...", help="Tasks (default: all).")
+        list[str] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
     ] = None,
     size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "512x512",
     device: DeviceOpt = "auto",

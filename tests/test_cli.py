@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import runpy
 import signal
 import struct
 import subprocess
@@ -28,6 +29,7 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from mprnet_cli import __version__
+from mprnet_cli._entry import HELP_FILE
 from mprnet_cli.batch import JSON_FIELDS
 from mprnet_cli.cli import app, progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
@@ -368,6 +370,35 @@ def test_help_does_not_import_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True
     )
     assert proc.stdout.split() == ["[0,", "0]", "False", "True"], proc.stderr
+
+
+def test_stored_top_level_help_is_typers_own_and_is_served_without_typer() -> None:
+    root = Path(__file__).resolve().parent.parent
+    typer_help = runpy.run_path(str(root / "scripts" / "update_help.py"))["typer_help"]
+    stored = HELP_FILE.read_text(encoding="utf-8")
+    assert typer_help() == stored, "top-level help changed: run python3 scripts/update_help.py"
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['mprnet', '--help']\n"
+        "from mprnet_cli._entry import main\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        "    print('typer' in sys.modules, file=sys.stderr)\n"
+    )
+    for columns, served in (("80", True), ("200", True), ("60", False)):
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**env(), "COLUMNS": columns},
+            check=True,
+        )
+        # Narrow terminals get Typer's own wrapping instead of the stored copy.
+        assert proc.stderr.strip() == str(not served), columns
+        assert (proc.stdout == stored) is served, columns
+        assert proc.stdout.startswith("Usage: mprnet [OPTIONS] COMMAND")
 
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
