@@ -469,16 +469,19 @@ def test_ctrl_c_lets_the_write_in_progress_finish_and_leaves_no_temp_files(
     for i in range(6):
         save(cwd / "in" / f"{i}.png", size=(8, 8))
     real_write = mio.write_image
-    writing = threading.Event()
+    writes: list[int] = []
+    second_write_started = threading.Event()
 
     def slow_write(*a: Any, **k: Any) -> None:
-        writing.set()
+        writes.append(1)
+        if len(writes) == 2:
+            second_write_started.set()
         time.sleep(0.2)
         real_write(*a, **k)
 
     def interrupt_third(n: int) -> None:
         if n == 3:
-            assert writing.wait(5)  # the second image is being written right now
+            assert second_write_started.wait(5)  # the second image is being written right now
             raise KeyboardInterrupt
 
     monkeypatch.setattr("mprnet_cli.batch.write_image", slow_write)
