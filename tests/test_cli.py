@@ -297,6 +297,9 @@ def kill_after_first_output(args: list[str], work: Path, out: Path, sig: int) ->
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring
+        # it: give the child the default disposition, as a terminal's Ctrl-C would find.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 90
     while not (out.is_dir() and any(out.glob("*_derained.png"))):
