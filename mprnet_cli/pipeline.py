@@ -34,6 +34,11 @@ ALIGN = 8
 DEFAULT_OVERLAP = 32
 MIN_TILE = 64
 MAX_AUTO_TILE = 2048
+# On a CPU, MPRNet's per-pixel speed falls once its feature maps outgrow the caches:
+# tiles of 384-512 px restored a 1280x960 image 1.4x faster than one pass, overlap
+# included (benchmarks/bench_cpu_tiles.py), so `auto` never goes above this there.
+# GPUs prefer one pass, or the largest tile that fits.
+CPU_AUTO_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class TileOptions:
             raise UsageError("--tile-overlap must be >= 0")
         if self.batch < 1:
             raise UsageError("--tile-batch must be >= 1")
+
+
+def _speed_tile(device: torch.device) -> int | None:
+    """The largest tile worth running on this device (None: as large as memory allows)."""
+    return CPU_AUTO_TILE if device.type == "cpu" else None
 
 
 @dataclass
@@ -86,6 +96,7 @@ class Engine:
         self.precision = precision
         self.channels_last = channels_last
         self.bytes_per_pixel = bytes_per_pixel
+        self.speed_tile = _speed_tile(device)
         self.model = model.eval().requires_grad_(False)
         self._place()
         self.forward: Callable[[torch.Tensor], list[torch.Tensor]] = self.model
@@ -102,6 +113,7 @@ class Engine:
         """Move to the CPU after the GPU ran out of memory even at the smallest tile."""
         old = self.device
         self.device = torch.device("cpu")
+        self.speed_tile = _speed_tile(self.device)
         if self.precision is Precision.FP16 or (
             self.precision is Precision.BF16 and not cpu_has_fast_bf16()
         ):
@@ -120,14 +132,17 @@ class Engine:
         return out.float().cpu()
 
     def auto_tile(self, height: int, width: int) -> int:
-        """0 (one pass) when the image fits in 70% of free memory, else the largest square tile that does."""
+        """0 (one pass) when the image fits in 70% of free memory (and within `speed_tile`),
+        else the largest square tile that fits (and is at most `speed_tile`)."""
+        cap = MAX_AUTO_TILE if self.speed_tile is None else min(MAX_AUTO_TILE, self.speed_tile)
         if self.bytes_per_pixel is None:
-            return 512
+            return min(512, cap)
         budget = 0.7 * available_memory(self.device)
-        if height * width * self.bytes_per_pixel <= budget:
+        fits = height * width * self.bytes_per_pixel <= budget
+        if fits and (self.speed_tile is None or max(height, width) <= self.speed_tile):
             return 0
         side = int(math.sqrt(max(budget, 0.0) / self.bytes_per_pixel))
-        return max(MIN_TILE, min(MAX_AUTO_TILE, side - side % ALIGN))
+        return max(MIN_TILE, min(cap, side - side % ALIGN))
 
 
 # Live activations of one forward pass are ~38-40 bytes per input pixel per channel

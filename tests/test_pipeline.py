@@ -243,6 +243,7 @@ def test_auto_tile_is_one_pass_when_the_image_fits(monkeypatch: pytest.MonkeyPat
     import mprnet_cli.pipeline as pipeline
 
     engine = Engine(Identity(), torch.device("cpu"), bytes_per_pixel=1000.0)
+    engine.speed_tile = None  # as on a GPU: the memory rule alone
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 10 * 2**30)
     assert engine.auto_tile(2000, 3000) == 0  # 6 GB needed < 7 GB budget
     assert engine.auto_tile(3000, 4000) == pipeline.MAX_AUTO_TILE  # 12 GB: tiles, capped
@@ -252,6 +253,27 @@ def test_auto_tile_is_one_pass_when_the_image_fits(monkeypatch: pytest.MonkeyPat
     assert side % 8 == 0 and side * side * 1000 <= 0.7 * 4 * 2**30 < (side + 8) ** 2 * 1000
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**20)
     assert engine.auto_tile(3000, 4000) == pipeline.MIN_TILE  # never below the minimum
+
+
+def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mprnet_cli.pipeline as pipeline
+
+    engine = Engine(Identity(), torch.device("cpu"), bytes_per_pixel=1000.0)
+    assert engine.speed_tile == pipeline.CPU_AUTO_TILE
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
+    cap = pipeline.CPU_AUTO_TILE
+    assert engine.auto_tile(cap, cap) == 0  # small images: one pass
+    assert engine.auto_tile(cap + 8, 64) == cap  # plenty of memory, yet tiles
+    assert engine.auto_tile(3000, 4000) == cap
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**28)
+    assert engine.auto_tile(3000, 4000) < cap  # memory still rules below the cap
+    # The whole pipeline follows it: a wide image on the CPU is cut into tiles.
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
+    rgb = np.random.default_rng(0).random((64, cap + 64, 3), dtype=np.float32)
+    out, stats = restore_array(engine, rgb)
+    assert stats.tiles == 2 and np.array_equal(out, rgb)
 
 
 def test_memory_estimate_covers_the_measured_networks() -> None:
