@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -182,9 +183,11 @@ def test_checkpoint_that_runs_code_is_refused(
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": tiny_model().state_dict(), "payload": _Exploit()}, path)
-    with pytest.raises(UnsafeCheckpointError, match="run code"):
+    with pytest.raises(UnsafeCheckpointError, match="run code") as info:
         read_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
+    assert "system" in str(info.value)  # names what it would have called
+    assert "weights_only" not in str(info.value)  # not torch's advice to turn safety off
 
 
 def test_plain_pickle_that_runs_code_is_refused(
@@ -193,7 +196,15 @@ def test_plain_pickle_that_runs_code_is_refused(
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(_Exploit()))
-    with pytest.raises(CheckpointError):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torch warning on top of the one-line error
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+    # Protocol 2 reaches the callable itself: refused as unsafe, by name.
+    path.write_bytes(pickle.dumps(_Exploit(), protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match="system"):
         read_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
 

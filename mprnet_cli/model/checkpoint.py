@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,16 +76,28 @@ def _read_pickle(path: Path) -> Any:
     # Zip-format files (torch >= 1.6) are memory-mapped: no copy of the weights in RAM.
     mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():
+            # torch warns about any pickle protocol it did not write itself; the safe
+            # loader's verdict below is what the user needs, not this.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "global" in str(exc).lower():  # torch names the blocked callable it refused
-            raise UnsafeCheckpointError(f"{path}: {_UNSAFE}") from exc
+        # torch's text advises weights_only=False, which is exactly what we refuse to do:
+        # keep only its reason.
+        text = str(exc)
+        blocked = re.search(r"GLOBAL ([\w.]+)", text)
+        if blocked or "global" in text.lower():
+            what = f" (it would call {blocked.group(1)})" if blocked else ""
+            raise UnsafeCheckpointError(f"{path}: {_UNSAFE}{what}") from exc
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
         raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint or .safetensors file ({exc})"
+            f"{path}: not a PyTorch checkpoint or .safetensors file (a pickle that "
+            f"the safe loader cannot read: {reason.group(1) if reason else 'unsupported content'})"
         ) from exc
     except Exception as exc:  # torch raises a zoo of types for corrupt files
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
         ) from exc
 
 
