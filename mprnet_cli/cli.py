@@ -567,13 +567,37 @@ def _size(n: int | None) -> str:
 
 
 @weights_app.command("list")
-def weights_list() -> None:
+def weights_list(
+    json_lines: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per row (task, source, name, local, size, path, licence).",
+        ),
+    ] = False,
+) -> None:
     """Show the weights of every task: source, whether present locally, size and path."""
     with errors_to_exit():
+        from mprnet_cli.weights import status
+
+        if json_lines:
+            import json
+
+            for row in status():
+                record = {
+                    "task": row.task.value,
+                    "source": row.source.value,
+                    "name": row.name,
+                    "local": row.cached,
+                    "size": row.size,
+                    "path": str(row.path) if row.path else None,
+                    "licence": row.license,
+                }
+                _print_json(json.dumps(record))
+            return
+
         from rich.console import Console
         from rich.table import Table
-
-        from mprnet_cli.weights import status
 
         table = Table("task", "source", "local", "size", "licence", "file / path")
         table.columns[-1].overflow = "fold"

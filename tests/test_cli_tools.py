@@ -246,6 +246,14 @@ def test_weights_path_and_list_without_network() -> None:
     assert code == 1 and "mprnet weights download derain" in err
     code, out, _ = invoke("weights", "list")
     assert code == 0 and "bundled" in out and "published" in out
+    code, out, _ = invoke("weights", "list", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 6
+    bundled = next(r for r in rows if (r["task"], r["source"]) == ("derain", "bundled"))
+    assert bundled["local"] is True and Path(bundled["path"]).is_file()
+    assert bundled["size"] == Path(bundled["path"]).stat().st_size and bundled["licence"] == "MIT"
+    published = next(r for r in rows if (r["task"], r["source"]) == ("derain", "published"))
+    assert published["name"] == "deepinv/MPRNet/model_deraining.pth"
     assert invoke("weights", "path", "derain", "--model", "foo")[0] == 2
 
 
