@@ -29,17 +29,29 @@ def _stored_help() -> str | None:
         return None
 
 
+def _write(text: str) -> None:
+    """Write to stdout; a reader that went away (`mprnet --help | head -1`) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args in (["--version"], ["-V"]):
         from mprnet_cli import __version__
 
-        print(f"mprnet {__version__}")
+        _write(f"mprnet {__version__}\n")
         return
     if args in (["--help"], ["-h"]):
         text = _stored_help()
         if text is not None:
-            sys.stdout.write(text)
+            _write(text)
             return
     from mprnet_cli.cli import main as cli_main
 

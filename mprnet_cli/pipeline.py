@@ -35,10 +35,12 @@ DEFAULT_OVERLAP = 32
 MIN_TILE = 64
 MAX_AUTO_TILE = 2048
 # On a CPU, MPRNet's per-pixel speed falls once its feature maps outgrow the caches:
-# tiles of 384-512 px restored a 1280x960 image 1.4x faster than one pass, overlap
-# included (benchmarks/bench_cpu_tiles.py), so `auto` never goes above this there.
-# GPUs prefer one pass, or the largest tile that fits.
+# on a 2-core EPYC, 512-px tiles restored 1024x768 and 1280x960 images 1.25-1.4x
+# faster than one pass, overlap included (benchmarks/bench_cpu_tiles.py), so `auto`
+# never goes above them there. Images up to CPU_ONE_PASS_SIDE gain too little to pay
+# for the overlap and run in one pass. GPUs prefer one pass, or the largest tile that fits.
 CPU_AUTO_TILE = 512
+CPU_ONE_PASS_SIDE = 768
 
 
 @dataclass(frozen=True)
@@ -61,9 +63,9 @@ class TileOptions:
             raise UsageError("--tile-batch must be >= 1")
 
 
-def _speed_tile(device: torch.device) -> int | None:
-    """The largest tile worth running on this device (None: as large as memory allows)."""
-    return CPU_AUTO_TILE if device.type == "cpu" else None
+def _speed_limits(device: torch.device) -> tuple[int | None, int | None]:
+    """(largest tile worth running, largest image side run in one pass); None: memory decides."""
+    return (CPU_AUTO_TILE, CPU_ONE_PASS_SIDE) if device.type == "cpu" else (None, None)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Engine:
         self.precision = precision
         self.channels_last = channels_last
         self.bytes_per_pixel = bytes_per_pixel
-        self.speed_tile = _speed_tile(device)
+        self.speed_tile, self.one_pass_side = _speed_limits(device)
         self.model = model.eval().requires_grad_(False)
         self._place()
         self.forward: Callable[[torch.Tensor], list[torch.Tensor]] = self.model
@@ -113,7 +115,7 @@ class Engine:
         """Move to the CPU after the GPU ran out of memory even at the smallest tile."""
         old = self.device
         self.device = torch.device("cpu")
-        self.speed_tile = _speed_tile(self.device)
+        self.speed_tile, self.one_pass_side = _speed_limits(self.device)
         if self.precision is Precision.FP16 or (
             self.precision is Precision.BF16 and not cpu_has_fast_bf16()
         ):
@@ -121,7 +123,14 @@ class Engine:
             self.precision = Precision.FP32
         self._place()
         self.forward = self.model  # a compiled graph is specific to the old device
+        config = getattr(self.model, "config", None)
+        if isinstance(config, MPRNetConfig):  # the GPU's figure under-states the CPU's need
+            self.bytes_per_pixel = estimate_bytes_per_pixel(config, self.precision, "cpu")
         empty_cache(old)
+
+    def ignore_speed_limits(self) -> None:
+        """Tile for memory only: whole images whenever they fit (benchmark protocols)."""
+        self.speed_tile = self.one_pass_side = None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) float32 on the CPU -> restored (N, 3, h, w) float32 on the CPU."""
@@ -132,14 +141,14 @@ class Engine:
         return out.float().cpu()
 
     def auto_tile(self, height: int, width: int) -> int:
-        """0 (one pass) when the image fits in 70% of free memory (and within `speed_tile`),
-        else the largest square tile that fits (and is at most `speed_tile`)."""
+        """0 (one pass) when the image fits in 70% of free memory (and its sides are at
+        most `one_pass_side`), else the largest square tile that fits (at most `speed_tile`)."""
         cap = MAX_AUTO_TILE if self.speed_tile is None else min(MAX_AUTO_TILE, self.speed_tile)
         if self.bytes_per_pixel is None:
             return min(512, cap)
         budget = 0.7 * available_memory(self.device)
         fits = height * width * self.bytes_per_pixel <= budget
-        if fits and (self.speed_tile is None or max(height, width) <= self.speed_tile):
+        if fits and (self.one_pass_side is None or max(height, width) <= self.one_pass_side):
             return 0
         side = int(math.sqrt(max(budget, 0.0) / self.bytes_per_pixel))
         return max(MIN_TILE, min(cap, side - side % ALIGN))

@@ -290,16 +290,21 @@ def start_batch(work: Path, checkpoint: Path, count: int = 16) -> tuple[list[str
     return args, work / "out"
 
 
+# A shell's background job inherits SIGINT ignored, and Python then keeps ignoring it:
+# the child restores the handler a terminal's Ctrl-C would find, then runs mprnet.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('mprnet_cli', run_name='__main__')"
+)
+
+
 def kill_after_first_output(args: list[str], work: Path, out: Path, sig: int) -> Any:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mprnet_cli", *args],
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
         cwd=work,
         env=env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring
-        # it: give the child the default disposition, as a terminal's Ctrl-C would find.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 90
     while not (out.is_dir() and any(out.glob("*_derained.png"))):
@@ -404,6 +409,27 @@ def test_stored_top_level_help_is_typers_own_and_is_served_without_typer() -> No
         assert proc.stderr.strip() == str(not served), columns
         assert (proc.stdout == stored) is served, columns
         assert proc.stdout.startswith("Usage: mprnet [OPTIONS] COMMAND")
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_fast_answers_to_a_closed_pipe_are_quiet(flag: str) -> None:
+    """`mprnet --help | head -1`: a reader that went away is not an error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the child writes: its write must fail with EPIPE
+    code = (
+        f"import sys; sys.argv = ['mprnet', '{flag}']; from mprnet_cli._entry import main; main()"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**env(), "COLUMNS": "80"},
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr.decode()
 
 
 def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -156,6 +156,26 @@ def test_eval_reports_restored_and_input_scores(photos: Path, tiny_checkpoint: P
     assert summary["psnr"] == pytest.approx(np.mean([line["psnr"] for line in lines[:-1]]))
 
 
+def test_eval_tiles_only_for_memory(
+    photos: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper's protocol restores whole images: no speed-minded CPU tiles in eval."""
+    from mprnet_cli.pipeline import Engine
+
+    seen: list[tuple[int | None, int | None]] = []
+    auto_tile = Engine.auto_tile
+
+    def spy(self: Engine, height: int, width: int) -> int:
+        seen.append((self.speed_tile, self.one_pass_side))
+        return auto_tile(self, height, width)
+
+    monkeypatch.setattr(Engine, "auto_tile", spy)
+    args = ["--input", str(photos), "--target", str(photos), "--weights", str(tiny_checkpoint)]
+    code, _, err = invoke("eval", "denoise", *args, "--device", "cpu", "--quiet", "--limit", "1")
+    assert code == 0, err
+    assert seen == [(None, None)]
+
+
 def test_eval_pairs_use_the_y_channel_for_derain(photos: Path, tiny_checkpoint: Path) -> None:
     code, out, err = invoke(
         "eval",

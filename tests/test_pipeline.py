@@ -243,7 +243,7 @@ def test_auto_tile_is_one_pass_when_the_image_fits(monkeypatch: pytest.MonkeyPat
     import mprnet_cli.pipeline as pipeline
 
     engine = Engine(Identity(), torch.device("cpu"), bytes_per_pixel=1000.0)
-    engine.speed_tile = None  # as on a GPU: the memory rule alone
+    engine.ignore_speed_limits()  # as on a GPU: the memory rule alone
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 10 * 2**30)
     assert engine.auto_tile(2000, 3000) == 0  # 6 GB needed < 7 GB budget
     assert engine.auto_tile(3000, 4000) == pipeline.MAX_AUTO_TILE  # 12 GB: tiles, capped
@@ -261,19 +261,23 @@ def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
     import mprnet_cli.pipeline as pipeline
 
     engine = Engine(Identity(), torch.device("cpu"), bytes_per_pixel=1000.0)
-    assert engine.speed_tile == pipeline.CPU_AUTO_TILE
+    cap, one_pass = pipeline.CPU_AUTO_TILE, pipeline.CPU_ONE_PASS_SIDE
+    assert (engine.speed_tile, engine.one_pass_side) == (cap, one_pass)
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
-    cap = pipeline.CPU_AUTO_TILE
-    assert engine.auto_tile(cap, cap) == 0  # small images: one pass
-    assert engine.auto_tile(cap + 8, 64) == cap  # plenty of memory, yet tiles
+    assert engine.auto_tile(one_pass, one_pass) == 0  # small images: one pass
+    assert engine.auto_tile(one_pass + 8, 64) == cap  # plenty of memory, yet tiles
     assert engine.auto_tile(3000, 4000) == cap
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**28)
     assert engine.auto_tile(3000, 4000) < cap  # memory still rules below the cap
     # The whole pipeline follows it: a wide image on the CPU is cut into tiles.
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
-    rgb = np.random.default_rng(0).random((64, cap + 64, 3), dtype=np.float32)
+    rgb = np.random.default_rng(0).random((64, one_pass + 64, 3), dtype=np.float32)
     out, stats = restore_array(engine, rgb)
     assert stats.tiles == 2 and np.array_equal(out, rgb)
+    engine.ignore_speed_limits()  # e.g. `mprnet eval`: whole images when they fit
+    assert engine.auto_tile(3000, 4000) == 0
+    out, stats = restore_array(engine, rgb)
+    assert stats.tiles == 1
 
 
 def test_memory_estimate_covers_the_measured_networks() -> None:
@@ -303,3 +307,17 @@ def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch)
     engine = Engine(Identity(), torch.device("cpu"), Precision.BF16)
     engine.to_cpu()
     assert engine.precision is Precision.BF16
+
+
+def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
+    import mprnet_cli.pipeline as pipeline
+    from mprnet_cli.choices import Precision
+
+    model = tiny_model()
+    gpu_figure = pipeline.estimate_bytes_per_pixel(model.config, Precision.BF16, "cuda")
+    engine = Engine(model, torch.device("cpu"), Precision.BF16, bytes_per_pixel=gpu_figure)
+    engine.speed_tile = engine.one_pass_side = None  # as it was on the GPU
+    engine.to_cpu()
+    cpu_figure = pipeline.estimate_bytes_per_pixel(model.config, engine.precision, "cpu")
+    assert engine.bytes_per_pixel == cpu_figure > gpu_figure
+    assert engine.speed_tile == pipeline.CPU_AUTO_TILE

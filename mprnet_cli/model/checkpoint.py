@@ -61,8 +61,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 _UNSAFE = (
-    "refused: this file holds Python objects that would run code when loaded; "
-    "only plain tensor checkpoints (or .safetensors) are accepted"
+    "refused: besides tensors it holds Python objects{what}, and loading those means "
+    "running whatever code the file names; mprnet reads tensors only. If you trust the "
+    "file, save its state dict as .safetensors (README: Weights)"
 )
 
 
@@ -85,10 +86,11 @@ def _read_pickle(path: Path) -> Any:
         # torch's text advises weights_only=False, which is exactly what we refuse to do:
         # keep only its reason.
         text = str(exc)
-        blocked = re.search(r"GLOBAL ([\w.]+)", text)
+        # torch >= 2.4 says "GLOBAL mod.name", older ones "Unsupported class mod.name".
+        blocked = re.search(r"(?:GLOBAL|Unsupported class) ([\w.]+)", text)
         if blocked or "global" in text.lower():
-            what = f" (it would call {blocked.group(1)})" if blocked else ""
-            raise UnsafeCheckpointError(f"{path}: {_UNSAFE}{what}") from exc
+            what = f" ({blocked.group(1)})" if blocked else ""
+            raise UnsafeCheckpointError(f"{path}: {_UNSAFE.format(what=what)}") from exc
         reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint or .safetensors file (a pickle that "
