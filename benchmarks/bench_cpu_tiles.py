@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from benchlib import host_info, measured_at
 
 from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet
 from mprnet_cli.pipeline import DEFAULT_OVERLAP, Engine, TileOptions, restore_array
@@ -112,13 +110,8 @@ def main() -> int:
             "weights": label,
             "size_wxh": [w, h],
             "rounds": args.rounds,
-            "host": {
-                "cpu_count": os.cpu_count(),
-                "threads": torch.get_num_threads(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-            },
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": host_info(),
+            "measured_at": measured_at(),
             "runs": rows,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

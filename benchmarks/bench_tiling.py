@@ -65,19 +65,24 @@ import itertools
 import json
 import math
 import os
-import platform
 import time
 import tracemalloc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from benchlib import (
+    host_info,
+    measured_at,
+    peak_rss_bytes,
+    reset_peak,
+    spawn_child,
+    status_bytes,
+)
 from numpy.typing import NDArray
-from procmem import peak_rss_bytes, reset_peak, spawn_child, status_bytes
 from torch import nn
 
 from mprnet_cli.imageio import read_image
@@ -849,13 +854,8 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": args.weights is None,
         "image": str(args.image),
         "crop": args.crop,
-        "host": {
-            "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": host_info(),
+        "measured_at": measured_at(),
     }
     needs_model = {"seams", "erf", "cost"} & set(args.sections)
     model = build_network(args.weights, args.seed) if needs_model else None

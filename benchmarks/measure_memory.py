@@ -31,17 +31,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 import weakref
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from procmem import maxrss_bytes, reset_peak, spawn_child, status_bytes
+from benchlib import (
+    host_info,
+    maxrss_bytes,
+    measured_at,
+    reset_peak,
+    spawn_child,
+    status_bytes,
+)
 
 SCHEMA = 1
 DEFAULT_SIZES = (128, 256, 384)  # wide nets stop at --wide-max-side
@@ -226,17 +230,6 @@ def derive_formulas(b_by_name: dict[str, float]) -> list[dict[str, Any]]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(
@@ -354,13 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.passes} passes, fit on the max; live = peak of live tensor storage"
             ),
             "sizes": sizes,
-            "host": {
-                "cpu": _cpu_name(),
-                "cores": os.cpu_count(),
-                "python": platform.python_version(),
-                "torch": _torch_version(),
-            },
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": host_info(),
+            "measured_at": measured_at(),
             "seconds": elapsed,
             "configs": results,
             "bytes_per_pixel": {n: r["fit"]["b_bytes_per_pixel"] for n, r in results.items()},
@@ -372,12 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
-
-
-def _torch_version() -> str:
-    import torch
-
-    return str(torch.__version__)
 
 
 if __name__ == "__main__":

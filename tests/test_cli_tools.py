@@ -130,22 +130,19 @@ def test_train_init_must_match_the_network(
     assert code == 2 and "--width" in err
 
 
+def evaluate(task: str, photos: Path, weights: Path, *args: str) -> tuple[int, str, str]:
+    """`mprnet eval TASK --input PHOTOS --weights W ... --device cpu`."""
+    return invoke(
+        "eval", task, "--input", str(photos), "--weights", str(weights), *args, "--device", "cpu"
+    )
+
+
+FAST_JSON = ("--tile", "0", "--json", "--quiet")
+
+
 def test_eval_reports_restored_and_input_scores(photos: Path, tiny_checkpoint: Path) -> None:
-    code, out, err = invoke(
-        "eval",
-        "denoise",
-        "--input",
-        str(photos),
-        "--degrade",
-        "noise:25",
-        "--weights",
-        str(tiny_checkpoint),
-        "--device",
-        "cpu",
-        "--tile",
-        "0",
-        "--json",
-        "--quiet",
+    code, out, err = evaluate(
+        "denoise", photos, tiny_checkpoint, "--degrade", "noise:25", *FAST_JSON
     )
     assert code == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
@@ -170,30 +167,16 @@ def test_eval_tiles_only_for_memory(
         return auto_tile(self, height, width)
 
     monkeypatch.setattr(Engine, "auto_tile", spy)
-    args = ["--input", str(photos), "--target", str(photos), "--weights", str(tiny_checkpoint)]
-    code, _, err = invoke("eval", "denoise", *args, "--device", "cpu", "--quiet", "--limit", "1")
+    code, _, err = evaluate(
+        "denoise", photos, tiny_checkpoint, "--target", str(photos), "--quiet", "--limit", "1"
+    )
     assert code == 0, err
     assert seen == [(None, None)]
 
 
 def test_eval_pairs_use_the_y_channel_for_derain(photos: Path, tiny_checkpoint: Path) -> None:
-    code, out, err = invoke(
-        "eval",
-        "derain",
-        "--input",
-        str(photos),
-        "--target",
-        str(photos),
-        "--weights",
-        str(tiny_checkpoint),
-        "--device",
-        "cpu",
-        "--tile",
-        "0",
-        "--json",
-        "--quiet",
-        "--limit",
-        "2",
+    code, out, err = evaluate(
+        "derain", photos, tiny_checkpoint, "--target", str(photos), *FAST_JSON, "--limit", "2"
     )
     assert code == 0, err
     summary = json.loads(out.splitlines()[-1])
@@ -280,17 +263,6 @@ def test_weights_path_and_list_without_network() -> None:
 def test_a_text_file_as_weights_is_one_clear_line(tmp_path: Path, photos: Path) -> None:
     notes = tmp_path / "README.md"
     notes.write_text("# not weights\n")
-    code, _, err = invoke(
-        "eval",
-        "denoise",
-        "--input",
-        str(photos),
-        "--degrade",
-        "noise:25",
-        "--weights",
-        str(notes),
-        "--device",
-        "cpu",
-    )
+    code, _, err = evaluate("denoise", photos, notes, "--degrade", "noise:25")
     assert code == 1
     assert "not a PyTorch checkpoint or .safetensors file" in err and "Traceback" not in err

@@ -1,14 +1,46 @@
-"""Shared by the memory benchmarks: resident-memory readings (Linux /proc, else
-getrusage) and runs of one measurement in a fresh process, so peaks do not mix."""
+"""Shared by the benchmark scripts: where and when a result was measured, resident
+memory readings (Linux /proc, else getrusage), and runs of one measurement in a fresh
+process, so peaks do not mix."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def host_info() -> dict[str, Any]:
+    """The machine and software a result was measured with (imports torch)."""
+    import torch
+
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
+def measured_at() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def status_bytes() -> dict[str, int]:
