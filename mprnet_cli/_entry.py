@@ -8,6 +8,7 @@ rewrites it and a test fails whenever it differs from Typer's output.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -30,15 +31,11 @@ def _stored_help() -> str | None:
 
 
 def _write(text: str) -> None:
-    """Write to stdout; a reader that went away (`mprnet --help | head -1`) is not an error."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        import os
+    """A reader that went away (`mprnet --help | head -1`) is not an error here."""
+    from mprnet_cli._stdio import write_stdout
 
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    with contextlib.suppress(BrokenPipeError):
+        write_stdout(text)
 
 
 def main() -> None:

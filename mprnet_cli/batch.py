@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from mprnet_cli._stdio import write_stdout
 from mprnet_cli.errors import MprnetError, OutputError, OutputExistsError, UsageError
 from mprnet_cli.imageio import (
     DEFAULT_JPEG_QUALITY,
@@ -845,10 +846,8 @@ def _make_folder(folder: Path) -> None:
 
 
 def _write_stdout(data: bytes, stream: BinaryIO | None) -> None:
-    out = stream if stream is not None else sys.stdout.buffer
     try:
-        out.write(data)
-        out.flush()
+        write_stdout(data, stream)
     except BrokenPipeError:
         raise OutputError("stdout was closed before the image was written") from None
 

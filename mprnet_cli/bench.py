@@ -77,21 +77,27 @@ class BenchResult:
         return asdict(self)
 
 
-def count_macs(model: MPRNet, height: int, width: int) -> int:
-    """Multiply-accumulates of every convolution in one forward pass (per image)."""
+def count_macs(config: MPRNetConfig, height: int, width: int) -> int:
+    """Multiply-accumulates of every convolution in one forward pass of one image.
+
+    Runs on the meta device: shapes only, no memory or arithmetic, at any image size.
+    """
     total = 0
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
         assert isinstance(module, nn.Conv2d)
         kh, kw = module.kernel_size
-        per_out = (module.in_channels // module.groups) * kh * kw
-        total += output[0].numel() * per_out
+        # The whole output: the batched fast path stacks stage-1 quarters and stage-2
+        # halves along the batch dimension of this single image.
+        total += output.numel() * (module.in_channels // module.groups) * kh * kw
 
+    with torch.device("meta"):
+        model = MPRNet(config).eval()
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, model.config.in_c, height, width))
+            model(torch.zeros(1, config.in_c, height, width, device="meta"))
     finally:
         for h in handles:
             h.remove()
@@ -215,7 +221,7 @@ def run(
     results: list[BenchResult] = []
     for task in tasks:
         config = configs[task]
-        macs = count_macs(MPRNet(config), height, width)
+        macs = count_macs(config, height, width)
         runners = [
             _prepare(config, MODES[name], device, height, width, batch)
             for name in wanted

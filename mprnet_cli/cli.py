@@ -365,13 +365,12 @@ class _Reporter:
 
 def _print_json(line: str) -> None:
     """One JSON line on stdout; a reader that went away (`| head`) stops the run cleanly."""
+    from mprnet_cli._stdio import write_stdout
     from mprnet_cli.errors import OutputError
 
     try:
-        print(line, flush=True)
+        write_stdout(line + "\n")
     except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise OutputError("stdout was closed before all JSON lines were written") from None
 
 
@@ -888,7 +887,7 @@ def eval_command(
 
         def show(r: Any) -> None:
             if json_out:
-                print(jsonlib.dumps(asdict(r)), flush=True)
+                _print_json(jsonlib.dumps(asdict(r)))
             else:
                 say(
                     f"{r.name}: {r.psnr:.2f} dB / {r.ssim:.4f} (input {r.input_psnr:.2f} / {r.input_ssim:.4f})",
@@ -900,7 +899,7 @@ def eval_command(
         summary["weights"] = str(restorer.weights_path)
         summary["source"] = restorer.source.value
         if json_out:
-            print(jsonlib.dumps(summary), flush=True)
+            _print_json(jsonlib.dumps(summary))
         print(
             f"{task.value} on {input_dir} ({report.images} images, {report.protocol}): "
             f"{report.psnr:.2f} dB / {report.ssim:.4f}  (input {report.input_psnr:.2f} dB / "
@@ -964,7 +963,7 @@ def bench_command(
 
         def show(r: bench.BenchResult) -> None:
             if json_out:
-                print(jsonlib.dumps(r.to_json()), flush=True)
+                _print_json(jsonlib.dumps(r.to_json()))
                 return
             speed = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
             print(

@@ -266,3 +266,42 @@ def test_a_text_file_as_weights_is_one_clear_line(tmp_path: Path, photos: Path) 
     code, _, err = evaluate("denoise", photos, notes, "--degrade", "noise:25")
     assert code == 1
     assert "not a PyTorch checkpoint or .safetensors file" in err and "Traceback" not in err
+
+
+def test_bench_counts_every_convolution_of_the_published_networks() -> None:
+    """The issue's figures: derain ~141 GMAC, deblur ~760 GMAC per 256x256 image."""
+    from mprnet_cli.bench import count_macs
+    from mprnet_cli.model import PUBLISHED_CONFIGS
+
+    assert count_macs(PUBLISHED_CONFIGS["derain"], 256, 256) == pytest.approx(141e9, rel=0.005)
+    assert count_macs(PUBLISHED_CONFIGS["deblur"], 256, 256) == pytest.approx(760e9, rel=0.005)
+    # Linear in the pixels for sides that are multiples of 8 (no padding inside).
+    assert count_macs(PUBLISHED_CONFIGS["derain"], 512, 512) == pytest.approx(
+        4 * count_macs(PUBLISHED_CONFIGS["derain"], 256, 256), rel=0.001
+    )
+
+
+def test_json_into_a_closed_pipe_is_one_line_not_a_bug(tmp_path: Path) -> None:
+    """`mprnet bench --json | head -0`: the run stops with one clear line."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    args = ["bench", "derain", "--size", "16x16", "--modes", "fp32", "--repeat", "1"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mprnet_cli", *args, "--device", "cpu", "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mprnet: error: stdout was closed before all JSON lines were written"
+    )
+    assert "bug" not in proc.stderr and "Traceback" not in proc.stderr
