@@ -29,10 +29,8 @@ import torch
 from benchlib import host_info, measured_at
 
 from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet
-from mprnet_cli.pipeline import DEFAULT_OVERLAP, Engine, TileOptions, restore_array
-from mprnet_cli.tiling import plan_tiles
-
-ALIGN = 8
+from mprnet_cli.pipeline import ALIGN, DEFAULT_OVERLAP, Engine, TileOptions, restore_array
+from mprnet_cli.tiling import plan_tiles, round_up
 
 
 def build_engine(weights: Path | None, task: str, seed: int) -> tuple[Engine, str]:
@@ -47,7 +45,7 @@ def build_engine(weights: Path | None, task: str, seed: int) -> tuple[Engine, st
 
 def plan_overhead(h: int, w: int, tile: int) -> tuple[int, float]:
     """Tiles and pixels computed per image pixel for a tile setting."""
-    ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
+    ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
     if tile == 0:
         return 1, (ph * pw) / (h * w)
     overlap = min(DEFAULT_OVERLAP, tile - ALIGN)

@@ -93,10 +93,9 @@ from mprnet_cli.pipeline import (
     TileOptions,
     _cut,
     _reflect_index,
-    _round_up,
     restore_array,
 )
-from mprnet_cli.tiling import Blender, Tile, plan_tiles
+from mprnet_cli.tiling import Blender, Tile, plan_tiles, round_up
 
 SCHEMA = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,7 +303,7 @@ def run_seams(
 ) -> dict[str, Any]:
     h, w = photo.shape[:2]
     print(f"image {w}x{h}; columns: see the module docstring")
-    ph, pw = _round_up(h, ALIGN), _round_up(w, ALIGN)
+    ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
     variants = {"clean": photo, f"noisy sigma {sigma:g}": add_noise(photo, sigma, seed + 1)}
     results: dict[str, Any] = {}
     header = (
@@ -513,7 +512,7 @@ def balanced_axis(size: int, max_tile: int, overlap: int) -> tuple[int, list[int
     if size <= max_tile:
         return size, [0]
     for n in range(max(2, math.ceil((size - overlap) / (max_tile - overlap))), size):
-        length = _round_up(math.ceil((size + (n - 1) * overlap) / n), ALIGN)
+        length = round_up(math.ceil((size + (n - 1) * overlap) / n), ALIGN)
         while length <= max_tile:
             step = (size - length) / (n - 1)
             starts = [round(i * step / ALIGN) * ALIGN for i in range(n - 1)] + [size - length]
@@ -534,7 +533,7 @@ def restore_with_plan(
 ) -> FloatImage:
     """`restore_array` with a given plan (same cutting, engine and blending, no OOM logic)."""
     h, w = rgb.shape[:2]
-    ph, pw = _round_up(h, ALIGN), _round_up(w, ALIGN)
+    ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
     rows, cols = _reflect_index(ph, h), _reflect_index(pw, w)
     blender = Blender(ph, pw, 3, overlap)
     for t in tiles:
@@ -554,7 +553,7 @@ def run_cost(
 ) -> dict[str, Any]:
     h, w = size
     rgb = reflect_to(photo, h, w)
-    ph, pw = _round_up(h, ALIGN), _round_up(w, ALIGN)
+    ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
     engine = Engine(model, torch.device("cpu"))  # as the Restorer builds it
     default = TileOptions()
     tile = engine.auto_tile(ph, pw) if default.tile is None else default.tile
@@ -630,7 +629,7 @@ def run_cost(
     print(f"{'image':>10} " + " ".join(f"{p:>13}" for p in _PROJECTED))
     for text in ("1024x768", "2000x1500", "4000x3000", "6000x4000", "8000x6000"):
         ih, iw = parse_size(text)
-        qh, qw = _round_up(ih, ALIGN), _round_up(iw, ALIGN)
+        qh, qw = round_up(ih, ALIGN), round_up(iw, ALIGN)
         cells: dict[str, dict[str, float]] = {}
         for label, (kind, t, o) in _PROJECTED.items():
             tl = (
@@ -758,7 +757,7 @@ def run_rss(args: argparse.Namespace) -> dict[str, Any]:
         h, w = parse_size(text)
         spec = {**common, "net": net, "height": h, "width": w, "tracemalloc": net == "standin"}
         r = spawn_child(__file__, spec, args.child_timeout)
-        ph, pw = _round_up(h, ALIGN), _round_up(w, ALIGN)
+        ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
         image = h * w * 3 * 4
         accum = ph * pw * (3 + 1) * 4
         r["expected_image_bytes"] = image

@@ -7,12 +7,24 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from mprnet_cli.bench import maxrss_bytes, peak_rss_bytes, reset_peak, status_bytes
+
+__all__ = [
+    "cpu_name",
+    "host_info",
+    "maxrss_bytes",
+    "measured_at",
+    "peak_rss_bytes",
+    "reset_peak",
+    "spawn_child",
+    "status_bytes",
+]
 
 
 def cpu_name() -> str:
@@ -41,40 +53,6 @@ def host_info() -> dict[str, Any]:
 
 def measured_at() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def status_bytes() -> dict[str, int]:
-    """Current (VmRSS) and peak (VmHWM) resident memory in bytes; empty off Linux."""
-    out: dict[str, int] = {}
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":", 1)
-                    out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
-def maxrss_bytes() -> int:
-    """Peak RSS of this process; ru_maxrss is KiB on Linux, bytes on macOS."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def peak_rss_bytes() -> int:
-    return status_bytes().get("VmHWM") or maxrss_bytes()
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return "VmHWM" in status_bytes()
 
 
 def spawn_child(script: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:

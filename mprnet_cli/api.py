@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli.choices import ModelChoice, Precision
-from mprnet_cli.device import check_precision, resolve_device
+from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
@@ -39,21 +38,6 @@ from mprnet_cli.tasks import Task
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
-
-
-def choose_precision(device_type: str, requested: Precision) -> Precision:
-    """What `--precision auto` means on a device.
-
-    bf16 on CUDA: 1.5-1.8x faster than the reference mode on an H200 and within
-    54 dB PSNR of float32 on real photos for all three tasks (benchmarks/
-    precision_check.py). float32 elsewhere: CPUs without native bf16 run it
-    emulated, 25x slower here, and no native-bf16 CPU was available to measure.
-    """
-    if requested is not Precision.AUTO:
-        return requested
-    if device_type == "cuda" and torch.cuda.is_bf16_supported():
-        return Precision.BF16
-    return Precision.FP32
 
 
 class Restorer:
@@ -94,7 +78,7 @@ class Restorer:
         }
         self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
         self.device = resolve_device(device)
-        self.precision = choose_precision(self.device.type, prec)
+        self.precision = choose_precision(self.device, prec)
         check_precision(self.device, self.precision)
         self.resolved: ResolvedWeights = resolve(
             self.task, weights=weights, model=model_choice, notify=notify, quiet=quiet
@@ -109,19 +93,19 @@ class Restorer:
         self.engine = Engine(
             build_model(checkpoint),
             self.device,
-            self.precision,
-            bytes_per_pixel=self._bytes_per_pixel(),
+            prec,
+            memory=self._bytes_per_pixel,
             compile=compile,
         )
 
-    def _bytes_per_pixel(self) -> float:
+    def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
         """Measured cost when this is a registry network on a measured device, else the estimate."""
-        key = f"{self.device.type}_{self.precision.value}"
+        key = f"{device_type}_{precision.value}"
         if self.task is not None:
             spec = registry()[self.task].published
             if spec.config == self.config and key in spec.memory_bytes_per_pixel:
                 return 1.1 * spec.memory_bytes_per_pixel[key]
-        return estimate_bytes_per_pixel(self.config, self.precision, self.device.type)
+        return estimate_bytes_per_pixel(self.config, precision, device_type)
 
     # -- pickling: settings travel, weights are reloaded on the other side
     def __getstate__(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,28 +110,38 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _cpu_peak_rss() -> int:
+def status_bytes() -> dict[str, int]:
+    """Current (VmRSS) and peak (VmHWM) resident memory in bytes; empty off Linux."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":", 1)
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def maxrss_bytes() -> int:
+    """Peak RSS of this process; ru_maxrss is KiB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _reset_cpu_peak() -> bool:
-    """Linux lets a process reset its own peak RSS (clear_refs 5); elsewhere peaks accumulate."""
+def peak_rss_bytes() -> int:
+    return status_bytes().get("VmHWM") or maxrss_bytes()
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not possible."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
     except OSError:
         return False
-    return True
-
-
-def _vmhwm() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return _cpu_peak_rss()
+    return "VmHWM" in status_bytes()
 
 
 @contextlib.contextmanager
@@ -142,9 +151,9 @@ def _peak_memory(device: torch.device) -> Iterator[Callable[[], int]]:
         base = torch.cuda.memory_allocated(device)
         yield lambda: int(torch.cuda.max_memory_allocated(device) - base)
         return
-    reset = _reset_cpu_peak()
-    base = _vmhwm() if reset else 0
-    yield lambda: max(0, _vmhwm() - base) if reset else 0
+    reset = reset_peak()
+    base = peak_rss_bytes() if reset else 0
+    yield lambda: max(0, peak_rss_bytes() - base) if reset else 0
 
 
 def build(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
+
+from mprnet_cli.errors import UsageError
 
 
 class Precision(str, Enum):
@@ -20,3 +23,15 @@ class ModelChoice(str, Enum):
     AUTO = "auto"
     PUBLISHED = "published"
     BUNDLED = "bundled"
+
+
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_spec(spec: str | None) -> str:
+    """`--device`, normalised and checked for syntax only (no torch: the CLI checks it
+    before deciding whether any work needs the network); `UsageError` if malformed."""
+    text = (spec or "auto").strip().lower()
+    if not _DEVICE_RE.fullmatch(text):
+        raise UsageError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
+    return text

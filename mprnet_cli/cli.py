@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.choices import ModelChoice, Precision
+from mprnet_cli.choices import ModelChoice, Precision, device_spec
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -163,10 +163,16 @@ TileOpt = Annotated[
         "--tile", "-t", help="Tile size in pixels (multiple of 8), 0 for one pass, or auto."
     ),
 ]
-OverlapOpt = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in pixels.")]
-TileBatchOpt = Annotated[int, typer.Option("--tile-batch", help="Tiles per forward pass (GPU).")]
+OverlapOpt = Annotated[
+    int, typer.Option("--tile-overlap", min=0, help="Overlap between tiles in pixels.")
+]
+TileBatchOpt = Annotated[
+    int, typer.Option("--tile-batch", min=1, help="Tiles per forward pass (GPU).")
+]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", "-f", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+TaskArg = Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")]
+TasksArg = Annotated[list[str] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")]
 CompileOpt = Annotated[
     bool,
     typer.Option(
@@ -374,18 +380,6 @@ def _print_json(line: str) -> None:
         raise OutputError("stdout was closed before all JSON lines were written") from None
 
 
-def _check_device(spec: str) -> None:
-    """`--device` syntax, checked up front without torch: a run whose outputs all exist loads
-    nothing, yet a typo must still be a usage error. Mirrors `device.resolve_device`."""
-    import re
-
-    from mprnet_cli.errors import UsageError
-
-    text = (spec or "auto").strip().lower()
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-        raise UsageError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
-
-
 def _restore(
     task: Task,
     inputs: list[str],
@@ -402,12 +396,6 @@ def _restore(
     threads: int | None,
 ) -> None:
     format_name = parse_format(fmt)
-    if threads is not None and threads < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--threads")
-    if restorer_options["tile_overlap"] < 0:
-        raise typer.BadParameter("must be >= 0", param_hint="--tile-overlap")
-    if restorer_options["tile_batch"] < 1:
-        raise typer.BadParameter("must be >= 1", param_hint="--tile-batch")
     with errors_to_exit():
         import json
         from contextlib import closing
@@ -416,7 +404,7 @@ def _restore(
         from mprnet_cli.errors import UsageError
         from mprnet_cli.imageio import OutputFormat
 
-        _check_device(restorer_options["device"])
+        device_spec(restorer_options["device"])
         if json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
         name_suffix = f"_{task.past_tense}" if suffix is None else suffix
@@ -614,9 +602,7 @@ def weights_list(
 
 @weights_app.command("download")
 def weights_download(
-    tasks: Annotated[
-        list[str] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
-    ] = None,
+    tasks: TasksArg = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -638,7 +624,7 @@ def weights_download(
 
 @weights_app.command("path")
 def weights_path(
-    task: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
+    task: TaskArg,
     model: ModelOpt = ModelChoice.AUTO,
 ) -> None:
     """Print the local path of a task's weights (nothing is downloaded)."""
@@ -686,7 +672,7 @@ def _one_task(name: str) -> Task:
 
 @app.command("train", short_help="Train an MPRNet of any width (resumable); writes .safetensors.")
 def train_command(
-    task_name: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
+    task_name: TaskArg,
     clean: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Argument(
@@ -823,7 +809,7 @@ def _train_progress(quiet: bool) -> Iterator[Callable[[int, int, float, float], 
 
 @app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper's protocol).")
 def eval_command(
-    task_name: Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")],
+    task_name: TaskArg,
     input_dir: Annotated[
         Path, typer.Option("--input", help="Degraded images (or clean ones with --degrade).")
     ],
@@ -910,9 +896,7 @@ def eval_command(
 
 @app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")
 def bench_command(
-    tasks: Annotated[
-        list[str] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
-    ] = None,
+    tasks: TasksArg = None,
     size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "512x512",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
@@ -944,8 +928,7 @@ def bench_command(
         import json as jsonlib
 
         from mprnet_cli import bench
-        from mprnet_cli.api import choose_precision
-        from mprnet_cli.device import describe, resolve_device, set_threads
+        from mprnet_cli.device import choose_precision, describe, resolve_device, set_threads
         from mprnet_cli.errors import UsageError
 
         set_threads(threads)
@@ -958,7 +941,7 @@ def bench_command(
                     f"unknown mode {unknown[0]!r}: choose from {', '.join(bench.MODES)}"
                 )
         else:
-            names = [choose_precision(dev.type, precision).value]
+            names = [choose_precision(dev, precision).value]
         say(f"benchmarking on {describe(dev)}, {w}x{h}, {torch_threads()} threads", quiet=json_out)
 
         def show(r: bench.BenchResult) -> None:

@@ -22,10 +22,17 @@ from numpy.typing import NDArray
 from torch import nn
 
 from mprnet_cli.choices import Precision
-from mprnet_cli.device import autocast, available_memory, cpu_has_fast_bf16, empty_cache, is_oom
+from mprnet_cli.device import (
+    autocast,
+    available_memory,
+    choose_precision,
+    empty_cache,
+    fallback_precision,
+    is_oom,
+)
 from mprnet_cli.errors import OutOfMemoryError, UsageError
 from mprnet_cli.model.config import MPRNetConfig
-from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, shrink_tile
+from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, round_up, shrink_tile
 
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]
@@ -81,8 +88,16 @@ class RunStats:
     notes: list[str] = field(default_factory=list)
 
 
+# Peak bytes per input pixel of one forward pass on a device type at a precision.
+MemoryCost = Callable[[str, Precision], float]
+
+
 class Engine:
-    """The model on its device, at its precision, run on batches of tiles."""
+    """The model on its device, at its precision, run on batches of tiles.
+
+    `precision` is what was asked for (`auto` is resolved for the device, and again for
+    the CPU after an out-of-memory fallback); `memory` prices a tile for `--tile auto`.
+    """
 
     def __init__(
         self,
@@ -91,13 +106,15 @@ class Engine:
         precision: Precision = Precision.FP32,
         *,
         channels_last: bool = True,
-        bytes_per_pixel: float | None = None,
+        memory: MemoryCost | None = None,
         compile: bool = False,
     ) -> None:
         self.device = device
-        self.precision = precision
+        self.requested_precision = precision
+        self.precision = choose_precision(device, precision)
         self.channels_last = channels_last
-        self.bytes_per_pixel = bytes_per_pixel
+        self.memory = memory
+        self.bytes_per_pixel = memory(device.type, self.precision) if memory else None
         self.speed_tile, self.one_pass_side = _speed_limits(device)
         self.model = model.eval().requires_grad_(False)
         self._place()
@@ -116,16 +133,11 @@ class Engine:
         old = self.device
         self.device = torch.device("cpu")
         self.speed_tile, self.one_pass_side = _speed_limits(self.device)
-        if self.precision is Precision.FP16 or (
-            self.precision is Precision.BF16 and not cpu_has_fast_bf16()
-        ):
-            # CPUs have no fast fp16 convolutions, and emulate bf16 without AVX-512 BF16/AMX.
-            self.precision = Precision.FP32
+        self.precision = fallback_precision(self.requested_precision)
         self._place()
         self.forward = self.model  # a compiled graph is specific to the old device
-        config = getattr(self.model, "config", None)
-        if isinstance(config, MPRNetConfig):  # the GPU's figure under-states the CPU's need
-            self.bytes_per_pixel = estimate_bytes_per_pixel(config, self.precision, "cpu")
+        if self.memory:  # the GPU's figure under-states the CPU's need
+            self.bytes_per_pixel = self.memory("cpu", self.precision)
         empty_cache(old)
 
     def ignore_speed_limits(self) -> None:
@@ -169,10 +181,6 @@ def estimate_bytes_per_pixel(config: MPRNetConfig, precision: Precision, device_
     return (
         per_channel * (config.n_feat + config.scale_orsnetfeats) * _ALLOCATOR.get(device_type, 2.4)
     )
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def _reflect_index(n: int, size: int) -> NDArray[np.intp]:
@@ -221,7 +229,7 @@ def restore_array(
     start = time.perf_counter()
     rgb = np.ascontiguousarray(rgb, dtype=np.float32)
     h, w = rgb.shape[:2]
-    ph, pw = _round_up(h, ALIGN), _round_up(w, ALIGN)
+    ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
     rows, cols = _reflect_index(ph, h), _reflect_index(pw, w)
 
     tile = options.tile

@@ -79,6 +79,11 @@ class TilePlan:
         return iter(self.tiles)
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is at least `n`."""
+    return -(-n // multiple) * multiple
+
+
 def _check_params(tile: int, overlap: int, align: int) -> None:
     if align < 1:
         raise ValueError(f"align must be >= 1, got {align}")
@@ -104,7 +109,7 @@ def _axis_starts(size: int, tile: int, overlap: int, align: int) -> tuple[int, l
         return size, [0]
     count = -(-(size - overlap) // (tile - overlap))
     length = -(-(size + (count - 1) * overlap) // count)
-    length = min(tile, -(-length // align) * align)
+    length = min(tile, round_up(length, align))
     step = max(align, (length - overlap) // align * align)
     return length, [*range(0, size - length, step), size - length]
 

@@ -242,7 +242,7 @@ def test_tile_options_validation() -> None:
 def test_auto_tile_is_one_pass_when_the_image_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     import mprnet_cli.pipeline as pipeline
 
-    engine = Engine(Identity(), torch.device("cpu"), bytes_per_pixel=1000.0)
+    engine = Engine(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
     engine.ignore_speed_limits()  # as on a GPU: the memory rule alone
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 10 * 2**30)
     assert engine.auto_tile(2000, 3000) == 0  # 6 GB needed < 7 GB budget
@@ -260,7 +260,7 @@ def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
 ) -> None:
     import mprnet_cli.pipeline as pipeline
 
-    engine = Engine(Identity(), torch.device("cpu"), bytes_per_pixel=1000.0)
+    engine = Engine(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
     cap, one_pass = pipeline.CPU_AUTO_TILE, pipeline.CPU_ONE_PASS_SIDE
     assert (engine.speed_tile, engine.one_pass_side) == (cap, one_pass)
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
@@ -295,18 +295,24 @@ def test_memory_estimate_covers_the_measured_networks() -> None:
 
 
 def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mprnet_cli.pipeline as pipeline
+    import mprnet_cli.device as device
     from mprnet_cli.choices import Precision
 
-    monkeypatch.setattr(pipeline, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
     for precision in (Precision.BF16, Precision.FP16):
         engine = Engine(Identity(), torch.device("cpu"), precision)
         engine.to_cpu()
         assert engine.precision is Precision.FP32
-    monkeypatch.setattr(pipeline, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     engine = Engine(Identity(), torch.device("cpu"), Precision.BF16)
     engine.to_cpu()
     assert engine.precision is Precision.BF16
+    # `auto` means on the CPU after a fallback what it means there from the start: fp32.
+    engine = Engine(Identity(), torch.device("cpu"), Precision.AUTO)
+    assert engine.precision is Precision.FP32
+    engine.precision = Precision.BF16  # as `auto` chose on a CUDA GPU
+    engine.to_cpu()
+    assert engine.precision is Precision.FP32
 
 
 def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
@@ -315,8 +321,16 @@ def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
 
     model = tiny_model()
     gpu_figure = pipeline.estimate_bytes_per_pixel(model.config, Precision.BF16, "cuda")
-    engine = Engine(model, torch.device("cpu"), Precision.BF16, bytes_per_pixel=gpu_figure)
-    engine.speed_tile = engine.one_pass_side = None  # as it was on the GPU
+    engine = Engine(
+        model,
+        torch.device("cpu"),
+        Precision.BF16,
+        memory=lambda device, precision: pipeline.estimate_bytes_per_pixel(
+            model.config, precision, device
+        ),
+    )
+    engine.bytes_per_pixel = gpu_figure  # as it was on the GPU
+    engine.speed_tile = engine.one_pass_side = None
     engine.to_cpu()
     cpu_figure = pipeline.estimate_bytes_per_pixel(model.config, engine.precision, "cpu")
     assert engine.bytes_per_pixel == cpu_figure > gpu_figure
