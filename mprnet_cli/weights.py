@@ -201,10 +201,7 @@ def verify_file(path: Path, sha256: str | None, size: int | None = None) -> None
     db_path = _verified_db()
     key = str(path.resolve())
     stamp = [stat.st_size, stat.st_mtime_ns, sha256]
-    try:
-        db = json.loads(db_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        db = {}
+    db = _read_store(db_path)
     if db.get(key) == stamp:
         return
     actual = sha256_file(path)
@@ -214,21 +211,38 @@ def verify_file(path: Path, sha256: str | None, size: int | None = None) -> None
             "run `mprnet weights download --force` to fetch it again"
         )
     db[key] = stamp
+    _write_store(db_path, db)  # if it cannot be written, the next run only hashes again
+
+
+def _read_store(path: Path) -> dict[str, Any]:
+    """One of mprnet's small JSON notes in its cache; missing or unreadable: empty."""
     try:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = db_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(db), encoding="utf-8")
-        tmp.replace(db_path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_store(path: Path, data: dict[str, Any]) -> None:
+    """Replace a JSON note atomically; a read-only cache is not an error (notes are hints)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.replace(path)
     except OSError:
-        pass  # a read-only cache only costs a re-hash next time
+        pass
+
+
+def _hub_sha(path: Path) -> str | None:
+    """The Hub's hash of a cached file: LFS blobs are stored under their sha256."""
+    blob = Path(os.path.realpath(path)).name
+    return blob if _HEX64.match(blob) else None
 
 
 def _expected_sha(spec: PublishedWeights, path: Path) -> str | None:
-    """The registry's hash, else the Hub's: LFS blobs are cached under their sha256."""
-    if spec.sha256:
-        return spec.sha256
-    blob = Path(os.path.realpath(path)).name
-    return blob if _HEX64.match(blob) else None
+    """The registry's hash, else the Hub's."""
+    return spec.sha256 or _hub_sha(path)
 
 
 # --------------------------------------------------------------------------- Hub access
@@ -269,28 +283,14 @@ def _alias_key(spec: PublishedWeights) -> str:
 
 def _published_name(spec: PublishedWeights) -> str:
     """The file actually used for a spec: its own name, or the one picked when it vanished."""
-    try:
-        aliases = json.loads(_aliases_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return spec.filename
-    name = aliases.get(_alias_key(spec))
+    name = _read_store(_aliases_path()).get(_alias_key(spec))
     return name if isinstance(name, str) else spec.filename
 
 
 def _remember_alias(spec: PublishedWeights, picked: str) -> None:
-    path = _aliases_path()
-    try:
-        aliases = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        aliases = {}
+    aliases = _read_store(_aliases_path())
     aliases[_alias_key(spec)] = picked
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(aliases, indent=1), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        pass  # without the note the next run lists the repo again
+    _write_store(_aliases_path(), aliases)  # without it the next run lists the repo again
 
 
 def cached_published(spec: PublishedWeights) -> Path | None:
@@ -308,8 +308,7 @@ def _verify_published(spec: PublishedWeights, path: Path) -> None:
     if _published_name(spec) == spec.filename:
         verify_file(path, _expected_sha(spec, path), spec.size)
     else:
-        blob = Path(os.path.realpath(path)).name
-        verify_file(path, blob if _HEX64.match(blob) else None)
+        verify_file(path, _hub_sha(path))
 
 
 _TASK_WORDS = {
