@@ -22,6 +22,7 @@ from PIL import Image
 from mprnet_cli.choices import ModelChoice, Precision
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
+from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.pipeline import (
@@ -164,9 +165,9 @@ def _to_float(a: np.ndarray[Any, Any]) -> NDArray[np.float32]:
 
 def _from_float(x: NDArray[np.float32], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
     if dtype == np.uint8:
-        return np.round(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
+        return to_uint8(x)
     if dtype == np.uint16:
-        return np.round(np.clip(x, 0, 1) * 65535.0).astype(np.uint16)
+        return to_uint16(x)
     return x.astype(dtype)
 
 
@@ -199,14 +200,14 @@ def _restore_pil(restorer: Restorer, image: Image.Image) -> Image.Image:
         return Image.fromarray(np.dstack([gray, a[:, :, 1]]), mode="LA")
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(image)
-        if a.size and (a.min() < 0 or a.max() > 65535):
+        if mode == "I" and not in_uint16_range(a):  # I;16 always fits
             raise UsageError(f"mode {mode} image has values outside 0..65535; cannot restore it")
         out = _restore_numpy(restorer, a.astype(np.uint16))
         return Image.fromarray(out.astype(np.int32) if mode == "I" else out)
     if mode == "F":
         a = np.asarray(image, dtype=np.float32)
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise UsageError("mode F image has values outside [0, 1] (HDR?); scale it first")
+        if not in_unit_range(a):
+            raise UsageError("mode F image has values outside [0, 1] (HDR? NaN?); scale it first")
         return Image.fromarray(_restore_numpy(restorer, a), mode="F")
     has_alpha = "A" in mode or "transparency" in image.info
     return _restore_pil(restorer, image.convert("RGBA" if has_alpha else "RGB"))

@@ -196,6 +196,18 @@ class DecodedImage:
 # --------------------------------------------------------------------------- quantisation
 
 
+def in_uint16_range(values: npt.NDArray[Any]) -> bool:
+    """Integer pixels that 16 bits can hold (Pillow's mode I is 32-bit signed)."""
+    return not values.size or bool(values.min() >= 0 and values.max() <= 65535)
+
+
+def in_unit_range(values: npt.NDArray[Any]) -> bool:
+    """Finite float pixels in [0, 1] (not HDR, not NaN)."""
+    return not values.size or bool(
+        np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    )
+
+
 def to_uint8(rgb: FloatArray) -> npt.NDArray[np.uint8]:
     """round(clip(x, 0, 1) * 255), NaN -> 0: the reference demo's rounding."""
     return _quantize(rgb, 255).astype(np.uint8)
@@ -598,7 +610,7 @@ def _decode_pillow(im: Image.Image, label: str, notes: list[str]) -> _Pixels:
         return _Pixels(np.asarray(im).astype(np.uint16), None, 16, mode)
     if im.mode.startswith("I"):
         values = np.asarray(im)
-        if values.size and (values.min() < 0 or values.max() > 65535):
+        if not in_uint16_range(values):
             raise InputError(
                 f"{label}: integer image with values outside 0..65535 "
                 f"({values.min()}..{values.max()}); convert it to 16-bit first"
@@ -606,9 +618,7 @@ def _decode_pillow(im: Image.Image, label: str, notes: list[str]) -> _Pixels:
         return _Pixels(values.astype(np.uint16), None, 16, mode)
     if im.mode == "F":
         values = np.asarray(im)
-        if values.size and not (
-            np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
-        ):
+        if not in_unit_range(values):
             raise InputError(
                 f"{label}: floating-point image with values outside [0, 1]; "
                 "tone-map or normalise it to 0..1 first"

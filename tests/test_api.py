@@ -91,6 +91,10 @@ def test_pil_palette_comes_back_as_rgb(restorer: Restorer) -> None:
 def test_float_pil_outside_unit_range_is_refused(restorer: Restorer) -> None:
     with pytest.raises(UsageError, match="outside"):
         restorer.restore(Image.fromarray(np.full((16, 16), 2.0, np.float32), mode="F"))
+    with pytest.raises(UsageError, match="outside"):  # NaN is not a pixel value either
+        restorer.restore(Image.fromarray(np.full((16, 16), np.nan, np.float32), mode="F"))
+    with pytest.raises(UsageError, match="0..65535"):
+        restorer.restore(Image.fromarray(np.full((16, 16), 70000, np.int32), mode="I"))
 
 
 def test_bad_inputs(restorer: Restorer) -> None:
