@@ -17,6 +17,16 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
+class OutputFormat(str, Enum):
+    """Output file format; the value is what users type after --format."""
+
+    SAME = "same"
+    PNG = "png"
+    JPEG = "jpg"
+    WEBP = "webp"
+    TIFF = "tiff"
+
+
 class ModelChoice(str, Enum):
     """Which weights to use when no file is given."""
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.choices import ModelChoice, Precision, device_spec
+from mprnet_cli.choices import ModelChoice, OutputFormat, Precision, device_spec
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -246,25 +246,18 @@ MaxPixelsOpt = Annotated[
     ),
 ]
 
-_FORMAT_NAMES = {
-    "same": "same",
-    "png": "png",
-    "jpg": "jpg",
-    "jpeg": "jpg",
-    "webp": "webp",
-    "tif": "tiff",
-    "tiff": "tiff",
-}
+_FORMAT_SPELLINGS = {"jpeg": "jpg", "tif": "tiff"}
 
 
-def parse_format(value: str) -> str:
-    """--format value -> an `OutputFormat` value (kept a string: no image imports at parse)."""
-    name = _FORMAT_NAMES.get(value.strip().lower())
-    if name is None:
+def parse_format(value: str) -> OutputFormat:
+    """--format value (jpeg and tif accepted too) -> `OutputFormat`."""
+    text = value.strip().lower()
+    try:
+        return OutputFormat(_FORMAT_SPELLINGS.get(text, text))
+    except ValueError:
         raise typer.BadParameter(
             f"expected png, jpg, webp, tiff or same, got {value!r}", param_hint="--format"
-        )
-    return name
+        ) from None
 
 
 def progress_enabled(
@@ -395,14 +388,13 @@ def _restore(
     restorer_options: dict[str, Any],
     threads: int | None,
 ) -> None:
-    format_name = parse_format(fmt)
+    out_format = parse_format(fmt)
     with errors_to_exit():
         import json
         from contextlib import closing
 
         from mprnet_cli.batch import Callbacks, Destination, expand_inputs, plan_outputs, run_batch
         from mprnet_cli.errors import UsageError
-        from mprnet_cli.imageio import OutputFormat
 
         device_spec(restorer_options["device"])
         if json_lines and output == "-":
@@ -410,7 +402,7 @@ def _restore(
         name_suffix = f"_{task.past_tense}" if suffix is None else suffix
         exclude = Path(output) if output not in (None, "-") else None
         expansion = expand_inputs(inputs, recursive=recursive, suffix=name_suffix, exclude=exclude)
-        plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=OutputFormat(format_name))
+        plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=out_format)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"

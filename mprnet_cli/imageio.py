@@ -107,7 +107,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -115,6 +114,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, TiffTags, UnidentifiedImageError
 
+from mprnet_cli.choices import OutputFormat
 from mprnet_cli.errors import InputError, OutputError, OutputExistsError, UsageError
 
 __all__ = [
@@ -147,16 +147,6 @@ _STDIN_NAME: Final = "<stdin>"
 
 FloatArray = npt.NDArray[np.floating[Any]]
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
-
-
-class OutputFormat(str, Enum):
-    """Output file format; the value is what users type after --format."""
-
-    SAME = "same"
-    PNG = "png"
-    JPEG = "jpg"
-    WEBP = "webp"
-    TIFF = "tiff"
 
 
 @dataclass(frozen=True)

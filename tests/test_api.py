@@ -93,7 +93,7 @@ def test_float_pil_outside_unit_range_is_refused(restorer: Restorer) -> None:
         restorer.restore(Image.fromarray(np.full((16, 16), 2.0, np.float32), mode="F"))
     with pytest.raises(UsageError, match="outside"):  # NaN is not a pixel value either
         restorer.restore(Image.fromarray(np.full((16, 16), np.nan, np.float32), mode="F"))
-    with pytest.raises(UsageError, match="0..65535"):
+    with pytest.raises(UsageError, match=r"0\.\.65535"):
         restorer.restore(Image.fromarray(np.full((16, 16), 70000, np.int32), mode="I"))
 
 
