@@ -19,14 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mprnet_cli.evaluate import _images, _natural
-from mprnet_cli.imageio import read_image
+from mprnet_cli.evaluate import iter_pairs
+from mprnet_cli.imageio import to_uint8
 from mprnet_cli.metrics import measure
 from mprnet_cli.train.degrade import parse_degradation
-
-
-def to8(x: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
 def main() -> None:
@@ -43,14 +39,12 @@ def main() -> None:
     strengths = [float(v) for v in args.strengths.split(",")]
     report = {}
     for folder in args.folders:
-        names = sorted(_images(folder), key=_natural)
         scores: dict[float, list[tuple[float, float]]] = {h: [] for h in strengths}
         started = time.perf_counter()
-        for index, name in enumerate(names):
-            clean = read_image(folder / name).rgb
-            noisy, target = degrade(clean, args.seed + index)
-            target = to8(target).astype(np.float32) / 255
-            bgr = cv2.cvtColor(to8(noisy), cv2.COLOR_RGB2BGR)
+        # The same images, noise and seeds as `mprnet eval --degrade noise:SIGMA`.
+        for _, noisy, clean in iter_pairs(folder, None, degrade, seed=args.seed):
+            target = to_uint8(clean).astype(np.float32) / 255
+            bgr = cv2.cvtColor(to_uint8(noisy), cv2.COLOR_RGB2BGR)
             for h in strengths:
                 out = cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)
                 rgb = cv2.cvtColor(out, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
@@ -61,7 +55,7 @@ def main() -> None:
         }
         best = max(means, key=lambda h: means[h][0])
         report[str(folder)] = {
-            "images": len(names),
+            "images": len(scores[strengths[0]]),
             "best_h": best,
             "psnr": means[best][0],
             "ssim": means[best][1],
