@@ -85,6 +85,7 @@ from benchlib import (
 from numpy.typing import NDArray
 from torch import nn
 
+from mprnet_cli import metrics
 from mprnet_cli.imageio import read_image
 from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet, build_model, read_checkpoint
 from mprnet_cli.pipeline import (
@@ -152,11 +153,6 @@ class CachingEngine(Engine):
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def psnr(a: FloatImage, b: FloatImage) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
 @dataclass
@@ -346,7 +342,7 @@ def run_seams(
                     "overlap": overlap,
                     "tiles": len(plan),
                     "pixel_overhead": sum(t.height * t.width for t in plan) / (ph * pw),
-                    "psnr_vs_untiled_db": psnr(out, untiled),
+                    "psnr_vs_untiled_db": metrics.psnr(out, untiled, 1.0),
                     "max_abs_diff": float(np.max(np.abs(out - untiled))),
                     "seam_edge": edge.__dict__,
                     "seam_centre": centre.__dict__,
@@ -579,7 +575,7 @@ def run_cost(
                 out = restore_with_plan(engine, rgb, bal, overlap)
             modes[mode].append(time.perf_counter() - t0)
             if reference is not None and mode != "untiled":
-                psnrs[mode].append(psnr(out, reference))
+                psnrs[mode].append(metrics.psnr(out, reference, 1.0))
     image_px = h * w
     pixels = {
         "untiled": ph * pw,

@@ -24,17 +24,16 @@ import numpy as np
 import torch
 
 from mprnet_cli.device import Precision, resolve_device, supports_precision
-from mprnet_cli.imageio import read_image
+from mprnet_cli.imageio import read_image, to_uint8
+from mprnet_cli.metrics import psnr
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.pipeline import Engine, TileOptions, restore_array
 from mprnet_cli.train.degrade import degrade
 
 
 def psnr8(a: np.ndarray, b: np.ndarray) -> float:
-    a8 = np.round(np.clip(a, 0, 1) * 255)
-    b8 = np.round(np.clip(b, 0, 1) * 255)
-    mse = float(np.mean((a8 - b8) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+    """PSNR of the two images as the 8-bit files they would be written as."""
+    return psnr(to_uint8(a), to_uint8(b), 255)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mprnet_cli.imageio import read_image
+from mprnet_cli.imageio import read_image, to_uint8
 from mprnet_cli.metrics import measure
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.pipeline import Engine, TileOptions, restore_array
@@ -66,16 +66,16 @@ def main() -> None:
                 g = torch.Generator().manual_seed(1000 + i)
                 x = torch.from_numpy(clean).permute(2, 0, 1)[None]
                 noisy = fn(x, g)[0].permute(1, 2, 0).numpy()
-                noisy = np.round(np.clip(noisy, 0, 1) * 255).astype(np.float32) / 255
+                noisy = to_uint8(noisy).astype(np.float32) / 255
                 out, _ = restore_array(engine, noisy, TileOptions(tile=0))
-                out = np.round(out * 255).astype(np.float32) / 255
+                out = to_uint8(out).astype(np.float32) / 255
                 scores.append(measure(out, clean_q(clean), y_channel=task == "derain")[0])
             row.append(f"{name} {np.mean(scores):.2f}")
         print(wpath, " | ".join(row), flush=True)
 
 
 def clean_q(x: np.ndarray) -> np.ndarray:
-    return (np.round(x * 255) / 255).astype(np.float32)
+    return to_uint8(x).astype(np.float32) / 255
 
 
 if __name__ == "__main__":
