@@ -92,8 +92,8 @@ def bench(model: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     weights = save_weights(CONFIGS[model], work / f"{model}.pth")
     restorer = Restorer("derain", weights=weights, device="cpu", tile=0)
     warm = read_image(next(src.glob("*.png")))
+    restorer.restore_rgb(warm.rgb)  # first call: kernel and allocator set-up, not timed
     t = time.perf_counter()
-    restorer.restore_rgb(warm.rgb)
     restorer.restore_rgb(warm.rgb)
     restore_s = time.perf_counter() - t
     times: dict[str, list[float]] = {"sequential": [], "overlapped": []}
@@ -110,15 +110,14 @@ def bench(model: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "size": args.size,
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
-        "restore_s_per_image": restore_s / 2,
+        "restore_s_per_image": restore_s,
         "decode_s_per_image": decode_s,
         "encode_s_per_image": encode_s,
         "sequential_s": seq,
         "overlapped_s": ovl,
         "speedup": seq / ovl,
         # what perfect overlap could give, from the per-image times measured alone
-        "speedup_bound": (decode_s + restore_s / 2 + encode_s)
-        / max(restore_s / 2, decode_s, encode_s),
+        "speedup_bound": (decode_s + restore_s + encode_s) / max(restore_s, decode_s, encode_s),
         "all_runs": times,
         "load_average_1min": os.getloadavg()[0],
     }
