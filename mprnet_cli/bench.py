@@ -24,6 +24,7 @@ from mprnet_cli.choices import Precision
 from mprnet_cli.device import autocast, supports_precision
 from mprnet_cli.model.config import PUBLISHED_CONFIGS, MPRNetConfig
 from mprnet_cli.model.network import MPRNet
+from mprnet_cli.pipeline import Engine
 
 MEGAPIXELS_12 = 12e6
 
@@ -159,14 +160,12 @@ def _peak_memory(device: torch.device) -> Iterator[Callable[[], int]]:
 def build(
     config: MPRNetConfig, mode: Mode, device: torch.device, seed: int = 0
 ) -> Callable[[torch.Tensor], Any]:
+    """The network placed exactly as a restore run places it; precision is applied by the
+    caller's autocast, so timings include nothing but the forward pass."""
     torch.manual_seed(seed)
-    model = MPRNet(config).eval().requires_grad_(False)
+    model = MPRNet(config)
     model.batched = mode.batched
-    model.to(device=device)
-    if mode.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    fn: Callable[[torch.Tensor], Any] = torch.compile(model) if mode.compile else model
-    return fn
+    return Engine(model, device, channels_last=mode.channels_last, compile=mode.compile).forward
 
 
 @dataclass
