@@ -29,6 +29,7 @@ from mprnet_cli.api import Restorer  # noqa: E402
 from mprnet_cli.batch import Job, Status, expand_inputs, plan_outputs  # noqa: E402
 from mprnet_cli.errors import UsageError  # noqa: E402
 from mprnet_cli.imageio import OutputFormat, encode_image, read_image, resolve_format  # noqa: E402
+from mprnet_cli.jobs import Screened  # noqa: E402
 from mprnet_cli.runners import RaySettings  # noqa: E402
 from mprnet_cli.runners import ray as ray_runner  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
@@ -393,3 +394,30 @@ def test_jobs_are_files_only() -> None:
             weights=lambda: None,  # type: ignore[arg-type, return-value]
             network=ray_runner.NetworkSettings(),
         )
+
+
+def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [".a_x.png.0123abcd.tmp", ".b_x.png.89abcdef.tmp", ".c_x.png.00000000.tmp", "a_x.png"]
+    for name in names:
+        (out / name).write_bytes(b"partial")
+    jobs = [Job(tmp_path / f"{n}.png") for n in "abc"]
+    run = ray_runner._FileRun(
+        jobs,
+        plan_outputs(expand_inputs(["x.png"]), str(out), suffix="_x"),
+        weights=lambda: None,  # type: ignore[arg-type, return-value]
+        network=ray_runner.NetworkSettings(),
+        settings=RaySettings(),
+        overwrite=False,
+        jpeg_quality=95,
+        max_pixels=None,
+        callbacks=ray_runner.Callbacks(),
+        factory=ray_runner.default_restorer,
+    )
+    # a and b were sent out and never reported; c finished (its temp file is not ours).
+    run._pending = {0: Screened(jobs[0], out / "a_x.png"), 1: Screened(jobs[1], out / "b_x.png")}
+    run._sweep_unfinished()
+    assert sorted(p.name for p in out.iterdir()) == [".c_x.png.00000000.tmp", "a_x.png"]
