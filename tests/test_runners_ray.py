@@ -35,6 +35,7 @@ from mprnet_cli.runners import ray as ray_runner  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
 from mprnet_cli.weights import resolve  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
+from tests.hub_server import FakeHub  # noqa: E402
 from tests.test_cli import (  # noqa: E402
     AS_FROM_A_TERMINAL,
     FAST,
@@ -48,6 +49,7 @@ from tests.test_cli import (  # noqa: E402
     temps,
     write_checkpoint,
 )
+from tests.test_weights import REPO_ID, _checkpoint_bytes, hub_env, write_registry  # noqa: E402
 
 RAY = ["--engine", "ray"]
 
@@ -247,6 +249,45 @@ def test_ctrl_c_stops_the_job_and_leaves_no_temp_files(
         with Image.open(path) as im:
             im.load()
     assert temps(tmp_path) == []
+
+
+def test_the_driver_downloads_the_weights_once_and_workers_never_do(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    """Published weights from a stand-in Hub: the driver fetches them; the actors (whose
+    environment is offline and knows no such registry) restore with what it shipped."""
+    hub = FakeHub(REPO_ID, {"model_deraining.pth": _checkpoint_bytes(), "LICENSE.md": b"x"})
+    hub.start()
+    try:
+        for i in range(3):
+            save_png(tmp_path / "in" / f"{i}.png", size=20)
+        registry = write_registry(tmp_path)
+        cmd = [sys.executable, "-m", "mprnet_cli", "derain", "in", "--json"]
+        cmd += ["--model", "published", *FAST]
+        run_env = {**env(), **hub_env(tmp_path, registry, hub.url), "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            [*cmd, "-o", "out", *RAY, "--ray-address", ray_cluster],
+            cwd=tmp_path,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(x)["status"] for x in proc.stdout.splitlines()] == ["ok"] * 3
+        assert hub.requests == [  # the driver's one download, nothing from the workers
+            "HEAD /deepinv/MPRNet/resolve/main/model_deraining.pth",
+            "GET /deepinv/MPRNet/resolve/main/model_deraining.pth",
+        ]
+        # The network the actors ran is the downloaded one (the local engine, from cache).
+        local = subprocess.run(
+            [*cmd, "-o", "local"], cwd=tmp_path, env=run_env, capture_output=True, check=False
+        )
+        assert local.returncode == 0, local.stderr
+        assert tree_files(tmp_path / "out") == tree_files(tmp_path / "local")
+    finally:
+        hub.stop()
 
 
 # --------------------------------------------------------------------------- faults
