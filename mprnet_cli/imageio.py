@@ -508,6 +508,14 @@ class _Pixels:
 
 
 def _decode(im: Image.Image, fp: IO[bytes], label: str) -> DecodedImage:
+    if im.format == "PNG" and not _png_rows_complete(fp):
+        # Pillow fills the rows missing from a complete-but-short zlib stream with black
+        # and OpenCV fails noisily on stderr: refuse the file before either decodes it
+        # (Pillow's PNG getexif() already does).
+        raise InputError(
+            f"{label}: truncated PNG (its image data ends before the last row); "
+            "re-export or re-download it"
+        )
     fmt = "JPEG" if im.format == "MPO" else im.format
     notes: list[str] = []
     frames = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
@@ -520,13 +528,6 @@ def _decode(im: Image.Image, fp: IO[bytes], label: str) -> DecodedImage:
     raw_exif = im.info.get("exif")
 
     icc = im.info.get("icc_profile") or None
-    if im.format == "PNG" and not _png_rows_complete(fp):
-        # Pillow fills the rows missing from a complete-but-short zlib stream with black
-        # and OpenCV fails noisily on stderr: refuse the file before either sees it.
-        raise InputError(
-            f"{label}: truncated PNG (its image data ends before the last row); "
-            "re-export or re-download it"
-        )
     deep = _deep_color_kind(im, fp)
     if deep is not None:
         px = _decode_deep(fp, deep, orientation, label)

@@ -278,3 +278,19 @@ def test_config_validation() -> None:
         MPRNetConfig(kernel_size=4)
     with pytest.raises(ValueError, match="unknown"):
         MPRNetConfig.from_dict({"n_feat": 8, "colour": 1})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_non_finite_values_are_refused(tmp_path: Path, value: float) -> None:
+    """Every output of such a network is NaN: the run fails once, at loading."""
+    state = tiny_model().state_dict()
+    state["tail.weight"][0, 0, 0, 0] = value
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values \(e\.g\. tail\.weight\)"):
+        load_model(path)
+
+
+def test_a_folder_is_not_a_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="is a folder; give the weights file in it"):
+        read_checkpoint(tmp_path)
