@@ -351,6 +351,7 @@ class _Reporter:
             self._bar.stop()
 
     def line(self, text: str) -> None:
+        text = _plain(text)
         if self._bar is not None:
             self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -376,17 +377,17 @@ class _Reporter:
             self._bar.advance(self._files)
         source = "<stdin>" if result.input == "-" else result.input
         if status == "failed":
-            self.line(f"mprnet: {source}: {_plain(result.error or 'failed')}")
+            self.line(f"mprnet: {source}: {result.error or 'failed'}")
             return
         for warning in result.warnings:
-            self.note(f"mprnet: warning: {_plain(warning)}")
-        if self._bar is None and status == "ok":
+            self.note(f"mprnet: warning: {warning}")
+        if status == "ok":  # with or without bars: where each output went
             target = "<stdout>" if result.output == "-" else result.output
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"
             )
-        elif self._bar is None:
+        else:
             self.note(f"{source}: skipped, {result.output} exists")
 
     def summary(self, *, interrupted: bool = False) -> None:
