@@ -202,7 +202,7 @@ def _why_not(exc: OSError) -> str:
 
 
 def _kind(path: Path) -> str | OSError:
-    """"dir", "file" or "other" (missing included), or the error that prevented looking."""
+    """ "dir", "file" or "other" (missing included), or the error that prevented looking."""
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -721,9 +721,7 @@ class _Runner:
         key = _key(folder)
         if key not in self._folders:
             try:
-                check_writable_folder(
-                    folder, create=self.plan.destination is Destination.DIRECTORY
-                )
+                check_writable_folder(folder, create=self.plan.destination is Destination.DIRECTORY)
                 self._folders[key] = None
             except OutputError as exc:
                 self._folders[key] = str(exc)

@@ -699,7 +699,15 @@ def _deep_color_kind(im: Image.Image, fp: IO[bytes]) -> _DeepKind | None:
 
 _PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 #: Adam7 passes: (first row, row step, first column, column step).
-_ADAM7: Final = ((0, 8, 0, 8), (0, 8, 4, 8), (4, 8, 0, 4), (0, 4, 2, 4), (2, 4, 0, 2), (0, 2, 1, 2), (1, 2, 0, 1))
+_ADAM7: Final = (
+    (0, 8, 0, 8),
+    (0, 8, 4, 8),
+    (4, 8, 0, 4),
+    (0, 4, 2, 4),
+    (2, 4, 0, 2),
+    (0, 2, 1, 2),
+    (1, 2, 0, 1),
+)
 
 
 def _png_rows_complete(fp: IO[bytes]) -> bool:

@@ -1029,7 +1029,7 @@ def png_with_rows(
             (1, 2, 0, 1),
         )
         full = b"".join(
-            b"".join(b"\x00" + bytes(((w * 3 * depth // 8) * [7])) for _ in range(h))
+            b"".join(b"\x00" + bytes((w * 3 * depth // 8) * [7]) for _ in range(h))
             for y0, dy, x0, dx in passes
             if (w := -(-(width - x0) // dx)) > 0 and (h := -(-(height - y0) // dy)) > 0
         )
@@ -1051,7 +1051,7 @@ def png_with_rows(
 @pytest.mark.parametrize("interlace", [0, 1], ids=["progressive", "adam7"])
 def test_png_missing_rows_is_refused(depth: int, interlace: int) -> None:
     """A complete zlib stream that stops at half the rows: Pillow would fill black rows."""
-    with pytest.raises(InputError, match="x.png: truncated PNG"):
+    with pytest.raises(InputError, match=r"x\.png: truncated PNG"):
         mio.read_image(png_with_rows(40, 20, 10, depth=depth, interlace=interlace), name="x.png")
     whole = mio.read_image(png_with_rows(40, 20, 20, depth=depth, interlace=interlace))
     assert (whole.width, whole.height, whole.info.bit_depth) == (40, 20, depth)

@@ -187,7 +187,11 @@ def build_model(checkpoint: Checkpoint) -> MPRNet:
             "modified architecture: use a checkpoint of the published MPRNet"
         )
     broken = next(
-        (k for k, v in checkpoint.state_dict.items() if v.is_floating_point() and not v.isfinite().all()),
+        (
+            k
+            for k, v in checkpoint.state_dict.items()
+            if v.is_floating_point() and not v.isfinite().all()
+        ),
         None,
     )
     if broken is not None:  # every output would be NaN: fail the run, not each image
