@@ -33,9 +33,12 @@ The runner (`run_batch`)
 ------------------------
 One thread decodes ahead (`prefetch` images) and one encodes and writes behind (`pending`
 images) while the calling thread runs the network, so memory is bounded by a few images
-whatever the batch size. Results come back in input order. On KeyboardInterrupt the queues
-are cancelled and a write already in progress finishes (writes are atomic: the output is
-complete or absent); temporary files left by a killed run are removed when a later run
+whatever the batch size. Results come back in input order. Before an image is restored its
+output folder is created and test-written (once per folder), so an unwritable `-o` fails
+each job without restore time. On KeyboardInterrupt (SIGTERM included: `errors.Terminated`)
+the queues are cancelled, a write already in progress finishes (writes are atomic: the
+output is complete or absent), and every result settled by then still reaches
+`Callbacks.finished`, so no output on disk goes unreported; temporary files left by a killed run are removed when a later run
 reaches the same output, once they are `STALE_TEMP_SECONDS` old (a younger one may be
 another mprnet process writing that output right now).
 """

@@ -17,7 +17,9 @@ Decoding (`read_image`)
   bomb check is a process-wide global; it is switched off while we decode, because ours
   replaces it, under a module lock (so decodes in threads are serialised).
 * Broken input (missing, empty, truncated, not an image, unsupported mode) raises
-  `InputError` naming the file, never a raw Pillow/OpenCV exception. Warnings Pillow emits
+  `InputError` naming the file, never a raw Pillow/OpenCV exception. A PNG whose zlib
+  stream is complete but holds fewer rows than its header declares counts as truncated
+  (Pillow would fill the rest with black): `_png_rows_complete` inflates it once to check. Warnings Pillow emits
   while decoding (e.g. "Corrupt EXIF data") become `ImageInfo.notes`, not stderr noise. Only
   the decoding thread's warnings are taken: those other threads raise meanwhile (torch on the
   main thread of a batch) keep their filters and handlers (`_warnings_as_notes`).
