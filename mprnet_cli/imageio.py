@@ -496,7 +496,7 @@ def _open_and_decode(fp: IO[bytes], label: str, max_pixels: int | None) -> Decod
 
 def _pixel_count(n: int) -> str:
     """Megapixels where that reads well, exact pixels where rounding would say "0 MP"."""
-    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n:,} pixels"
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n:,} pixels"
 
 
 @dataclass

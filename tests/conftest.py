@@ -14,7 +14,8 @@ from mprnet_cli.model.network import MPRNet
 
 #: Reference vectors and tiny checkpoints made with the reference implementation (6.5 MB),
 #: kept in the repository so that every clone runs every test.
-REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO / "tests" / "data" / "reference"
 
 # Before anything imports huggingface_hub (which reads these once): never the user's cache.
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="mprnet-tests-"))

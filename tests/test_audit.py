@@ -25,7 +25,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import FAST, env, invoke, mprnet, save_png, temps, write_checkpoint
+from tests.test_cli import FAST, env, invoke, mprnet, temps, write_checkpoint
+
+
+def save_png(path: Path, size: int = 16) -> None:
+    """Its own generator: drawing from test_cli's would change that module's fixtures."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(zlib.crc32(os.fsencode(path.name)))
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(path, "PNG")
 
 
 @pytest.fixture(scope="module")
