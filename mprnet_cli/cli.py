@@ -1053,7 +1053,7 @@ def main() -> None:
     """Console-script entry point: SIGTERM handled like Ctrl-C, usage errors as one line."""
     import signal
 
-    from mprnet_cli.errors import raise_terminated
+    from mprnet_cli.errors import Terminated, raise_terminated
 
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, raise_terminated)
@@ -1061,9 +1061,9 @@ def main() -> None:
         # standalone_mode=False: Typer's own parsing errors come back to us as exceptions,
         # so they get the same one-line form as mprnet's (instead of a usage block).
         code = app(standalone_mode=False)
-    except typer.Abort:  # Ctrl-C outside a command (while Typer parses)
-        print("mprnet: error: interrupted", file=sys.stderr, flush=True)
-        code = INTERRUPTED_EXIT
+    except typer.Abort:  # end of input at a prompt
+        print("mprnet: error: aborted", file=sys.stderr, flush=True)
+        code = 1
     except typer.TyperException as exc:  # option/argument validation
         code = int(getattr(exc, "exit_code", 2))
         ctx = getattr(exc, "ctx", None)
@@ -1072,6 +1072,10 @@ def main() -> None:
             show()  # a group run without a command: its help, as Typer prints it
         else:
             print(f"mprnet: error: {_usage_line(exc)}", file=sys.stderr, flush=True)
+    if code == INTERRUPTED_EXIT and Terminated.received:
+        # Outside `errors_to_exit` (parsing, imports) Typer turns any KeyboardInterrupt,
+        # ours included, into a silent exit 130: keep SIGTERM's own code there too.
+        code = Terminated.exit_code
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -88,8 +88,10 @@ class Terminated(KeyboardInterrupt):
     the shell's convention for SIGTERM) tells the two apart."""
 
     exit_code = 143
+    received = False  # set by the handler: the exit code stays 143 on every path
 
 
 def raise_terminated(signum: int, frame: object) -> None:
     """SIGTERM handler: raise `Terminated` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    Terminated.received = True
     raise Terminated

@@ -271,3 +271,21 @@ def test_weights_list_does_not_wrap_when_piped() -> None:
     paths = [str(row.path) for row in status() if row.path]
     result = invoke("weights", "list")  # stdout is not a terminal here
     assert paths and all(path in result.stdout for path in paths)
+
+
+def test_sigterm_outside_a_restore_keeps_its_exit_code(tmp_path: Path) -> None:
+    """Typer turns a KeyboardInterrupt outside `errors_to_exit` into a silent 130."""
+    script = (
+        "import os, signal, sys\n"
+        "import mprnet_cli.cli as cli\n"
+        "def tasks(*args):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # delivered to this thread at once\n"
+        "    raise AssertionError('SIGTERM did not stop the command')\n"
+        "cli._tasks = tasks\n"
+        "sys.argv = ['mprnet', 'weights', 'download', 'derain']\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, env=env(), timeout=60
+    )
+    assert proc.returncode == 143, proc.stderr.decode()
