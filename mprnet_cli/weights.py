@@ -470,6 +470,10 @@ def resolve(
         if model is not ModelChoice.AUTO:
             raise UsageError("--weights and --model cannot be combined: pick one")
         path = Path(weights).expanduser()
+        if path.is_dir():
+            raise WeightsError(
+                f"{path} is a folder; give the weights file in it (.pth, .pt or .safetensors)"
+            )
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         return ResolvedWeights(path, Source.FILE, task)
