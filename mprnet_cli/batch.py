@@ -76,6 +76,7 @@ from mprnet_cli.errors import (
 from mprnet_cli.imageio import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
     DecodedImage,
     ImageInfo,
     OutputFormat,
@@ -112,12 +113,6 @@ __all__ = [
     "run_batch",
 ]
 
-#: What a folder or glob contributes: every still/first-frame format Pillow decodes well.
-_EXTENSION_WORDS: Final = (
-    ".jpg .jpeg .jpe .jfif .png .apng .webp .tif .tiff .bmp .dib .gif .ppm .pgm .pbm .pnm "
-    ".tga .jp2 .j2k .jpf .jpx .avif .qoi .pcx .sgi .ico"
-)
-IMAGE_EXTENSIONS: Final = frozenset(_EXTENSION_WORDS.split())
 STDIN_ARG: Final = "-"
 _GLOB_CHARS: Final = frozenset("*?[")
 #: A write's temporary file lives for the seconds it takes to write and fsync the encoded

@@ -128,18 +128,21 @@ from mprnet_cli.errors import (
 __all__ = [
     "DEFAULT_JPEG_QUALITY",
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
     "DecodedImage",
     "ImageInfo",
     "OutputFormat",
     "encode_image",
     "extension_for",
     "format_from_suffix",
+    "list_images",
     "output_notes",
     "read_image",
     "resolve_format",
     "temp_target",
     "to_uint8",
     "to_uint16",
+    "write_bytes_atomic",
     "write_image",
 ]
 
@@ -152,6 +155,13 @@ _JPEG_MAX_SIDE: Final = 65500  # libjpeg's JPEG_MAX_DIMENSION
 _WEBP_MAX_SIDE: Final = 16383
 _JPEG_MAX_EXIF: Final = 65533  # an APP1 segment payload
 _STDIN_NAME: Final = "<stdin>"
+
+#: What a folder or glob contributes: every still/first-frame format Pillow decodes well.
+_EXTENSION_WORDS: Final = (
+    ".jpg .jpeg .jpe .jfif .png .apng .webp .tif .tiff .bmp .dib .gif .ppm .pgm .pbm .pnm "
+    ".tga .jp2 .j2k .jpf .jpx .avif .qoi .pcx .sgi .ico"
+)
+IMAGE_EXTENSIONS: Final = frozenset(_EXTENSION_WORDS.split())
 
 FloatArray = npt.NDArray[np.floating[Any]]
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
@@ -1268,6 +1278,20 @@ def _exif_into_ifd(exif: bytes, ifd: TiffImagePlugin.ImageFileDirectory_v2) -> N
             ifd[tag] = parsed[tag]
 
 
+def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files of an evaluation or training folder, sorted, hidden files excluded."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -1290,6 +1314,17 @@ def write_image(
     data = encode_image(rgb, info, fmt, alpha=alpha, jpeg_quality=jpeg_quality)
     try:
         _atomic_write(target, data, overwrite=overwrite)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _output_error(target, exc) from None
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace `path` with `data` atomically (checkpoints, exported weights)."""
+    target = Path(path)
+    try:
+        _atomic_write(target, data, overwrite=True)
     except OutputError:
         raise
     except OSError as exc:
