@@ -17,15 +17,12 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from mprnet_cli.choices import ModelChoice
 from mprnet_cli.errors import (
@@ -34,6 +31,18 @@ from mprnet_cli.errors import (
     OfflineError,
     UsageError,
     WeightsError,
+)
+from mprnet_cli.hub import (
+    CacheWriteError,
+    HubFile,
+    HubUnreachableError,
+    RepoType,
+    SourceUnavailableError,
+    cached_file,
+    fetch,
+    hub_output,
+    hub_reachable,
+    hub_sha,
 )
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tasks import Task
@@ -48,14 +57,6 @@ class Source(str, Enum):
     BUNDLED = "bundled"
 
 
-class RepoType(str, Enum):
-    """huggingface_hub's `repo_type` values that can hold a checkpoint."""
-
-    MODEL = "model"
-    SPACE = "space"
-    DATASET = "dataset"
-
-
 @dataclass(frozen=True)
 class Benchmark:
     psnr: float
@@ -67,24 +68,6 @@ class License:
     name: str
     url: str
     short: str
-
-
-@dataclass(frozen=True)
-class HubFile:
-    """One place on the Hub that may hold a task's published checkpoint."""
-
-    repo: str
-    path: str
-    repo_type: RepoType = RepoType.MODEL
-    revision: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-
-    @property
-    def label(self) -> str:
-        """The file as the Hub's URLs name it (`spaces/` prefix for Spaces)."""
-        prefix = "" if self.repo_type is RepoType.MODEL else f"{self.repo_type.value}s/"
-        return f"{prefix}{self.repo}/{self.path}"
 
 
 @dataclass(frozen=True)
@@ -299,12 +282,6 @@ def _write_store(path: Path, data: dict[str, Any]) -> bool:
     return True
 
 
-def _hub_sha(path: Path) -> str | None:
-    """The Hub's hash of a cached file: LFS blobs are stored under their sha256."""
-    blob = Path(os.path.realpath(path)).name
-    return blob if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob) else None
-
-
 def _describe(config: MPRNetConfig) -> str:
     return (
         f"n_feat {config.n_feat}, scale_unetfeats {config.scale_unetfeats}, "
@@ -345,39 +322,7 @@ def check_network(task: Task, path: Path, label: str) -> None:
     )
 
 
-# --------------------------------------------------------------------------- Hub access
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the endpoint huggingface_hub will use.
-
-    huggingface_hub retries network errors with back-off for about half a minute;
-    an offline user should hear what to do at once instead.
-    """
-    from huggingface_hub import constants
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy only the real request can tell
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def cached_file(source: HubFile) -> Path | None:
-    """The source's file in the Hugging Face cache, found without any network call."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(
-        source.repo,
-        source.path,
-        revision=source.revision or "main",
-        repo_type=source.repo_type.value,
-    )
-    return Path(found) if isinstance(found, str) else None
+# --------------------------------------------------------------------------- published sources
 
 
 def _source_problem(spec: PublishedWeights, source: HubFile, path: Path) -> str | None:
@@ -407,77 +352,10 @@ def find_cached(spec: PublishedWeights) -> ResolvedWeights | None:
         path = cached_file(source)
         if path is None:
             continue
-        verify_file(path, _hub_sha(path))
+        verify_file(path, hub_sha(path))
         if _source_problem(spec, source, path) is None:
             return ResolvedWeights(path, Source.PUBLISHED, spec.task, spec.config, source.label)
     return imported_file(spec.task)
-
-
-class _SourceUnavailableError(Exception):
-    """One source cannot provide the file (the reason is the message); the next may."""
-
-
-def _fetch(task: Task, source: HubFile, force: bool) -> Path:
-    """Download one source's file into the Hugging Face cache, naming why it failed."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import httpx as hub_http  # the HTTP library the Hub client uses
-
-    try:
-        return Path(
-            hf_hub_download(
-                source.repo,
-                source.path,
-                repo_type=source.repo_type.value,
-                revision=source.revision or "main",
-                force_download=force,
-            )
-        )
-    except Exception as exc:
-        # A forced download wraps whatever stopped it in a ValueError.
-        cause = exc.__cause__ if isinstance(exc, ValueError) and exc.__cause__ else exc
-        if isinstance(
-            cause, (LocalEntryNotFoundError, OfflineModeIsEnabled, hub_http.TransportError)
-        ):
-            raise offline_error(task) from exc
-        if isinstance(cause, RemoteEntryNotFoundError):
-            raise _SourceUnavailableError("the repository has no such file") from exc
-        if isinstance(cause, RevisionNotFoundError):
-            raise _SourceUnavailableError(
-                f"the repository has no revision {source.revision}"
-            ) from exc
-        if isinstance(cause, RepositoryNotFoundError):  # GatedRepoError included
-            raise _SourceUnavailableError("no such repository, or it is private or gated") from exc
-        if isinstance(cause, HfHubHTTPError):
-            raise _SourceUnavailableError(f"the Hub answered: {_first_line(cause)}") from exc
-        if isinstance(cause, OSError):
-            raise WeightsError(
-                f"cannot store the download in the Hugging Face cache: {_first_line(cause)}"
-            ) from exc
-        raise
-
-
-@contextmanager
-def _hub_output(quiet: bool) -> Iterator[None]:
-    """huggingface_hub's retry chatter is not for our users; its progress bars are, unless quiet."""
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-    from huggingface_hub.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    if quiet:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if quiet:
-            enable_progress_bars()
 
 
 def download_published(
@@ -494,12 +372,10 @@ def download_published(
     to the next source with one line through `notify`; an unreachable Hub stops
     at once (every source lives there).
     """
-    from huggingface_hub import constants
-
     count = len(spec.sources)
     if source is not None and not 1 <= source <= count:
         raise UsageError(f"--source must be between 1 and {count} for {spec.task.value}")
-    if constants.HF_HUB_OFFLINE or not hub_reachable():
+    if not hub_reachable():
         raise offline_error(spec.task)
     numbered = list(enumerate(spec.sources, 1))
     candidates = numbered if source is None else [numbered[source - 1]]
@@ -509,14 +385,21 @@ def download_published(
             f"the {spec.license.name}: {spec.license.url}"
         )
     tried: list[str] = []
-    with _hub_output(quiet):
+    with hub_output(quiet):
         for i, (n, hub_file) in enumerate(candidates):
             try:
-                path = _fetch(spec.task, hub_file, force)
-                verify_file(path, _hub_sha(path))
+                path = fetch(hub_file, force)
+                verify_file(path, hub_sha(path))
                 reason = _source_problem(spec, hub_file, path)
-            except (_SourceUnavailableError, IntegrityError, CheckpointError) as exc:
+            except (SourceUnavailableError, IntegrityError, CheckpointError) as exc:
                 reason = str(exc)
+            except HubUnreachableError as exc:
+                raise offline_error(spec.task) from exc
+            except CacheWriteError as exc:
+                raise WeightsError(
+                    f"cannot store the download in the Hugging Face cache: {exc}; "
+                    "check HF_HUB_CACHE and free space"
+                ) from exc
             if reason is None:
                 return ResolvedWeights(
                     path, Source.PUBLISHED, spec.task, spec.config, hub_file.label
@@ -530,11 +413,6 @@ def download_published(
         f"Fetch the file by hand (README: Weights) and run `mprnet weights import "
         f"{spec.task.value} FILE`, pass a file with --weights FILE, or use --model bundled"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def offline_error(task: Task) -> OfflineError:

@@ -26,9 +26,7 @@ from mprnet_cli.errors import (
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import (
-    HubFile,
     ModelChoice,
-    RepoType,
     Source,
     bundled_notice,
     import_file,
@@ -446,49 +444,6 @@ def test_verify_file_remembers_good_hashes(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(IntegrityError):
         verify_file(f, sha)
     assert hashed == [f, f]
-
-
-def test_connection_failures_are_told_apart_from_missing_sources(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """huggingface_hub's own exception types decide offline (stop) versus next source."""
-    import huggingface_hub
-    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
-    from huggingface_hub.utils import httpx as hub_http
-
-    import mprnet_cli.weights as weights
-
-    def raising(exc: BaseException) -> Any:
-        def fake(*args: object, **kwargs: object) -> str:
-            raise exc
-
-        return fake
-
-    def forced(cause: BaseException) -> ValueError:
-        wrapped = ValueError("Force download failed due to the above error.")
-        wrapped.__cause__ = cause
-        return wrapped
-
-    response = hub_http.Response(404, request=hub_http.Request("GET", "http://hub.test/x"))
-    source = HubFile(REPO_ID, "model_deraining.pth", RepoType.MODEL)
-    for exc in (
-        hub_http.ConnectError("refused"),
-        hub_http.ReadTimeout("slow"),
-        forced(hub_http.ConnectError("refused")),
-    ):
-        monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(exc))
-        with pytest.raises(OfflineError):
-            weights._fetch(Task.DERAIN, source, force=False)
-    for exc, reason in (
-        (RemoteEntryNotFoundError("404", response=response), "no such file"),
-        (forced(RepositoryNotFoundError("404", response=response)), "no such repository"),
-    ):
-        monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(exc))
-        with pytest.raises(weights._SourceUnavailableError, match=reason):
-            weights._fetch(Task.DERAIN, source, force=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", raising(RuntimeError("bug")))
-    with pytest.raises(RuntimeError):  # anything else is a bug, not a source to skip
-        weights._fetch(Task.DERAIN, source, force=False)
 
 
 def test_shipped_registry_describes_the_bundled_files_and_tells_networks_apart() -> None:
