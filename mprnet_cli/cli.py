@@ -45,7 +45,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 weights_app = typer.Typer(
-    help="List, download and locate network weights.",
+    help="List, download, import and locate network weights.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -606,11 +606,11 @@ def weights_list(
         bool,
         typer.Option(
             "--json",
-            help="One JSON object per row (task, source, name, local, size, path, licence).",
+            help="One JSON object per row (task, source, n, name, local, size, path, licence).",
         ),
     ] = False,
 ) -> None:
-    """Show the weights of every task: source, whether present locally, size and path."""
+    """Show each task's weights and which are here: published sources (# = order tried), imported, bundled."""
     with errors_to_exit():
         from mprnet_cli.weights import status
 
@@ -621,6 +621,7 @@ def weights_list(
                 record = {
                     "task": row.task.value,
                     "source": row.source.value,
+                    "n": row.number,
                     "name": row.name,
                     "local": row.cached,
                     "size": row.size,
@@ -633,12 +634,13 @@ def weights_list(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("task", "source", "local", "size", "licence", "file / path")
+        table = Table("task", "source", "#", "local", "size", "licence", "file / path")
         table.columns[-1].overflow = "fold"
         for row in status():
             table.add_row(
                 row.task.value,
                 row.source.value,
+                str(row.number) if row.number is not None else "",
                 "yes" if row.cached else "no",
                 _size(row.size),
                 row.license,
@@ -653,6 +655,15 @@ def weights_list(
 def weights_download(
     tasks: TasksArg = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    source: Annotated[
+        int | None,
+        typer.Option(
+            "--source",
+            min=1,
+            help="Only this published source (its # in `weights list`), not each in order.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Fetch the published weights into the Hugging Face cache (once; later runs need no network)."""
@@ -662,13 +673,36 @@ def weights_download(
 
         entries = registry()
         for task in chosen:
-            path = download_published(
+            got = download_published(
                 entries[task].published,
                 notify=lambda m: say(m, quiet=quiet),
                 force=force,
                 quiet=quiet,
+                source=source,
             )
-            say(f"{task.value}: {path}", quiet=quiet)
+            say(f"{task.value}: {got.path}", quiet=quiet)
+
+
+@weights_app.command("import")
+def weights_import(
+    task: TaskArg,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A published checkpoint fetched by hand.", show_default=False
+        ),
+    ],
+    quiet: QuietOpt = False,
+) -> None:
+    """Keep a checkpoint fetched by hand in the cache, after the checks a download gets.
+
+    Later runs then use it like a download (README: Weights, for the authors' Drive links).
+    """
+    (chosen,) = _tasks([task])
+    with errors_to_exit():
+        from mprnet_cli.weights import import_file
+
+        say(f"{chosen.value}: {import_file(chosen, file)}", quiet=quiet)
 
 
 @weights_app.command("path")
@@ -679,24 +713,9 @@ def weights_path(
     """Print the local path of a task's weights (nothing is downloaded)."""
     (chosen,) = _tasks([task])
     with errors_to_exit():
-        from mprnet_cli.errors import WeightsError
-        from mprnet_cli.weights import bundled_path, cached_published, registry
+        from mprnet_cli.weights import resolve
 
-        choice = model
-        entry = registry()[chosen]
-        if choice is not ModelChoice.BUNDLED:
-            cached = cached_published(entry.published)
-            if cached is not None:
-                print(cached)
-                return
-            if choice is ModelChoice.PUBLISHED or entry.bundled is None:
-                raise WeightsError(
-                    f"the published {chosen.value} weights are not in the cache; run "
-                    f"`mprnet weights download {chosen.value}` (nothing is downloaded by `path`)"
-                )
-        if entry.bundled is None:
-            raise WeightsError(f"no bundled weights for {chosen.value}")
-        print(bundled_path(entry.bundled))
+        print(resolve(chosen, model=model, download=False).path)
 
 
 # --------------------------------------------------------------------------- train and eval

@@ -283,15 +283,17 @@ def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
 def test_memory_estimate_covers_the_measured_networks() -> None:
     """The formula must not under-estimate what benchmarks/measure_memory.py measured."""
     from mprnet_cli.choices import Precision
-    from mprnet_cli.model.config import PUBLISHED_CONFIGS
     from mprnet_cli.pipeline import estimate_bytes_per_pixel
+    from mprnet_cli.tasks import Task
+    from mprnet_cli.weights import registry
 
-    measured_cpu_fp32 = {"derain": 4937, "denoise": 9402, "deblur": 10278}
-    for task, measured in measured_cpu_fp32.items():
-        estimate = estimate_bytes_per_pixel(PUBLISHED_CONFIGS[task], Precision.FP32, "cpu")
+    for entry in registry().values():
+        measured = entry.published.memory_bytes_per_pixel["cpu_fp32"]
+        estimate = estimate_bytes_per_pixel(entry.published.config, Precision.FP32, "cpu")
         assert measured <= estimate <= 1.3 * measured
-    bf16 = estimate_bytes_per_pixel(PUBLISHED_CONFIGS["derain"], Precision.BF16, "cuda")
-    assert bf16 < estimate_bytes_per_pixel(PUBLISHED_CONFIGS["derain"], Precision.FP32, "cuda")
+    derain = registry()[Task.DERAIN].published.config
+    bf16 = estimate_bytes_per_pixel(derain, Precision.BF16, "cuda")
+    assert bf16 < estimate_bytes_per_pixel(derain, Precision.FP32, "cuda")
 
 
 def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
