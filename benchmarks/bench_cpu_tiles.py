@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from benchlib import host_info, measured_at
 
-from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet
+from mprnet_cli.model import MPRNet
 from mprnet_cli.pipeline import ALIGN, DEFAULT_OVERLAP, Engine, TileOptions, restore_array
 from mprnet_cli.tiling import plan_tiles, round_up
+from mprnet_cli.weights import published_configs
 
 
 def build_engine(weights: Path | None, task: str, seed: int) -> tuple[Engine, str]:
@@ -39,7 +40,7 @@ def build_engine(weights: Path | None, task: str, seed: int) -> tuple[Engine, st
 
         return Engine(build_model(read_checkpoint(weights)), torch.device("cpu")), str(weights)
     torch.manual_seed(seed)
-    model = MPRNet(PUBLISHED_CONFIGS[task]).eval()
+    model = MPRNet(published_configs()[task]).eval()
     return Engine(model, torch.device("cpu")), f"random {task} (published width)"
 
 
@@ -59,7 +60,7 @@ def main() -> int:
     parser.add_argument("--size", default="1280x960", help="WxH of the test image")
     parser.add_argument("--tiles", nargs="+", type=int, default=[0, 256, 384, 512, 768])
     parser.add_argument("--weights", type=Path, default=None)
-    parser.add_argument("--task", default="derain", choices=sorted(PUBLISHED_CONFIGS))
+    parser.add_argument("--task", default="derain", choices=sorted(published_configs()))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

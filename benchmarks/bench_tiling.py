@@ -87,7 +87,7 @@ from torch import nn
 
 from mprnet_cli import metrics
 from mprnet_cli.imageio import read_image
-from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet, build_model, read_checkpoint
+from mprnet_cli.model import MPRNet, build_model, read_checkpoint
 from mprnet_cli.pipeline import (
     ALIGN,
     Engine,
@@ -97,6 +97,7 @@ from mprnet_cli.pipeline import (
     restore_array,
 )
 from mprnet_cli.tiling import Blender, Tile, plan_tiles, round_up
+from mprnet_cli.weights import published_configs
 
 SCHEMA = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def build_network(weights: Path | None, seed: int) -> MPRNet:
     if weights is not None:
         return build_model(read_checkpoint(weights))
     torch.manual_seed(seed)
-    return MPRNet(PUBLISHED_CONFIGS["derain"])
+    return MPRNet(published_configs()["derain"])
 
 
 class CachingEngine(Engine):

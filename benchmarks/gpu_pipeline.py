@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from mprnet_cli.device import Precision
-from mprnet_cli.model.config import PUBLISHED_CONFIGS
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.weights import published_configs
 
 
 def forward_peak(engine: Engine, side: int) -> int:
@@ -59,7 +59,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         for prec in args.precisions.split(","):
             torch.manual_seed(0)
-            model = MPRNet(PUBLISHED_CONFIGS[task])
+            model = MPRNet(published_configs()[task])
             engine = Engine(model, device, Precision(prec))
             forward_peak(engine, 256)  # warm-up (cuDNN autotuning, allocator)
             p1, p2 = forward_peak(engine, 512), forward_peak(engine, 1024)

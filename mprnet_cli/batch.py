@@ -33,19 +33,25 @@ The runner (`run_batch`)
 ------------------------
 One thread decodes ahead (`prefetch` images) and one encodes and writes behind (`pending`
 images) while the calling thread runs the network, so memory is bounded by a few images
-whatever the batch size. Results come back in input order. On KeyboardInterrupt the queues
-are cancelled and a write already in progress finishes (writes are atomic: the output is
-complete or absent); temporary files left by a killed run are removed when a later run
+whatever the batch size. Results come back in input order. Before an image is restored its
+output folder is created and test-written (once per folder), so an unwritable `-o` fails
+each job without restore time. On KeyboardInterrupt (SIGTERM included: `errors.Terminated`)
+the queues are cancelled, a write already in progress finishes (writes are atomic: the
+output is complete or absent), and every result settled by then still reaches
+`Callbacks.finished`, so no output on disk goes unreported; temporary files left by a killed run are removed when a later run
 reaches the same output, once they are `STALE_TEMP_SECONDS` old (a younger one may be
 another mprnet process writing that output right now).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import errno
 import glob
 import os
+import stat
 import sys
 import time
 from collections import deque
@@ -59,15 +65,23 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from mprnet_cli._stdio import write_stdout
-from mprnet_cli.errors import MprnetError, OutputError, OutputExistsError, UsageError
+from mprnet_cli._stdio import name_bytes, valid_text, write_stdout
+from mprnet_cli.errors import (
+    MprnetError,
+    OutputError,
+    OutputExistsError,
+    UsageError,
+    describe_os_error,
+)
 from mprnet_cli.imageio import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
     DecodedImage,
     ImageInfo,
     OutputFormat,
     UIntArray,
+    check_writable_folder,
     encode_image,
     extension_for,
     format_from_suffix,
@@ -99,12 +113,6 @@ __all__ = [
     "run_batch",
 ]
 
-#: What a folder or glob contributes: every still/first-frame format Pillow decodes well.
-_EXTENSION_WORDS: Final = (
-    ".jpg .jpeg .jpe .jfif .png .apng .webp .tif .tiff .bmp .dib .gif .ppm .pgm .pbm .pnm "
-    ".tga .jp2 .j2k .jpf .jpx .avif .qoi .pcx .sgi .ico"
-)
-IMAGE_EXTENSIONS: Final = frozenset(_EXTENSION_WORDS.split())
 STDIN_ARG: Final = "-"
 _GLOB_CHARS: Final = frozenset("*?[")
 #: A write's temporary file lives for the seconds it takes to write and fsync the encoded
@@ -162,6 +170,7 @@ class Expansion:
 
     jobs: list[Job]
     single_file: bool
+    warnings: tuple[str, ...] = ()  # entries skipped because they could not be looked at
 
 
 def _is_pattern(arg: str) -> bool:
@@ -183,13 +192,37 @@ def _key(path: Path) -> str:
     return os.path.normcase(os.path.realpath(path))
 
 
+def _why_not(exc: OSError) -> str:
+    """An OSError met while looking at an input, as a reason a user can act on."""
+    if isinstance(exc, PermissionError):
+        return "permission denied; check the permissions of it and of the folders above it"
+    return f"cannot read ({exc.strerror or exc})"
+
+
+def _kind(path: Path) -> str | OSError:
+    """ "dir", "file" or "other" (missing included), or the error that prevented looking."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "other"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "other"
+        return exc
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
 class _Scanner:
-    """Finds images in folders and glob matches, with the filters from the module docstring."""
+    """Finds images in folders and glob matches, with the filters from the module docstring.
+
+    Entries it cannot look at (an unreadable subfolder, a broken link named like an image)
+    are skipped with a line in `warnings`, never silently."""
 
     def __init__(self, recursive: bool, suffix: str, exclude: Path | None) -> None:
         self.recursive = recursive
         self.suffix = suffix
         self.exclude = _key(exclude) if exclude is not None else None
+        self.warnings: list[str] = []
 
     def wanted(self, path: Path) -> bool:
         name = path.name
@@ -197,11 +230,27 @@ class _Scanner:
             return False
         if self.suffix and path.stem.endswith(self.suffix):
             return False  # one of our outputs: a rerun resumes instead of restoring it
-        return path.is_file()
+        kind = _kind(path)
+        if isinstance(kind, OSError):
+            self.warnings.append(f"{path}: skipped: {_why_not(kind)}")
+            return False
+        if kind == "other" and path.is_symlink():
+            self.warnings.append(f"{path}: skipped: a broken symbolic link")
+        return kind == "file"
 
     def folder(self, folder: Path, root: Path) -> list[Job]:
+        """The folder's images; a folder that cannot be listed at all is one failed job."""
         jobs: list[Job] = []
-        for top, dirs, files in os.walk(folder):
+        unreadable: list[OSError] = []
+
+        def skipped(exc: OSError) -> None:
+            where = Path(exc.filename) if exc.filename else folder
+            if _key(where) == _key(folder):
+                unreadable.append(exc)
+            else:
+                self.warnings.append(f"{where}: folder skipped: {_why_not(exc)}")
+
+        for top, dirs, files in os.walk(folder, onerror=skipped):
             here = Path(top)
             dirs[:] = sorted(
                 d
@@ -215,6 +264,8 @@ class _Scanner:
                 for f in sorted(files)
                 if self.wanted(here / f)
             )
+        if unreadable and not jobs:
+            return [Job(folder, error=f"cannot list this folder: {_why_not(unreadable[0])}")]
         return jobs
 
 
@@ -255,7 +306,11 @@ def expand_inputs(
             single_file = True
             continue
         path = Path(arg)
-        if path.is_dir():
+        kind = _kind(path)
+        if isinstance(kind, OSError):  # e.g. inside a folder we may not enter
+            add([Job(path, root=path.parent, error=_why_not(kind))])
+            single_file = len(args) == 1
+        elif kind == "dir":
             found = scanner.folder(path, root=path)
             if not found:
                 hint = "" if recursive else " (subfolders are searched only with -r/--recursive)"
@@ -270,14 +325,14 @@ def expand_inputs(
             # Path.glob cannot take absolute patterns; the shell's semantics are glob.glob's.
             for match in sorted(glob.glob(arg, recursive=True)):  # noqa: PTH207
                 mpath = Path(match)
-                if mpath.is_dir():
+                if _kind(mpath) == "dir":
                     matched.extend(scanner.folder(mpath, root=root))
                 elif scanner.wanted(mpath):
                     matched.append(Job(mpath, root=root, explicit=False))
             if not matched:
                 matched = [Job(None, error="no image files match this pattern", label_override=arg)]
             add(matched)
-    return Expansion(jobs, single_file)
+    return Expansion(jobs, single_file, tuple(dict.fromkeys(scanner.warnings)))
 
 
 # --------------------------------------------------------------------------- outputs
@@ -474,16 +529,28 @@ class Result:
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """Exactly the `JSON_FIELDS`, in that order, so the schema is declared in one place."""
+        """The `JSON_FIELDS`, in that order (the schema is declared in one place), then
+        `<field>_bytes_b64` for an input or output name that is not valid UTF-8.
+
+        Strings are always valid Unicode (undecodable bytes shown as `\\xNN`), so every JSON
+        reader gets the same text; the base64 field is the lossless original name."""
         converted: dict[str, Any] = {
             "status": self.status.value,
             "seconds": None if self.seconds is None else round(self.seconds, 4),
-            "warnings": list(self.warnings),
+            "warnings": [valid_text(w) for w in self.warnings],
         }
-        return {
+        record = {
             name: converted[name] if name in converted else getattr(self, name)
             for name in JSON_FIELDS
         }
+        for name in ("input", "output", "error"):
+            if isinstance(record[name], str):
+                record[name] = valid_text(record[name])
+        for name in ("input", "output"):
+            raw = name_bytes(getattr(self, name) or "")
+            if raw is not None:
+                record[f"{name}_bytes_b64"] = base64.b64encode(raw).decode("ascii")
+        return record
 
 
 class RestorerLike(Protocol):
@@ -504,7 +571,9 @@ class Callbacks:
 
     started: Callable[[Job, int, int], None] | None = None  # job, width, height: restore begins
     tiles: Callable[[int, int], None] | None = None  # done, total tiles of the current image
-    finished: Callable[[Result], None] | None = None  # just before the result is yielded
+    # just before the result is yielded; also for results settled when the run is stopped
+    # (Ctrl-C, SIGTERM, an error), which are then never yielded
+    finished: Callable[[Result], None] | None = None
 
 
 # --------------------------------------------------------------------------- runner
@@ -603,6 +672,7 @@ class _Runner:
     _claims: dict[str, str] = field(default_factory=dict)
     _inputs: set[str] = field(default_factory=set)
     _sweeper: _TempSweeper = field(default_factory=_TempSweeper)
+    _folders: dict[str, str | None] = field(default_factory=dict)  # folder -> why unwritable
 
     # -- helpers
     def _get_restorer(self) -> RestorerLike:
@@ -644,6 +714,17 @@ class _Runner:
             return read_image(stream.read(), name=job.display, max_pixels=self.max_pixels)
         return read_image(job.source, name=job.label, max_pixels=self.max_pixels)
 
+    def _folder_problem(self, folder: Path) -> str | None:
+        """Why nothing can be written in `folder` (checked once per folder), else None."""
+        key = _key(folder)
+        if key not in self._folders:
+            try:
+                check_writable_folder(folder, create=self.plan.destination is Destination.DIRECTORY)
+                self._folders[key] = None
+            except OutputError as exc:
+                self._folders[key] = str(exc)
+        return self._folders[key]
+
     # -- main thread
     def _failed(self, job: Job, error: str, output: Target | None = None, **kw: Any) -> Result:
         out = None if output is None else str(output)
@@ -668,6 +749,13 @@ class _Runner:
             )
         if target.is_dir():
             return self._failed(job, f"the output {target} is a folder", target)
+        if target.exists() and not target.is_file():
+            return self._failed(
+                job,
+                f"the output {target} is not a regular file (a device, pipe or socket); "
+                "give a file name, or -o - and redirect stdout",
+                target,
+            )
         if not self.overwrite and os.path.lexists(target):
             return Result(job.label, str(target), Status.SKIPPED)
         if key in self._inputs:
@@ -703,6 +791,10 @@ class _Runner:
             verdict = self._check_target(job, target)
             if verdict is not None:
                 return _done(_replace(verdict, width=width, height=height))
+
+            problem = self._folder_problem(target.parent)
+            if problem is not None:
+                return _done(self._failed(job, problem, target, width=width, height=height))
 
         restorer = self._get_restorer()
         if self.callbacks.started is not None:
@@ -821,10 +913,27 @@ class _Runner:
                     yield self._emit(outbox.popleft().result())
             while outbox:
                 yield self._emit(outbox.popleft().result())
+        except BaseException:
+            # Ctrl-C, SIGTERM, a closed generator or an error: queued work is dropped, a
+            # write in progress completes, and every result that is settled by then (an
+            # output on disk above all) still reaches the `finished` callback.
+            self._shutdown(decoder, encoder)
+            self._emit_settled(outbox)
+            raise
         finally:
-            # Ctrl-C or an error: queued work is dropped, a write in progress completes.
-            decoder.shutdown(wait=True, cancel_futures=True)
-            encoder.shutdown(wait=True, cancel_futures=True)
+            self._shutdown(decoder, encoder)
+
+    @staticmethod
+    def _shutdown(*pools: ThreadPoolExecutor | _Inline) -> None:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _emit_settled(self, outbox: deque[Future[Result]]) -> None:
+        """Report the finished results nobody has seen yet; quietly, as we are unwinding."""
+        for fut in outbox:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                with contextlib.suppress(Exception):  # a broken reporter must not mask the cause
+                    self._emit(fut.result())
 
     def _emit(self, result: Result) -> Result:
         if self.callbacks.finished is not None:
@@ -850,6 +959,8 @@ def _write_stdout(data: bytes, stream: BinaryIO | None) -> None:
         write_stdout(data, stream)
     except BrokenPipeError:
         raise OutputError("stdout was closed before the image was written") from None
+    except OSError as exc:
+        raise OutputError(f"stdout: {describe_os_error(exc)}") from None
 
 
 def run_batch(

@@ -22,9 +22,10 @@ from torch import nn
 
 from mprnet_cli.choices import Precision
 from mprnet_cli.device import autocast, supports_precision
-from mprnet_cli.model.config import PUBLISHED_CONFIGS, MPRNetConfig
+from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.pipeline import Engine
+from mprnet_cli.weights import published_configs
 
 MEGAPIXELS_12 = 12e6
 
@@ -224,7 +225,7 @@ def run(
     mode B, reference, ...) and the medians compared, so that a noisy
     neighbour or a clock change hits every mode alike.
     """
-    configs = configs or PUBLISHED_CONFIGS
+    configs = configs or published_configs()
     wanted = ["reference", *[m for m in modes if m != "reference"]]
     results: list[BenchResult] = []
     for task in tasks:

@@ -4,7 +4,7 @@ Heavy modules (torch, the model, image I/O) are imported inside commands so
 that `mprnet --help` and `mprnet --version` stay instant.
 
 Exit codes: 0 success, 1 failure (some inputs failed, weights problems),
-2 usage error, 130 interrupted.
+2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mprnet_cli.errors import MprnetError
 
 DEBUG_ENV = "MPRNET_DEBUG"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention
 
 app = typer.Typer(
     name="mprnet",
@@ -45,7 +46,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 weights_app = typer.Typer(
-    help="List, download and locate network weights.",
+    help="List, download, import and locate network weights.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -61,13 +62,17 @@ def _debug() -> bool:
 
 
 def _plain(text: str) -> str:
-    return text.replace("\n", " ").strip()
+    """One line whatever the text holds: a file name with a newline or an escape sequence
+    can neither forge an `mprnet: ...` line nor drive the terminal."""
+    from mprnet_cli._stdio import printable
+
+    return printable(text.strip())
 
 
 def say(message: str, *, quiet: bool = False) -> None:
     """A human message: always stderr, so stdout stays clean for data."""
     if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        print(_plain(message), file=sys.stderr, flush=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -78,7 +83,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Map typed errors to one stderr line and their exit code (traceback only in debug)."""
-    from mprnet_cli.errors import MprnetError
+    from mprnet_cli.errors import (
+        DISK_FULL_ERRNOS,
+        MprnetError,
+        Terminated,
+        describe_os_error,
+    )
 
     try:
         yield
@@ -88,13 +98,17 @@ def errors_to_exit() -> Iterator[None]:
         if _debug():
             raise
         fail(str(exc), _exit_code(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if _debug():
             raise
-        fail("interrupted", 130)
+        if isinstance(exc, Terminated):
+            fail("terminated (SIGTERM)", Terminated.exit_code)
+        fail("interrupted", INTERRUPTED_EXIT)
     except Exception as exc:
         if _debug():
             raise
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            fail(describe_os_error(exc))  # a user-facing condition wherever it strikes
         fail(
             f"unexpected {type(exc).__name__}: {exc}. This is a bug in mprnet: rerun with "
             f"{DEBUG_ENV}=1 for the traceback and report it"
@@ -130,6 +144,7 @@ OutputOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
+        metavar="PATH",
         help="Output file for one input, else a folder that mirrors the input tree; - for "
         "stdout (default: next to each input).",
         show_default=False,
@@ -151,7 +166,10 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     str,
     typer.Option(
-        "--device", "-d", help="auto, cpu, cuda, cuda:N or mps (auto picks a usable GPU)."
+        "--device",
+        "-d",
+        metavar="DEVICE",
+        help="auto, cpu, cuda, cuda:N or mps (auto picks a usable GPU).",
     ),
 ]
 PrecisionOpt = Annotated[
@@ -161,19 +179,32 @@ PrecisionOpt = Annotated[
 TileOpt = Annotated[
     str,
     typer.Option(
-        "--tile", "-t", help="Tile size in pixels (multiple of 8), 0 for one pass, or auto."
+        "--tile",
+        "-t",
+        metavar="N",
+        help="Tile size in pixels (multiple of 8), 0 for one pass, or auto.",
     ),
 ]
 OverlapOpt = Annotated[
-    int, typer.Option("--tile-overlap", min=0, help="Overlap between tiles in pixels.")
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--tile-overlap",
+        min=0,
+        metavar="N",
+        help="Overlap between tiles in pixels, less than --tile (default: 32, less for "
+        "smaller tiles).",
+        show_default=False,
+    ),
 ]
 TileBatchOpt = Annotated[
-    int, typer.Option("--tile-batch", min=1, help="Tiles per forward pass (GPU).")
+    int, typer.Option("--tile-batch", metavar="N", min=1, help="Tiles per forward pass (GPU).")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", "-f", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-TaskArg = Annotated[str, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")]
-TasksArg = Annotated[list[str] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")]
+TaskArg = Annotated[Task, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")]
+TasksArg = Annotated[
+    list[Task] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
+]
 CompileOpt = Annotated[
     bool,
     typer.Option(
@@ -186,6 +217,7 @@ ThreadsOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--threads",
+        metavar="N",
         min=1,
         help="CPU threads for the network (default: one per core).",
         show_default=False,
@@ -219,6 +251,7 @@ SuffixOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--suffix",
+        metavar="TEXT",
         help="Added to output names: <stem><suffix><ext> (default: _<task>ed, e.g. _derained).",
         show_default=False,
     ),
@@ -227,12 +260,16 @@ FormatOpt = Annotated[
     str,
     typer.Option(
         "--format",
+        metavar="FORMAT",
         help="png, jpg, webp, tiff, or same: the input's format where it can hold the result, "
         "else png.",
     ),
 ]
 JpegQualityOpt = Annotated[
-    int, typer.Option("--jpeg-quality", min=1, max=100, help="JPEG and WebP quality (1-100).")
+    int,
+    typer.Option(
+        "--jpeg-quality", metavar="Q", min=1, max=100, help="JPEG and WebP quality (1-100)."
+    ),
 ]
 JsonOpt = Annotated[
     bool,
@@ -242,6 +279,7 @@ MaxPixelsOpt = Annotated[
     int,
     typer.Option(
         "--max-pixels",
+        metavar="N",
         min=0,
         help="Refuse images with more pixels than this (decompression bombs); 0: no limit.",
     ),
@@ -374,6 +412,7 @@ class _Reporter:
             self._bar.stop()
 
     def line(self, text: str) -> None:
+        text = _plain(text)
         if self._bar is not None:
             self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -399,17 +438,17 @@ class _Reporter:
             self._bar.advance(self._files)
         source = "<stdin>" if result.input == "-" else result.input
         if status == "failed":
-            self.line(f"mprnet: {source}: {_plain(result.error or 'failed')}")
+            self.line(f"mprnet: {source}: {result.error or 'failed'}")
             return
         for warning in result.warnings:
-            self.note(f"mprnet: warning: {_plain(warning)}")
-        if self._bar is None and status == "ok":
+            self.note(f"mprnet: warning: {warning}")
+        if status == "ok":  # with or without bars: where each output went
             target = "<stdout>" if result.output == "-" else result.output
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"
             )
-        elif self._bar is None:
+        else:
             self.note(f"{source}: skipped, {result.output} exists")
 
     def summary(self, *, interrupted: bool = False) -> None:
@@ -426,12 +465,14 @@ class _Reporter:
 def _print_json(line: str) -> None:
     """One JSON line on stdout; a reader that went away (`| head`) stops the run cleanly."""
     from mprnet_cli._stdio import write_stdout
-    from mprnet_cli.errors import OutputError
+    from mprnet_cli.errors import OutputError, describe_os_error
 
     try:
         write_stdout(line + "\n")
     except BrokenPipeError:
         raise OutputError("stdout was closed before all JSON lines were written") from None
+    except OSError as exc:  # e.g. `--json > /dev/full`
+        raise OutputError(f"stdout: {describe_os_error(exc)}") from None
 
 
 def _restore(
@@ -448,6 +489,7 @@ def _restore(
     quiet: bool,
     restorer_options: dict[str, Any],
     threads: int | None,
+    explicit_overlap: int | None = None,
     cluster: RaySettings | None = None,
 ) -> None:
     out_format = parse_format(fmt)
@@ -466,9 +508,17 @@ def _restore(
             output = None if output is None else load_ray().local_path(output)
         if json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
+        tile, overlap = restorer_options["tile"], explicit_overlap
+        if tile and overlap is not None and overlap >= tile:
+            raise UsageError(
+                f"--tile-overlap {overlap} must be smaller than --tile {tile} "
+                f"(e.g. --tile-overlap {min(32, tile // 4)})"
+            )
         name_suffix = f"_{task.past_tense}" if suffix is None else suffix
         exclude = Path(output) if output not in (None, "-") else None
         expansion = expand_inputs(inputs, recursive=recursive, suffix=name_suffix, exclude=exclude)
+        for warning in expansion.warnings:
+            say(f"mprnet: warning: {warning}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=out_format)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
@@ -483,9 +533,14 @@ def _restore(
             set_threads(threads)
             return Restorer(task, notify=reporter.note, quiet=quiet, **restorer_options)
 
-        callbacks = Callbacks(
-            started=reporter.started, tiles=reporter.tiles, finished=reporter.finished
-        )
+        def finished(result: Result) -> None:
+            # Here, not in the loop below: results settled while the run is being stopped
+            # (Ctrl-C, SIGTERM) reach this callback only, and each must get its JSON line.
+            reporter.finished(result)
+            if json_lines:
+                _print_json(json.dumps(result.to_json()))
+
+        callbacks = Callbacks(started=reporter.started, tiles=reporter.tiles, finished=finished)
         # closing(): whatever stops this loop (a closed stdout, Ctrl-C between results) shuts
         # the runner down here and now (queued work dropped, the write in progress finished),
         # before the error is reported, not whenever the generator happens to be collected.
@@ -519,9 +574,8 @@ def _restore(
             )
         try:
             with reporter, closing(results):
-                for result in results:
-                    if json_lines:
-                        _print_json(json.dumps(result.to_json()))
+                for _ in results:
+                    pass
         except KeyboardInterrupt:
             reporter.summary(interrupted=True)
             raise
@@ -597,7 +651,7 @@ def _register(task: Task) -> None:
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = Precision.AUTO,
         tile: TileOpt = "auto",
-        tile_overlap: OverlapOpt = 32,
+        tile_overlap: OverlapOpt = None,
         tile_batch: TileBatchOpt = 1,
         threads: ThreadsOpt = None,
         compile_model: CompileOpt = False,
@@ -613,7 +667,7 @@ def _register(task: Task) -> None:
             "device": device,
             "precision": precision,
             "tile": parse_tile(tile),
-            "tile_overlap": tile_overlap,
+            "tile_overlap": 32 if tile_overlap is None else tile_overlap,
             "tile_batch": tile_batch,
             "compile": compile_model,
         }
@@ -631,6 +685,7 @@ def _register(task: Task) -> None:
             quiet,
             options,
             threads,
+            tile_overlap,
             cluster,
         )
 
@@ -640,7 +695,7 @@ def _register(task: Task) -> None:
         "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
         "skipped, so rerunning an interrupted batch resumes it.\n\n"
         "Exit codes: 0 all done (restored or skipped), 1 some inputs failed, "
-        "2 usage error, 130 interrupted."
+        "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."
     )
     app.command(task.value)(command)
 
@@ -652,7 +707,7 @@ for _task in Task:
 # --------------------------------------------------------------------------- weights commands
 
 
-def _tasks(names: list[str] | None) -> list[Task]:
+def _tasks(names: list[Task] | list[str] | None) -> list[Task]:
     if not names:
         return list(Task)
     out = []
@@ -683,11 +738,11 @@ def weights_list(
         bool,
         typer.Option(
             "--json",
-            help="One JSON object per row (task, source, name, local, size, path, licence).",
+            help="One JSON object per row (task, source, n, name, local, size, path, licence).",
         ),
     ] = False,
 ) -> None:
-    """Show the weights of every task: source, whether present locally, size and path."""
+    """Show each task's weights and which are here: published sources (# = order tried), imported, bundled."""
     with errors_to_exit():
         from mprnet_cli.weights import status
 
@@ -698,6 +753,7 @@ def weights_list(
                 record = {
                     "task": row.task.value,
                     "source": row.source.value,
+                    "n": row.number,
                     "name": row.name,
                     "local": row.cached,
                     "size": row.size,
@@ -710,24 +766,36 @@ def weights_list(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("task", "source", "local", "size", "licence", "file / path")
+        table = Table("task", "source", "#", "local", "size", "licence", "file / path")
         table.columns[-1].overflow = "fold"
         for row in status():
             table.add_row(
                 row.task.value,
                 row.source.value,
+                str(row.number) if row.number is not None else "",
                 "yes" if row.cached else "no",
                 _size(row.size),
                 row.license,
                 str(row.path) if row.path else row.name,
             )
-        Console().print(table)
+        # A terminal wraps to its width; a pipe or file gets whole lines (no fixed 80
+        # columns cutting paths mid-word), as wide as the longest row.
+        Console(width=None if sys.stdout.isatty() else 100_000).print(table)
 
 
 @weights_app.command("download")
 def weights_download(
     tasks: TasksArg = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    source: Annotated[
+        int | None,
+        typer.Option(
+            "--source",
+            min=1,
+            help="Only this published source (its # in `weights list`), not each in order.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Fetch the published weights into the Hugging Face cache (once; later runs need no network)."""
@@ -737,13 +805,36 @@ def weights_download(
 
         entries = registry()
         for task in chosen:
-            path = download_published(
+            got = download_published(
                 entries[task].published,
                 notify=lambda m: say(m, quiet=quiet),
                 force=force,
                 quiet=quiet,
+                source=source,
             )
-            say(f"{task.value}: {path}", quiet=quiet)
+            say(f"{task.value}: {got.path}", quiet=quiet)
+
+
+@weights_app.command("import")
+def weights_import(
+    task: TaskArg,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A published checkpoint fetched by hand.", show_default=False
+        ),
+    ],
+    quiet: QuietOpt = False,
+) -> None:
+    """Keep a checkpoint fetched by hand in the cache, after the checks a download gets.
+
+    Later runs then use it like a download (README: Weights, for the authors' Drive links).
+    """
+    (chosen,) = _tasks([task])
+    with errors_to_exit():
+        from mprnet_cli.weights import import_file
+
+        say(f"{chosen.value}: {import_file(chosen, file)}", quiet=quiet)
 
 
 @weights_app.command("path")
@@ -754,24 +845,9 @@ def weights_path(
     """Print the local path of a task's weights (nothing is downloaded)."""
     (chosen,) = _tasks([task])
     with errors_to_exit():
-        from mprnet_cli.errors import WeightsError
-        from mprnet_cli.weights import bundled_path, cached_published, registry
+        from mprnet_cli.weights import resolve
 
-        choice = model
-        entry = registry()[chosen]
-        if choice is not ModelChoice.BUNDLED:
-            cached = cached_published(entry.published)
-            if cached is not None:
-                print(cached)
-                return
-            if choice is ModelChoice.PUBLISHED or entry.bundled is None:
-                raise WeightsError(
-                    f"the published {chosen.value} weights are not in the cache; run "
-                    f"`mprnet weights download {chosen.value}` (nothing is downloaded by `path`)"
-                )
-        if entry.bundled is None:
-            raise WeightsError(f"no bundled weights for {chosen.value}")
-        print(bundled_path(entry.bundled))
+        print(resolve(chosen, model=model, download=False).path)
 
 
 # --------------------------------------------------------------------------- train and eval
@@ -789,7 +865,7 @@ def _parse_width(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def _one_task(name: str) -> Task:
+def _one_task(name: Task | str) -> Task:
     (task,) = _tasks([name])
     return task
 
@@ -816,26 +892,45 @@ def train_command(
         Path, typer.Option("--out", help="Run folder (checkpoints; resumed if present).")
     ] = Path("runs/train"),
     width: Annotated[
-        str, typer.Option("--width", help="N_FEAT,SCALE_UNET,SCALE_ORSNET.")
+        str, typer.Option("--width", metavar="N,S,O", help="N_FEAT,SCALE_UNET,SCALE_ORSNET.")
     ] = "32,16,12",
-    num_cab: Annotated[int, typer.Option("--num-cab", min=1, help="CABs per stage-3 block.")] = 4,
+    num_cab: Annotated[
+        int, typer.Option("--num-cab", metavar="N", min=1, help="CABs per stage-3 block.")
+    ] = 4,
     steps: Annotated[
         int,
-        typer.Option("--steps", min=0, help="Optimiser steps in total (0: fit to --max-minutes)."),
+        typer.Option(
+            "--steps",
+            metavar="N",
+            min=0,
+            help="Optimiser steps in total (0: fit to --max-minutes).",
+        ),
     ] = 20_000,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Crops per step.")] = 8,
-    crop: Annotated[int, typer.Option("--crop", min=16, help="Crop size (multiple of 8).")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine decay).")] = 2e-4,
+    batch: Annotated[int, typer.Option("--batch", metavar="N", min=1, help="Crops per step.")] = 8,
+    crop: Annotated[
+        int, typer.Option("--crop", metavar="N", min=16, help="Crop size (multiple of 8).")
+    ] = 128,
+    lr: Annotated[
+        float, typer.Option("--lr", metavar="RATE", help="Peak learning rate (cosine decay).")
+    ] = 2e-4,
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed for weights, crops and degradations.")
+        int, typer.Option("--seed", metavar="N", help="Seed for weights, crops and degradations.")
     ] = 0,
     device: DeviceOpt = "auto",
     max_minutes: Annotated[
         float | None,
-        typer.Option("--max-minutes", help="Stop (and save) after this long.", show_default=False),
+        typer.Option(
+            "--max-minutes",
+            metavar="MINUTES",
+            help="Stop (and save) after this long.",
+            show_default=False,
+        ),
     ] = None,
     save_every: Annotated[
-        int, typer.Option("--save-every", min=1, help="Checkpoint and validate every N steps.")
+        int,
+        typer.Option(
+            "--save-every", metavar="N", min=1, help="Checkpoint and validate every N steps."
+        ),
     ] = 500,
     export: Annotated[
         Path | None,
@@ -850,7 +945,7 @@ def train_command(
         typer.Option("--init", help="Start from these weights (fine-tuning).", show_default=False),
     ] = None,
     warmup: Annotated[
-        int, typer.Option("--warmup", min=0, help="Learning-rate warm-up steps.")
+        int, typer.Option("--warmup", metavar="N", min=0, help="Learning-rate warm-up steps.")
     ] = 200,
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore an existing checkpoint in OUT.")
@@ -945,6 +1040,7 @@ def eval_command(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--degrade",
+            metavar="SPEC",
             help="Degrade --input on the fly: noise:25, blur:levin:K, rain (fixed seed).",
             show_default=False,
         ),
@@ -955,11 +1051,14 @@ def eval_command(
     precision: PrecisionOpt = Precision.AUTO,
     tile: TileOpt = "auto",
     seed: Annotated[
-        int, typer.Option("--seed", help="Base seed of --degrade (image i uses seed + i).")
+        int,
+        typer.Option("--seed", metavar="N", help="Base seed of --degrade (image i uses seed + i)."),
     ] = 0,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", min=1, help="Only the first N pairs.", show_default=False),
+        typer.Option(
+            "--limit", metavar="N", min=1, help="Only the first N pairs.", show_default=False
+        ),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON line per image, then a summary line.")
@@ -1021,21 +1120,24 @@ def eval_command(
 @app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")
 def bench_command(
     tasks: TasksArg = None,
-    size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "512x512",
+    size: Annotated[str, typer.Option("--size", metavar="WxH", help="Image size WxH.")] = "512x512",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
     modes: Annotated[
         str | None,
         typer.Option(
             "--modes",
+            metavar="MODES",
             help="Comma-separated execution modes to compare: reference, fp32, bf16, fp16, "
             "bf16+compile, fp32+compile (default: the one --precision picks).",
             show_default=False,
         ),
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = 1,
+    batch: Annotated[
+        int, typer.Option("--batch", metavar="N", min=1, help="Images per forward pass.")
+    ] = 1,
     repeat: Annotated[
-        int, typer.Option("--repeat", min=1, help="Timed runs (median is reported).")
+        int, typer.Option("--repeat", metavar="N", min=1, help="Timed runs (median is reported).")
     ] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per result.")] = False,
     threads: ThreadsOpt = None,
@@ -1099,5 +1201,40 @@ def torch_threads() -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: SIGTERM handled like Ctrl-C, usage errors as one line."""
+    import signal
+
+    from mprnet_cli.errors import Terminated, raise_terminated
+
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        # standalone_mode=False: Typer's own parsing errors come back to us as exceptions,
+        # so they get the same one-line form as mprnet's (instead of a usage block).
+        code = app(standalone_mode=False)
+    except typer.Abort:  # end of input at a prompt
+        print("mprnet: error: aborted", file=sys.stderr, flush=True)
+        code = 1
+    except typer.TyperException as exc:  # option/argument validation
+        code = int(getattr(exc, "exit_code", 2))
+        ctx = getattr(exc, "ctx", None)
+        show = getattr(exc, "show", None)
+        if ctx is not None and callable(show) and str(exc) == ctx.get_help():
+            show()  # a group run without a command: its help, as Typer prints it
+        else:
+            print(f"mprnet: error: {_usage_line(exc)}", file=sys.stderr, flush=True)
+    if code == INTERRUPTED_EXIT and Terminated.received:
+        # Outside `errors_to_exit` (parsing, imports) Typer turns any KeyboardInterrupt,
+        # ours included, into a silent exit 130: keep SIGTERM's own code there too.
+        code = Terminated.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc: Exception) -> str:
+    """Typer's 'Usage/Try/Error' block as one line, with the help hint at its end."""
+    format_message = getattr(exc, "format_message", None)
+    text = format_message() if callable(format_message) else str(exc)
+    text = text[:1].lower() + text[1:].rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "mprnet"
+    return f"{_plain(text)}; see `{command} --help`"

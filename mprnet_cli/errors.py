@@ -6,6 +6,11 @@ else is a bug and gets a traceback.
 
 from __future__ import annotations
 
+import errno
+
+#: errno values that mean "the disk (or the user's quota) is full".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
 
 class MprnetError(Exception):
     """Base of every error a user can cause or fix."""
@@ -29,6 +34,10 @@ class OutputError(MprnetError):
 
 class OutputExistsError(OutputError):
     """The output exists and --overwrite was not given."""
+
+
+class NonFiniteOutputError(MprnetError):
+    """The network produced NaN or infinite values (damaged weights, 16-bit overflow)."""
 
 
 class CheckpointError(MprnetError):
@@ -57,3 +66,32 @@ class DeviceError(MprnetError):
 
 class OutOfMemoryError(MprnetError):
     """Not enough memory even at the smallest tile size."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What an OSError means for a user who writes a file, and what to do about it."""
+    code = exc.errno
+    if code in DISK_FULL_ERRNOS:
+        return "not enough disk space; free some space or write elsewhere"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied; choose a folder you can write to"
+    if code == errno.EROFS:
+        return "the file system is read-only; write elsewhere"
+    text = " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+    return f"cannot write ({text})"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (batch schedulers, `timeout`, systemd, Kubernetes), handled exactly like
+    Ctrl-C: the write in progress finishes, finished outputs are reported, then the summary.
+    A KeyboardInterrupt so that every Ctrl-C path covers it; its own exit code (128 + 15,
+    the shell's convention for SIGTERM) tells the two apart."""
+
+    exit_code = 143
+    received = False  # set by the handler: the exit code stays 143 on every path
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM handler: raise `Terminated` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    Terminated.received = True
+    raise Terminated

@@ -19,12 +19,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mprnet_cli.errors import InputError, UsageError
-from mprnet_cli.imageio import read_image
+from mprnet_cli.imageio import list_images, read_image, to_uint8
 from mprnet_cli.metrics import measure
 from mprnet_cli.tasks import Task
 from mprnet_cli.train.degrade import Degradation
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 FloatImage = NDArray[np.float32]
 RestoreFn = Callable[[FloatImage], FloatImage]
 
@@ -71,9 +70,7 @@ class EvalReport:
 
 
 def _images(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    return {p.name: p for p in list_images(folder)}
 
 
 def find_pairs(input_dir: Path, target_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -92,7 +89,8 @@ def _natural(name: str) -> tuple[Any, ...]:
 
 
 def _quantise(x: FloatImage) -> FloatImage:
-    return (np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+    """The 8-bit file the paper's protocol saves, back as float."""
+    return to_uint8(x).astype(np.float32) / np.float32(255.0)
 
 
 def _load(path: Path) -> FloatImage:

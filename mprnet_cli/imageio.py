@@ -17,7 +17,9 @@ Decoding (`read_image`)
   bomb check is a process-wide global; it is switched off while we decode, because ours
   replaces it, under a module lock (so decodes in threads are serialised).
 * Broken input (missing, empty, truncated, not an image, unsupported mode) raises
-  `InputError` naming the file, never a raw Pillow/OpenCV exception. Warnings Pillow emits
+  `InputError` naming the file, never a raw Pillow/OpenCV exception. A PNG whose zlib
+  stream is complete but holds fewer rows than its header declares counts as truncated
+  (Pillow would fill the rest with black): `_png_rows_complete` inflates it once to check. Warnings Pillow emits
   while decoding (e.g. "Corrupt EXIF data") become `ImageInfo.notes`, not stderr noise. Only
   the decoding thread's warnings are taken: those other threads raise meanwhile (torch on the
   main thread of a batch) keep their filters and handlers (`_warnings_as_notes`).
@@ -115,17 +117,25 @@ import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, TiffTags, UnidentifiedImageError
 
 from mprnet_cli.choices import OutputFormat
-from mprnet_cli.errors import InputError, OutputError, OutputExistsError, UsageError
+from mprnet_cli.errors import (
+    InputError,
+    OutputError,
+    OutputExistsError,
+    UsageError,
+    describe_os_error,
+)
 
 __all__ = [
     "DEFAULT_JPEG_QUALITY",
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
     "DecodedImage",
     "ImageInfo",
     "OutputFormat",
     "encode_image",
     "extension_for",
     "format_from_suffix",
+    "list_images",
     "output_notes",
     "read_image",
     "resolve_format",
@@ -133,6 +143,7 @@ __all__ = [
     "to_uint8",
     "to_uint16",
     "unit_rgb",
+    "write_bytes_atomic",
     "write_image",
 ]
 
@@ -145,6 +156,13 @@ _JPEG_MAX_SIDE: Final = 65500  # libjpeg's JPEG_MAX_DIMENSION
 _WEBP_MAX_SIDE: Final = 16383
 _JPEG_MAX_EXIF: Final = 65533  # an APP1 segment payload
 _STDIN_NAME: Final = "<stdin>"
+
+#: What a folder or glob contributes: every still/first-frame format Pillow decodes well.
+_EXTENSION_WORDS: Final = (
+    ".jpg .jpeg .jpe .jfif .png .apng .webp .tif .tiff .bmp .dib .gif .ppm .pgm .pbm .pnm "
+    ".tga .jp2 .j2k .jpf .jpx .avif .qoi .pcx .sgi .ico"
+)
+IMAGE_EXTENSIONS: Final = frozenset(_EXTENSION_WORDS.split())
 
 FloatArray = npt.NDArray[np.floating[Any]]
 UIntArray = npt.NDArray[np.unsignedinteger[Any]]
@@ -457,11 +475,16 @@ def _warnings_as_notes() -> Iterator[list[str]]:
                     warnings.showwarning = _saved_showwarning
 
 
+_EXIF_MALFORMED: Final = "the EXIF data is malformed and was not copied"
+
+
 def _read_stream(fp: IO[bytes], label: str, max_pixels: int | None) -> DecodedImage:
     # Pillow warns (e.g. "Corrupt EXIF data") instead of raising: that is for the user, via
     # `notes`, not a Python warning on stderr.
     with _pillow_bomb_check_off(), _warnings_as_notes() as caught:
         decoded = _open_and_decode(fp, label, max_pixels)
+    if _EXIF_MALFORMED in decoded.info.notes:  # one warning per problem: ours says more
+        caught = [text for text in caught if not text.startswith("Corrupt EXIF data")]
     extra = [f"{label}: {' '.join(text.split())}" for text in caught if text.strip()]
     if not extra:
         return decoded
@@ -485,9 +508,8 @@ def _open_and_decode(fp: IO[bytes], label: str, max_pixels: int | None) -> Decod
         width, height = im.size
         if max_pixels is not None and width * height > max_pixels:
             raise InputError(
-                f"{label}: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
-                f"above the {max_pixels / 1e6:.0f} MP limit; raise --max-pixels if you "
-                "trust this file"
+                f"{label}: {width}x{height} is {_pixel_count(width * height)}, above the "
+                f"limit of {_pixel_count(max_pixels)}; raise --max-pixels if you trust this file"
             )
         try:
             return _decode(im, fp, label)
@@ -502,6 +524,11 @@ def _open_and_decode(fp: IO[bytes], label: str, max_pixels: int | None) -> Decod
             ) from None
 
 
+def _pixel_count(n: int) -> str:
+    """Megapixels where that reads well, exact pixels where rounding would say "0 MP"."""
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n:,} pixels"
+
+
 @dataclass
 class _Pixels:
     """Intermediate result of a decoder path: integer pixels, upright."""
@@ -513,6 +540,14 @@ class _Pixels:
 
 
 def _decode(im: Image.Image, fp: IO[bytes], label: str) -> DecodedImage:
+    if im.format == "PNG" and not _png_rows_complete(fp):
+        # Pillow fills the rows missing from a complete-but-short zlib stream with black
+        # and OpenCV fails noisily on stderr: refuse the file before either decodes it
+        # (Pillow's PNG getexif() already does).
+        raise InputError(
+            f"{label}: truncated PNG (its image data ends before the last row); "
+            "re-export or re-download it"
+        )
     fmt = "JPEG" if im.format == "MPO" else im.format
     notes: list[str] = []
     frames = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
@@ -687,6 +722,64 @@ def _deep_color_kind(im: Image.Image, fp: IO[bytes]) -> _DeepKind | None:
     return None
 
 
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Adam7 passes: (first row, row step, first column, column step).
+_ADAM7: Final = (
+    (0, 8, 0, 8),
+    (0, 8, 4, 8),
+    (4, 8, 0, 4),
+    (0, 4, 2, 4),
+    (2, 4, 0, 2),
+    (0, 2, 1, 2),
+    (1, 2, 0, 1),
+)
+
+
+def _png_rows_complete(fp: IO[bytes]) -> bool:
+    """Whether the PNG's IDAT data inflates to every row the header promises.
+
+    Streams the chunks (1 MiB of output at a time), so it costs one extra inflate and no
+    image-sized buffer. Headers it cannot parse are left to the decoder (True)."""
+    pos = fp.tell()
+    try:
+        fp.seek(8)
+        head = fp.read(8)
+        if len(head) < 8 or head[4:] != b"IHDR":
+            return True
+        ihdr = fp.read(17)[:13]
+        width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+        bits = _PNG_CHANNELS.get(ctype, 0) * depth
+        if not bits:
+            return True
+        passes = _ADAM7 if interlace == 1 else ((0, 1, 0, 1),)
+        expected = 0
+        for y0, dy, x0, dx in passes:
+            cols, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+            if cols > 0 and rows > 0:
+                expected += rows * (1 + -(-(cols * bits) // 8))
+        inflater = zlib.decompressobj()
+        inflated = 0
+        while inflated < expected and not inflater.eof:
+            header = fp.read(8)
+            if len(header) < 8:
+                break
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            data = fp.read(length)
+            fp.seek(4, os.SEEK_CUR)  # CRC: the decoder checks it
+            if kind == b"IEND":
+                break
+            if kind != b"IDAT":
+                continue
+            while data and inflated < expected and not inflater.eof:
+                inflated += len(inflater.decompress(data, 1 << 20))
+                data = inflater.unconsumed_tail
+        return inflated >= expected
+    except (struct.error, zlib.error, OSError, ValueError):
+        return True  # malformed in another way: the decoder reports it
+    finally:
+        fp.seek(pos)
+
+
 def _peek(fp: IO[bytes], n: int) -> bytes:
     pos = fp.tell()
     try:
@@ -839,11 +932,11 @@ def _output_exif(
         try:
             blob = exif_obj.tobytes()
         except (ValueError, TypeError, struct.error, OSError):
-            notes.append("the EXIF data is malformed and was not copied")
+            notes.append(_EXIF_MALFORMED)
             return None
     patched = _patch_exif(blob, size=size, swap_xy=orientation in (5, 6, 7, 8))
     if patched is None:
-        notes.append("the EXIF data is malformed and was not copied")
+        notes.append(_EXIF_MALFORMED)
     return patched
 
 
@@ -1198,6 +1291,20 @@ def _exif_into_ifd(exif: bytes, ifd: TiffImagePlugin.ImageFileDirectory_v2) -> N
             ifd[tag] = parsed[tag]
 
 
+def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files of an evaluation or training folder, sorted, hidden files excluded."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -1220,6 +1327,17 @@ def write_image(
     data = encode_image(rgb, info, fmt, alpha=alpha, jpeg_quality=jpeg_quality)
     try:
         _atomic_write(target, data, overwrite=overwrite)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _output_error(target, exc) from None
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace `path` with `data` atomically (checkpoints, exported weights)."""
+    target = Path(path)
+    try:
+        _atomic_write(target, data, overwrite=True)
     except OutputError:
         raise
     except OSError as exc:
@@ -1264,6 +1382,30 @@ def _create_temp(folder: Path, name: str) -> tuple[Path, int]:
             continue
         return tmp, fd
     raise OSError(errno.EEXIST, "could not create a temporary file")
+
+
+def check_writable_folder(folder: Path, *, create: bool = False) -> None:
+    """Raise `OutputError` unless a file can be created in `folder` (made first if `create`).
+
+    A real probe (create and remove a temporary file), not `os.access`: root passes
+    permission checks that /proc, read-only mounts and full quotas still refuse. Run before
+    an image is restored, so an unwritable output costs no restore time."""
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            raise OutputError(f"{folder}: the output folder does not exist; create it first")
+        tmp, fd = _create_temp(folder, "mprnet-write-check")
+        os.close(fd)
+        tmp.unlink()
+    except OutputError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            reason = "cannot create this folder (a part of its path is missing or not a folder)"
+        else:
+            reason = describe_os_error(exc)
+        raise OutputError(f"{folder}: {reason}; choose another -o") from None
 
 
 _TEMP_NAME: Final = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")
@@ -1338,13 +1480,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _output_error(target: Path, exc: OSError) -> OutputError:
-    code = exc.errno
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return OutputError(f"{target}: not enough disk space; free some space or write elsewhere")
-    if code in (errno.EACCES, errno.EPERM):
-        return OutputError(f"{target}: permission denied; choose a folder you can write to")
-    if code == errno.EROFS:
-        return OutputError(f"{target}: the file system is read-only; write elsewhere")
-    if code == errno.ENOENT:
+    if exc.errno == errno.ENOENT:
         return OutputError(f"{target}: the folder {target.parent} does not exist; create it first")
-    return OutputError(f"{target}: cannot write ({_one_line(exc)})")
+    return OutputError(f"{target}: {describe_os_error(exc)}")

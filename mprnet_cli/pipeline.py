@@ -30,7 +30,7 @@ from mprnet_cli.device import (
     fallback_precision,
     is_oom,
 )
-from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, round_up, shrink_tile
 
@@ -261,6 +261,7 @@ def restore_array(
                 engine, batch, queue, current, options.overlap, options.min_tile, total, stats, warn
             )
             continue
+        check_finite(out, engine.precision)
         for t, o in zip(batch, out.permute(0, 2, 3, 1).numpy(), strict=True):
             blender.add(t, o)
         done += len(batch)
@@ -273,6 +274,18 @@ def restore_array(
     stats.seconds = time.perf_counter() - start
     stats.tile_size = current
     return result, stats
+
+
+def check_finite(out: torch.Tensor, precision: Precision) -> None:
+    """NaN/Inf would quantise to black pixels and look like success: fail the image instead."""
+    if bool(torch.isfinite(out).all()):
+        return
+    hint = (
+        "the weights may be damaged: try other weights"
+        if precision is Precision.FP32
+        else f"{precision.value} may have overflowed: try --precision fp32"
+    )
+    raise NonFiniteOutputError(f"the network produced NaN or infinite values; {hint}")
 
 
 def _recover(

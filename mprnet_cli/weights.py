@@ -1,12 +1,14 @@
-"""Where weights come from: an explicit file, the Hub cache, a download, or the bundle.
+"""Where weights come from: an explicit file, the Hub cache, a download, an import, the bundle.
 
 The registry (`weights/registry.json`) is data, not code, so pinning a new
-revision or adding a checksum is a one-line change. `MPRNET_REGISTRY` points
-at another registry file (an internal mirror, or tests).
+revision, adding a checksum or another mirror is a one-line change; it is also
+the one home of each published network's configuration. `MPRNET_REGISTRY`
+points at another registry file (an internal mirror, or tests).
 
-Resolution for a task when the user names no file (`--model auto`):
-published weights from the Hugging Face cache (no network call), else a
-download, else the bundled compact weights with one notice line.
+Resolution for a task when the user names no file (`--model auto`): the first
+of the task's published sources found in the Hugging Face cache (no network
+call), else a file imported by hand, else a download trying the sources in
+order, else the bundled compact weights with one notice line.
 """
 
 from __future__ import annotations
@@ -14,18 +16,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import socket
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from mprnet_cli.choices import ModelChoice
-from mprnet_cli.errors import IntegrityError, OfflineError, UsageError, WeightsError
+from mprnet_cli.errors import (
+    CheckpointError,
+    IntegrityError,
+    OfflineError,
+    UsageError,
+    WeightsError,
+)
+from mprnet_cli.hub import (
+    CacheWriteError,
+    HubFile,
+    HubUnreachableError,
+    RepoType,
+    SourceUnavailableError,
+    cached_file,
+    fetch,
+    hub_output,
+    hub_reachable,
+    hub_sha,
+)
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tasks import Task
 
@@ -35,6 +53,7 @@ Notify = Callable[[str], None]
 class Source(str, Enum):
     FILE = "file"
     PUBLISHED = "published"
+    IMPORTED = "imported"
     BUNDLED = "bundled"
 
 
@@ -53,14 +72,10 @@ class License:
 
 @dataclass(frozen=True)
 class PublishedWeights:
-    """The authors' checkpoint for one task, as mirrored on the Hub."""
+    """The authors' checkpoint for one task: its network and where copies live, in order."""
 
     task: Task
-    repo: str
-    filename: str
-    revision: str | None
-    sha256: str | None
-    size: int | None
+    sources: tuple[HubFile, ...]
     license: License
     config: MPRNetConfig
     benchmarks: Mapping[str, Benchmark] = field(default_factory=dict)
@@ -78,6 +93,8 @@ class BundledWeights:
     config: MPRNetConfig
     license: License
     benchmarks: Mapping[str, Benchmark] = field(default_factory=dict)
+    # One honest phrase from the model card, quoted when these stand in for the published ones.
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class ResolvedWeights:
     source: Source
     task: Task | None
     config: MPRNetConfig | None = None
+    origin: str | None = None  # the Hub file or imported file it came from
 
 
 # --------------------------------------------------------------------------- registry
@@ -117,6 +135,17 @@ def _benchmarks(data: Mapping[str, Any]) -> dict[str, Benchmark]:
     return {name: Benchmark(float(v["psnr"]), float(v["ssim"])) for name, v in data.items()}
 
 
+def _hub_file(data: Mapping[str, Any]) -> HubFile:
+    return HubFile(
+        repo=data["repo"],
+        path=data["path"],
+        repo_type=RepoType(data.get("repo_type", "model")),
+        revision=data.get("revision"),
+        sha256=data.get("sha256"),
+        size=data.get("size"),
+    )
+
+
 @cache
 def _load_registry(path: Path) -> dict[Task, TaskWeights]:
     try:
@@ -130,11 +159,7 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
             p = raw["published"][task.value]
             published = PublishedWeights(
                 task=task,
-                repo=p["repo"],
-                filename=p["filename"],
-                revision=p.get("revision"),
-                sha256=p.get("sha256"),
-                size=p.get("size"),
+                sources=tuple(_hub_file(s) for s in p["sources"]),
                 license=licenses[p["license"]],
                 config=MPRNetConfig.from_dict(p["config"]),
                 benchmarks=_benchmarks(p.get("benchmarks", {})),
@@ -142,6 +167,8 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
                     k: float(v) for k, v in p.get("memory_bytes_per_pixel", {}).items()
                 },
             )
+            if not published.sources:
+                raise ValueError(f"{task.value} lists no published sources")
             b = raw.get("bundled", {}).get(task.value)
             bundled = None
             if b is not None:
@@ -152,6 +179,7 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
                     config=MPRNetConfig.from_dict(b["config"]),
                     license=licenses[b["license"]],
                     benchmarks=_benchmarks(b.get("benchmarks", {})),
+                    note=b.get("note", ""),
                 )
             out[task] = TaskWeights(task, published, bundled)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -163,9 +191,12 @@ def registry() -> dict[Task, TaskWeights]:
     return _load_registry(registry_path())
 
 
-# --------------------------------------------------------------------------- verification
+def published_configs() -> dict[str, MPRNetConfig]:
+    """Each task's published network, keyed by task name (benchmarks build these)."""
+    return {task.value: entry.published.config for task, entry in registry().items()}
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+# --------------------------------------------------------------------------- verification
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -176,42 +207,57 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verified_db() -> Path:
+def _cache_root() -> Path:
+    """mprnet's own cache folder (small notes and imported files; downloads stay in HF's)."""
     root = os.environ.get("MPRNET_CACHE")
     if root:
-        return Path(root) / "verified.json"
+        return Path(root)
     base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "mprnet" / "verified.json"
+    return (Path(base) if base else Path.home() / ".cache") / "mprnet"
+
+
+def _remembered(note: str, path: Path, compute: Callable[[], str]) -> str:
+    """A fact about a file (its hash, its network), computed once per version of the file.
+
+    Hashing an 80 MB checkpoint or reading its shapes costs a fraction of a
+    second, so the answer is kept in a note in mprnet's cache, keyed by the
+    file's size and mtime: any change to the file makes it computed again.
+    """
+    stat = path.stat()
+    store = _cache_root() / note
+    key = str(path.resolve())
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    db = _read_store(store)
+    hit = db.get(key)
+    if isinstance(hit, list) and hit[:2] == stamp and len(hit) == 3 and isinstance(hit[2], str):
+        return hit[2]
+    value = compute()
+    db[key] = [*stamp, value]
+    _write_store(store, db)  # if it cannot be written, the next run only computes again
+    return value
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, hashed only when the file changed since the last time."""
+    return _remembered("verified.json", path, lambda: sha256_file(path))
 
 
 def verify_file(path: Path, sha256: str | None, size: int | None = None) -> None:
-    """Raise `IntegrityError` unless the file has the expected size and hash.
-
-    Hashing a 80 MB checkpoint costs a fraction of a second, so a successful
-    check is remembered by (size, mtime) and repeated only when the file changes.
-    """
-    stat = path.stat()
-    if size is not None and stat.st_size != size:
+    """Raise `IntegrityError` unless the file has the expected size and hash."""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
         raise IntegrityError(
-            f"{path} has {stat.st_size} bytes, expected {size}: the download is incomplete or "
+            f"{path} has {actual_size} bytes, expected {size}: the download is incomplete or "
             "the file was altered; delete it and run `mprnet weights download --force`"
         )
     if sha256 is None:
         return
-    db_path = _verified_db()
-    key = str(path.resolve())
-    stamp = [stat.st_size, stat.st_mtime_ns, sha256]
-    db = _read_store(db_path)
-    if db.get(key) == stamp:
-        return
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != sha256:
         raise IntegrityError(
             f"{path} is corrupt or altered (sha256 {actual[:12]}…, expected {sha256[:12]}…); "
             "run `mprnet weights download --force` to fetch it again"
         )
-    db[key] = stamp
-    _write_store(db_path, db)  # if it cannot be written, the next run only hashes again
 
 
 def _read_store(path: Path) -> dict[str, Any]:
@@ -223,112 +269,93 @@ def _read_store(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_store(path: Path, data: dict[str, Any]) -> None:
-    """Replace a JSON note atomically; a read-only cache is not an error (notes are hints)."""
+def _write_store(path: Path, data: dict[str, Any]) -> bool:
+    """Replace a JSON note atomically; False if the cache is read-only (most notes are hints)."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         tmp.replace(path)
     except OSError:
-        pass
-
-
-def _hub_sha(path: Path) -> str | None:
-    """The Hub's hash of a cached file: LFS blobs are stored under their sha256."""
-    blob = Path(os.path.realpath(path)).name
-    return blob if _HEX64.match(blob) else None
-
-
-def _expected_sha(spec: PublishedWeights, path: Path) -> str | None:
-    """The registry's hash, else the Hub's."""
-    return spec.sha256 or _hub_sha(path)
-
-
-# --------------------------------------------------------------------------- Hub access
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the endpoint.
-
-    huggingface_hub retries network errors with back-off for about half a minute;
-    an offline user should hear what to do at once instead.
-    """
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # behind a proxy only the real request can tell
-    url = urlsplit(hub_endpoint())
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
+        tmp.unlink(missing_ok=True)
         return False
+    return True
 
 
-def _aliases_path() -> Path:
-    return _verified_db().with_name("aliases.json")
-
-
-def _alias_key(spec: PublishedWeights) -> str:
-    return f"{spec.repo}@{spec.revision or 'main'}/{spec.filename}"
-
-
-def _published_name(spec: PublishedWeights) -> str:
-    """The file actually used for a spec: its own name, or the one picked when it vanished."""
-    name = _read_store(_aliases_path()).get(_alias_key(spec))
-    return name if isinstance(name, str) else spec.filename
-
-
-def _remember_alias(spec: PublishedWeights, picked: str) -> None:
-    aliases = _read_store(_aliases_path())
-    aliases[_alias_key(spec)] = picked
-    _write_store(_aliases_path(), aliases)  # without it the next run lists the repo again
-
-
-def cached_published(spec: PublishedWeights) -> Path | None:
-    """The cached file for a spec (or its recorded replacement), found without any network call."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(
-        spec.repo, _published_name(spec), revision=spec.revision or "main"
+def _describe(config: MPRNetConfig) -> str:
+    return (
+        f"n_feat {config.n_feat}, scale_unetfeats {config.scale_unetfeats}, "
+        f"scale_orsnetfeats {config.scale_orsnetfeats}, {config.num_cab} CABs"
     )
-    return Path(found) if isinstance(found, str) else None
 
 
-def _verify_published(spec: PublishedWeights, path: Path) -> None:
-    """Registry checks apply to the registry's own file; a replacement has only the Hub's hash."""
-    if _published_name(spec) == spec.filename:
-        verify_file(path, _expected_sha(spec, path), spec.size)
-    else:
-        verify_file(path, _hub_sha(path))
+def network_of(path: Path) -> MPRNetConfig:
+    """The network a checkpoint holds, from its tensor shapes (remembered per file version)."""
+
+    def detect() -> str:
+        from mprnet_cli.model.checkpoint import read_checkpoint
+
+        return json.dumps(read_checkpoint(path).config.to_dict(), sort_keys=True)
+
+    return MPRNetConfig.from_dict(json.loads(_remembered("networks.json", path, detect)))
 
 
-_TASK_WORDS = {
-    Task.DERAIN: ("derain", "rain"),
-    Task.DEBLUR: ("deblur", "blur", "gopro"),
-    Task.DENOISE: ("denois", "noise", "sidd"),
-}
-_CKPT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
+def check_network(task: Task, path: Path, label: str) -> None:
+    """Refuse a file that is not the task's published network, saying what it holds instead.
+
+    A file of another task under the right name would otherwise restore with
+    the wrong network and no error at all.
+    """
+    entries = registry()
+    expected = entries[task].published.config
+    found = network_of(path)
+    if found == expected:
+        return
+    other = next((t for t, e in entries.items() if e.published.config == found), None)
+    what = (
+        f"the published {other.value} network"
+        if other is not None
+        else f"a network of {_describe(found)}"
+    )
+    raise CheckpointError(
+        f"{label} holds {what}, not the published {task.value} network ({_describe(expected)})"
+    )
 
 
-def pick_checkpoint(task: Task, files: list[str]) -> str | None:
-    """Choose the task's checkpoint among a repo's files when the registry name is gone."""
-    candidates = [f for f in files if f.lower().endswith(_CKPT_SUFFIXES)]
-    for word in _TASK_WORDS[task]:
-        hits = sorted(f for f in candidates if word in f.lower())
-        if hits:
-            # Prefer safetensors, then the shortest (least decorated) name.
-            hits.sort(key=lambda f: (not f.endswith(".safetensors"), len(f)))
-            return hits[0]
+# --------------------------------------------------------------------------- published sources
+
+
+def _source_problem(spec: PublishedWeights, source: HubFile, path: Path) -> str | None:
+    """Why a file from a source is not the task's published checkpoint, or None if it is."""
+    size = path.stat().st_size
+    if source.size is not None and size != source.size:
+        return f"it has {size} bytes, the registry expects {source.size}"
+    if source.sha256 is not None:
+        actual = file_sha256(path)
+        if actual != source.sha256:
+            return f"its sha256 {actual[:12]}… is not the registry's {source.sha256[:12]}…"
+    try:
+        check_network(spec.task, path, source.path)
+    except CheckpointError as exc:
+        return str(exc)
     return None
+
+
+def find_cached(spec: PublishedWeights) -> ResolvedWeights | None:
+    """The first usable published file already here, in source order, else an imported one.
+
+    A cached file that no longer matches the Hub's own hash is damaged and
+    raises `IntegrityError`; one that is intact but not the right network was
+    reported when downloaded and is passed over.
+    """
+    for source in spec.sources:
+        path = cached_file(source)
+        if path is None:
+            continue
+        verify_file(path, hub_sha(path))
+        if _source_problem(spec, source, path) is None:
+            return ResolvedWeights(path, Source.PUBLISHED, spec.task, spec.config, source.label)
+    return imported_file(spec.task)
 
 
 def download_published(
@@ -337,80 +364,54 @@ def download_published(
     notify: Notify | None = None,
     force: bool = False,
     quiet: bool = False,
-) -> Path:
-    """Fetch the task's published checkpoint into the Hugging Face cache and verify it."""
-    from huggingface_hub import hf_hub_download, list_repo_files
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    source: int | None = None,
+) -> ResolvedWeights:
+    """Fetch the task's published checkpoint, trying its sources in order (or only `source`).
 
-    if _hub_offline() or not hub_reachable():
+    A missing repository or file, a failed check or the wrong network moves on
+    to the next source with one line through `notify`; an unreachable Hub stops
+    at once (every source lives there).
+    """
+    count = len(spec.sources)
+    if source is not None and not 1 <= source <= count:
+        raise UsageError(f"--source must be between 1 and {count} for {spec.task.value}")
+    if not hub_reachable():
         raise offline_error(spec.task)
-    from huggingface_hub.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # its retry chatter is not for our users
-    revision = spec.revision or "main"
-    filename = _published_name(spec)
-    first_time = cached_published(spec) is None
-    if first_time and notify:
+    numbered = list(enumerate(spec.sources, 1))
+    candidates = numbered if source is None else [numbered[source - 1]]
+    if notify and all(cached_file(s) is None for _, s in candidates):
         notify(
-            f"Downloading the published MPRNet {spec.task.value} weights from "
-            f"{spec.repo}. They are under the {spec.license.name}: {spec.license.url}"
+            f"Downloading the published MPRNet {spec.task.value} weights. They are under "
+            f"the {spec.license.name}: {spec.license.url}"
         )
-    if quiet:
-        disable_progress_bars()
-    try:
-        try:
-            path = hf_hub_download(spec.repo, filename, revision=revision, force_download=force)
-        except EntryNotFoundError:
-            files = list_repo_files(spec.repo, revision=revision)
-            picked = pick_checkpoint(spec.task, files)
-            if picked is None:
+    tried: list[str] = []
+    with hub_output(quiet):
+        for i, (n, hub_file) in enumerate(candidates):
+            try:
+                path = fetch(hub_file, force)
+                verify_file(path, hub_sha(path))
+                reason = _source_problem(spec, hub_file, path)
+            except (SourceUnavailableError, IntegrityError, CheckpointError) as exc:
+                reason = str(exc)
+            except HubUnreachableError as exc:
+                raise offline_error(spec.task) from exc
+            except CacheWriteError as exc:
                 raise WeightsError(
-                    f"{spec.repo} has no {spec.filename} and no other {spec.task.value} checkpoint; "
-                    f"its files are: {', '.join(files) or 'none'}"
-                ) from None
+                    f"cannot store the download in the Hugging Face cache: {exc}; "
+                    "check HF_HUB_CACHE and free space"
+                ) from exc
+            if reason is None:
+                return ResolvedWeights(
+                    path, Source.PUBLISHED, spec.task, spec.config, hub_file.label
+                )
+            tried.append(f"source {n} {hub_file.label}: {reason}")
             if notify:
-                notify(f"{spec.filename} is not in {spec.repo}; using {picked} instead")
-            path = hf_hub_download(spec.repo, picked, revision=revision, force_download=force)
-            _remember_alias(spec, picked)
-    except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
-        raise WeightsError(f"cannot access {spec.repo}@{revision}: {_first_line(exc)}") from exc
-    except LocalEntryNotFoundError as exc:
-        raise offline_error(spec.task) from exc
-    except HfHubHTTPError as exc:
-        raise WeightsError(f"download from {spec.repo} failed: {_first_line(exc)}") from exc
-    except OSError as exc:
-        # Connection errors (httpx/requests) derive from OSError in some versions.
-        raise offline_error(spec.task) from exc
-    except Exception as exc:
-        if _is_connection_error(exc):
-            raise offline_error(spec.task) from exc
-        raise
-    finally:
-        if quiet:
-            enable_progress_bars()
-    local = Path(path)
-    _verify_published(spec, local)
-    return local
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(
-        names
-        & {"ConnectError", "ConnectionError", "TimeoutException", "NetworkError", "ProxyError"}
+                more = "; trying the next source" if i + 1 < len(candidates) else ""
+                notify(f"{tried[-1]}{more}")
+    raise WeightsError(
+        f"none of the published {spec.task.value} weights could be used ({'; '.join(tried)}). "
+        f"Fetch the file by hand (README: Weights) and run `mprnet weights import "
+        f"{spec.task.value} FILE`, pass a file with --weights FILE, or use --model bundled"
     )
 
 
@@ -420,6 +421,64 @@ def offline_error(task: Task) -> OfflineError:
         f"reached. Connect once and run `mprnet weights download {task.value}`, pass a file "
         "with --weights FILE, or use --model bundled"
     )
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _imports_path() -> Path:
+    return _cache_root() / "imported.json"
+
+
+def imported_file(task: Task) -> ResolvedWeights | None:
+    """The file imported by hand for a task, checked as it was on import; None if there is none."""
+    record = _read_store(_imports_path()).get(task.value)
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        return None
+    path = Path(record["path"])
+    if not path.is_file():
+        return None
+    verify_file(path, record.get("sha256"))
+    check_network(task, path, str(path))
+    entry = registry()[task]
+    return ResolvedWeights(path, Source.IMPORTED, task, entry.published.config, record.get("from"))
+
+
+def import_file(task: Task, file: str | os.PathLike[str]) -> Path:
+    """Put a checkpoint fetched by hand into mprnet's cache, after the checks a download gets.
+
+    Later runs then use it like a download (after any cached Hub source).
+    """
+    src = Path(file).expanduser()
+    if not src.is_file():
+        raise WeightsError(f"weights file not found: {src}")
+    spec = registry()[task].published
+    check_network(task, src, str(src))
+    sha = sha256_file(src)
+    pinned = {s.sha256 for s in spec.sources if s.sha256}
+    if pinned and sha not in pinned:
+        raise IntegrityError(
+            f"{src}: its sha256 {sha[:12]}… matches none of the published {task.value} files "
+            "the registry pins; fetch the file again"
+        )
+    folder = _cache_root() / "imported" / task.value
+    dest = folder / src.name
+    tmp = folder / f".{src.name}.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"cannot copy {src} into {folder}: {exc.strerror or exc}") from exc
+    records = _read_store(_imports_path())
+    records[task.value] = {"path": str(dest), "sha256": sha, "from": str(src.resolve())}
+    if not _write_store(_imports_path(), records):
+        raise WeightsError(f"cannot record the import in {_imports_path()}; is the cache writable?")
+    for old in folder.iterdir():  # an earlier import under another name is no longer used
+        if old != dest and not old.name.startswith("."):
+            old.unlink(missing_ok=True)
+    return dest
 
 
 # --------------------------------------------------------------------------- resolution
@@ -442,19 +501,21 @@ def _resolve_bundled(task: Task, entry: TaskWeights) -> ResolvedWeights:
             f"bundled weights {path} are missing; reinstall mprnet or use --weights FILE"
         )
     verify_file(path, entry.bundled.sha256)
-    return ResolvedWeights(path, Source.BUNDLED, task, entry.bundled.config)
+    return ResolvedWeights(path, Source.BUNDLED, task, entry.bundled.config, entry.bundled.file)
 
 
 def _resolve_published(
-    task: Task, entry: TaskWeights, notify: Notify | None, quiet: bool
+    task: Task, entry: TaskWeights, notify: Notify | None, quiet: bool, download: bool
 ) -> ResolvedWeights:
-    spec = entry.published
-    cached = cached_published(spec)
-    if cached is not None:
-        _verify_published(spec, cached)
-        return ResolvedWeights(cached, Source.PUBLISHED, task, spec.config)
-    path = download_published(spec, notify=notify, quiet=quiet)
-    return ResolvedWeights(path, Source.PUBLISHED, task, spec.config)
+    found = find_cached(entry.published)
+    if found is not None:
+        return found
+    if not download:
+        raise OfflineError(
+            f"the published {task.value} weights are not in the cache; run "
+            f"`mprnet weights download {task.value}` (nothing is downloaded here)"
+        )
+    return download_published(entry.published, notify=notify, quiet=quiet)
 
 
 def resolve(
@@ -464,12 +525,20 @@ def resolve(
     model: ModelChoice = ModelChoice.AUTO,
     notify: Notify | None = None,
     quiet: bool = False,
+    download: bool = True,
 ) -> ResolvedWeights:
-    """Find the weights file to use; see the module docstring for the order."""
+    """Find the weights file to use; see the module docstring for the order.
+
+    `download=False` never touches the network (`mprnet weights path`).
+    """
     if weights is not None:
         if model is not ModelChoice.AUTO:
             raise UsageError("--weights and --model cannot be combined: pick one")
         path = Path(weights).expanduser()
+        if path.is_dir():
+            raise WeightsError(
+                f"{path} is a folder; give the weights file in it (.pth, .pt or .safetensors)"
+            )
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         return ResolvedWeights(path, Source.FILE, task)
@@ -479,20 +548,27 @@ def resolve(
     if model is ModelChoice.BUNDLED:
         return _resolve_bundled(task, entry)
     if model is ModelChoice.PUBLISHED:
-        return _resolve_published(task, entry, notify, quiet)
+        return _resolve_published(task, entry, notify, quiet, download)
     try:
-        return _resolve_published(task, entry, notify, quiet)
+        return _resolve_published(task, entry, notify, quiet, download)
     except OfflineError:
         if entry.bundled is None:
             raise
         resolved = _resolve_bundled(task, entry)
         if notify:
-            notify(
-                f"Using the bundled compact {task.value} weights (the published ones are not cached "
-                f"and the Hub is unreachable); run `mprnet weights download {task.value}` once "
-                "online for the full published network"
-            )
+            notify(bundled_notice(entry.bundled))
         return resolved
+
+
+def bundled_notice(bundled: BundledWeights) -> str:
+    """What a user hears when the compact weights stand in: how good they are, and the way out."""
+    task = bundled.task.value
+    quality = f": {bundled.note}" if bundled.note else ""
+    return (
+        f"Using the bundled compact {task} weights (the published ones are not cached and the "
+        f"Hub is unreachable){quality}. For the published network run "
+        f"`mprnet weights download {task}` once online"
+    )
 
 
 @dataclass(frozen=True)
@@ -501,6 +577,7 @@ class WeightsStatus:
 
     task: Task
     source: Source
+    number: int | None  # the published source's place in the order (1-based)
     name: str
     cached: bool
     size: int | None
@@ -513,18 +590,36 @@ def status() -> list[WeightsStatus]:
     rows: list[WeightsStatus] = []
     for task, entry in registry().items():
         spec = entry.published
-        cached = cached_published(spec)
-        rows.append(
-            WeightsStatus(
-                task,
-                Source.PUBLISHED,
-                f"{spec.repo}/{spec.filename}",
-                cached is not None,
-                cached.stat().st_size if cached else spec.size,
-                cached,
-                spec.license.short,
+        for n, hub_file in enumerate(spec.sources, 1):
+            cached = cached_file(hub_file)
+            rows.append(
+                WeightsStatus(
+                    task,
+                    Source.PUBLISHED,
+                    n,
+                    hub_file.label,
+                    cached is not None,
+                    cached.stat().st_size if cached else hub_file.size,
+                    cached,
+                    spec.license.short,
+                )
             )
-        )
+        record = _read_store(_imports_path()).get(task.value)
+        if isinstance(record, dict) and isinstance(record.get("path"), str):
+            path = Path(record["path"])
+            present = path.is_file()
+            rows.append(
+                WeightsStatus(
+                    task,
+                    Source.IMPORTED,
+                    None,
+                    str(record.get("from") or path.name),
+                    present,
+                    path.stat().st_size if present else None,
+                    path if present else None,
+                    spec.license.short,
+                )
+            )
         if entry.bundled is not None:
             path = bundled_path(entry.bundled)
             present = path.is_file()
@@ -532,6 +627,7 @@ def status() -> list[WeightsStatus]:
                 WeightsStatus(
                     task,
                     Source.BUNDLED,
+                    None,
                     entry.bundled.file,
                     present,
                     path.stat().st_size if present else None,

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the read-only reference material and tiny checkpoints."""
+"""Shared fixtures: the reference vectors (tests/data/reference) and tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 
+#: Reference vectors and tiny checkpoints made with the reference implementation (6.5 MB),
+#: kept in the repository so that every clone runs every test.
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("MPRNET_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "reference"
+REFERENCE = REPO / "tests" / "data" / "reference"
 
 # Before anything imports huggingface_hub (which reads these once): never the user's cache.
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="mprnet-tests-"))
@@ -43,8 +44,9 @@ def _isolated_caches(
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
+    """The reference data; missing files are a broken checkout, so they fail (never skip)."""
     if not (REFERENCE / "vectors.json").is_file():
-        pytest.skip(f"reference vectors not found at {REFERENCE} (set MPRNET_SHARED)")
+        pytest.fail(f"reference vectors missing from {REFERENCE}: restore tests/data/ from git")
     return REFERENCE
 
 

@@ -1,9 +1,12 @@
 """A minimal local stand-in for the Hugging Face Hub, for download tests.
 
 It serves the endpoints `huggingface_hub` uses to download a file
-(`/{repo}/resolve/{rev}/{name}`, HEAD and GET) and to list a repo
-(`/api/models/{repo}/...`), from an in-memory dict, and records requests so
-tests can assert that a cached run made none.
+(`/{repo}/resolve/{rev}/{path}` for models, `/spaces/...` and `/datasets/...`
+for the other repo types; HEAD and GET) and to list a repo
+(`/api/{models,spaces,datasets}/{repo}/...`), from in-memory dicts, and records
+requests so tests can assert that a cached run made none. A repo it does not
+hold answers 404 `RepoNotFound`, a missing file 404 `EntryNotFound`, as the
+Hub does.
 """
 
 from __future__ import annotations
@@ -15,12 +18,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+_URL_PREFIX = {"model": "", "space": "spaces/", "dataset": "datasets/"}
+
+
+def _split_repo(path: str) -> tuple[str, str]:
+    """("space", "owner/name") from "spaces/owner/name" (no prefix: a model)."""
+    for repo_type, prefix in _URL_PREFIX.items():
+        if prefix and path.startswith(prefix):
+            return repo_type, path[len(prefix) :]
+    return "model", path
 
 
 class FakeHub:
-    def __init__(self, repo: str, files: dict[str, bytes]) -> None:
-        self.repo = repo
-        self.files = files
+    def __init__(
+        self,
+        repo: str | None = None,
+        files: dict[str, bytes] | None = None,
+        repo_type: str = "model",
+    ) -> None:
+        self.repos: dict[tuple[str, str], dict[str, bytes]] = {}
+        if repo is not None:
+            self.serve(repo, files or {}, repo_type)
         self.requests: list[str] = []
         hub = self
 
@@ -42,10 +60,14 @@ class FakeHub:
             def _handle(self, include_body: bool) -> None:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append(f"{self.command} {path}")
-                prefix = f"/{hub.repo}/resolve/"
-                if path.startswith(prefix):
-                    _rev, _, name = path[len(prefix) :].partition("/")
-                    data = hub.files.get(name)
+                if "/resolve/" in path:
+                    where, _, rest = path.lstrip("/").partition("/resolve/")
+                    _rev, _, name = rest.partition("/")
+                    files = hub.repos.get(_split_repo(where))
+                    if files is None:
+                        self._send(404, b"", {"X-Error-Code": "RepoNotFound"}, include_body)
+                        return
+                    data = files.get(name)
                     if data is None:
                         self._send(
                             404,
@@ -62,20 +84,28 @@ class FakeHub:
                     }
                     self._send(200, data, headers, include_body)
                     return
-                api = f"/api/models/{hub.repo}"
-                if path.startswith(api):
-                    if "/tree/" in path:
+                if path.startswith("/api/"):
+                    kind, _, rest = path[len("/api/") :].partition("/")
+                    repo_type = kind.removesuffix("s")
+                    owner, _, tail = rest.partition("/")
+                    name, _, extra = tail.partition("/")
+                    repo = f"{owner}/{name}"
+                    files = hub.repos.get((repo_type, repo))
+                    if files is None:
+                        self._send(404, b"", {"X-Error-Code": "RepoNotFound"}, include_body)
+                        return
+                    if extra.startswith("tree/"):
                         listing = [
                             {"type": "file", "path": n, "size": len(d), "oid": "0" * 40}
-                            for n, d in hub.files.items()
+                            for n, d in files.items()
                         ]
                         body = json.dumps(listing).encode()
                     else:
                         body = json.dumps(
                             {
-                                "id": hub.repo,
+                                "id": repo,
                                 "sha": COMMIT,
-                                "siblings": [{"rfilename": n} for n in hub.files],
+                                "siblings": [{"rfilename": n} for n in files],
                             }
                         ).encode()
                     self._send(200, body, {"Content-Type": "application/json"}, include_body)
@@ -104,5 +134,10 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
+    def serve(self, repo: str, files: dict[str, bytes], repo_type: str = "model") -> FakeHub:
+        """Hold (or replace) a repo's files; may be called while running."""
+        self.repos[(repo_type, repo)] = files
+        return self
+
     def downloads(self) -> list[str]:
-        return [r for r in self.requests if "/resolve/" in r or "/api/models/" in r]
+        return [r for r in self.requests if "/resolve/" in r or "/api/" in r]

@@ -6,6 +6,7 @@ logic, not the network; one test runs a tiny real MPRNet through `Restorer`.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -567,3 +568,152 @@ def test_real_tiny_network_through_restorer(cwd: Path, tiny_checkpoint: Path) ->
     assert gray.mode == "L" and gray.size == (24, 24)
     assert not np.array_equal(np.asarray(gray), np.asarray(Image.open(cwd / "b.png")))
     assert temps(cwd) == []
+
+
+# --------------------------------------------------------------------------- audit cases
+
+
+def test_outputs_settled_when_interrupted_are_still_reported(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while image 2 is restored and image 1 is being written: the write finishes
+    and image 1's result reaches `finished` (its output exists, so it must be reported)."""
+    for name in ("a.png", "b.png", "c.png"):
+        save(cwd / "in" / name)
+    writing, release = threading.Event(), threading.Event()
+    real_write = mio.write_image
+
+    def held_write(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        assert release.wait(10)
+        real_write(*args, **kwargs)
+
+    def on_call(n: int) -> None:
+        if n == 2:
+            assert writing.wait(10)  # image 1's write is in progress
+            release.set()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("mprnet_cli.batch.write_image", held_write)
+    reported: list[Result] = []
+    exp = expand_inputs(["in"], suffix=SUFFIX)
+    plan = plan_outputs(exp, "out", suffix=SUFFIX)
+    results = run_batch(
+        exp.jobs, Fake(on_call), plan, callbacks=Callbacks(finished=reported.append)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        list(results)
+    assert [(r.input, r.status) for r in reported] == [("in/a.png", Status.OK)]
+    assert sorted(p.name for p in (cwd / "out").iterdir()) == ["a_derained.png"]
+    assert temps(cwd) == []
+
+
+def test_an_input_behind_a_folder_we_cannot_enter_fails_alone(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path.is_dir raised PermissionError and aborted the batch as "a bug" (root ignores
+    permissions, so the refusal is mocked)."""
+    save(cwd / "ok.png")
+    save(cwd / "locked" / "x.png")
+    real_stat = Path.stat
+
+    def stat(self: Path, **kwargs: Any) -> os.stat_result:
+        if "locked" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    results = run(["locked/x.png", "ok.png"], "out")
+    assert [(r.input, r.status) for r in results] == [
+        ("locked/x.png", Status.FAILED),
+        ("ok.png", Status.OK),
+    ]
+    assert "permission denied" in (results[0].error or "")
+
+
+def test_skipped_entries_are_reported_never_silent(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable subfolder under -r and a broken link named like an image each give a
+    warning; a folder that cannot be listed at all fails as such, not as "no images"."""
+    save(cwd / "top" / "a.png")
+    save(cwd / "top" / "secret" / "b.png")
+    (cwd / "top" / "gone.png").symlink_to(cwd / "nowhere.png")
+    save(cwd / "closed" / "c.png")
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path).name in ("secret", "closed"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    exp = expand_inputs(["top", "closed"], recursive=True, suffix=SUFFIX)
+    assert [(j.label, j.error is None) for j in exp.jobs] == [
+        ("top/a.png", True),
+        ("closed", False),
+    ]
+    assert "cannot list this folder: permission denied" in (exp.jobs[1].error or "")
+    assert exp.warnings == (
+        "top/gone.png: skipped: a broken symbolic link",
+        "top/secret: folder skipped: permission denied; check the permissions of it and of "
+        "the folders above it",
+    )
+
+
+@pytest.mark.parametrize("output", ["blocker/out/", "blocker/x.png"])
+def test_unwritable_output_fails_before_any_restore(cwd: Path, output: str) -> None:
+    """-o below a file (like -o /proc/x/): each input fails at once, nothing is restored."""
+    (cwd / "blocker").write_text("a file, not a folder")
+    save(cwd / "a.png")
+    args = ["a.png"] if output.endswith(".png") else ["a.png", "b.png"]
+    if len(args) == 2:
+        save(cwd / "b.png")
+    fake = Fake()
+    results = run(args, output, restorer=fake)
+    assert fake.calls == 0
+    assert {r.status for r in results} == {Status.FAILED}
+    assert all("blocker" in (r.error or "") for r in results)
+
+
+def test_a_folder_that_refuses_files_fails_its_jobs_before_restoring(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real probe, not os.access (root passes permission checks /proc still refuses)."""
+    save(cwd / "a.png")
+    save(cwd / "b.png")
+
+    def refuse(folder: Path, name: str) -> Any:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(mio, "_create_temp", refuse)
+    fake = Fake()
+    results = run(["a.png", "b.png"], "out", restorer=fake)
+    assert fake.calls == 0
+    assert [r.error for r in results] == [
+        "out: the file system is read-only; write elsewhere; choose another -o"
+    ] * 2
+
+
+def test_disk_full_on_stdout_is_one_clear_failure(cwd: Path) -> None:
+    save(cwd / "a.png")
+
+    class Full(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    (result,) = run(["a.png"], "-", stdout=Full())  # type: ignore[arg-type]
+    assert result.status is Status.FAILED
+    assert result.error == "stdout: not enough disk space; free some space or write elsewhere"
+
+
+def test_special_files_are_never_replaced(cwd: Path) -> None:
+    """-o /dev/full -f as root would have replaced the device with a regular file."""
+    save(cwd / "a.png")
+    os.mkfifo(cwd / "pipe.png")
+    (result,) = run(["a.png"], "pipe.png", overwrite=True)
+    assert result.status is Status.FAILED and "not a regular file" in (result.error or "")
+    assert (cwd / "pipe.png").is_fifo()

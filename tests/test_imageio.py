@@ -588,7 +588,9 @@ def test_decode_warnings_are_taken_only_from_the_decoding_thread(
             worker.join(10)
     (decoded,) = box
     notes = decoded.info.notes
-    assert any("Corrupt EXIF" in n for n in notes) and any("decoder says hi" in n for n in notes)
+    # Pillow's "Corrupt EXIF data" is folded into our own note (one warning per problem)
+    assert any("EXIF data is malformed" in n for n in notes)
+    assert any("decoder says hi" in n for n in notes)
     assert not any("main thread" in n for n in notes)
     assert [str(w.message) for w in seen] == ["main thread says hi"]
     assert seen[0].filename == __file__  # attributed to its caller, not to the hook
@@ -1026,3 +1028,75 @@ def test_write_without_hard_links_falls_back_to_replace(
     with pytest.raises(OutputExistsError):
         mio.write_image(out, np.zeros((2, 2, 3), np.float32), info_for(), OutputFormat.PNG)
     assert _listing(tmp_path) == ["o.png"]
+
+
+# --------------------------------------------------------------------------- audit cases
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_rows(
+    width: int, height: int, rows: int, *, depth: int = 8, interlace: int = 0
+) -> bytes:
+    """An RGB PNG whose complete zlib stream holds `rows` rows of the `height` it declares
+    (for interlaced files, that many bytes' worth of the full Adam7 data)."""
+    row_bytes = width * 3 * depth // 8
+    if interlace:
+        passes = (
+            (0, 8, 0, 8),
+            (0, 8, 4, 8),
+            (4, 8, 0, 4),
+            (0, 4, 2, 4),
+            (2, 4, 0, 2),
+            (0, 2, 1, 2),
+            (1, 2, 0, 1),
+        )
+        full = b"".join(
+            b"".join(b"\x00" + bytes((w * 3 * depth // 8) * [7]) for _ in range(h))
+            for y0, dy, x0, dx in passes
+            if (w := -(-(width - x0) // dx)) > 0 and (h := -(-(height - y0) // dy)) > 0
+        )
+        raw = full[: len(full) * rows // height]
+    else:
+        raw = b"".join(
+            b"\x00" + bytes((i * 7 + j) % 251 for j in range(row_bytes)) for i in range(rows)
+        )
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, interlace)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("depth", [8, 16], ids=["pillow-path", "opencv-path"])
+@pytest.mark.parametrize("interlace", [0, 1], ids=["progressive", "adam7"])
+def test_png_missing_rows_is_refused(depth: int, interlace: int) -> None:
+    """A complete zlib stream that stops at half the rows: Pillow would fill black rows."""
+    with pytest.raises(InputError, match=r"x\.png: truncated PNG"):
+        mio.read_image(png_with_rows(40, 20, 10, depth=depth, interlace=interlace), name="x.png")
+    whole = mio.read_image(png_with_rows(40, 20, 20, depth=depth, interlace=interlace))
+    assert (whole.width, whole.height, whole.info.bit_depth) == (40, 20, depth)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+def test_complete_pngs_of_every_layout_pass_the_row_check(mode: str) -> None:
+    image = Image.fromarray(rand8(13, 17, 4)).convert(mode)
+    assert mio.read_image(pil_bytes(image, "PNG")).width == 17
+
+
+def test_pixel_limit_message_names_small_counts_exactly() -> None:
+    with pytest.raises(InputError) as caught:
+        mio.read_image(pil_bytes(Image.fromarray(rand8(24, 24)), "PNG"), max_pixels=100, name="a")
+    assert str(caught.value).startswith("a: 24x24 is 576 pixels, above the limit of 100 pixels;")
+
+
+def test_corrupt_exif_gives_one_note() -> None:
+    jpeg = pil_bytes(
+        Image.fromarray(rand8(8, 8)), "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"
+    )
+    notes = [n for n in mio.read_image(jpeg).info.notes if "EXIF" in n]
+    assert notes == ["the EXIF data is malformed and was not copied"]

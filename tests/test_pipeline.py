@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
 from mprnet_cli.pipeline import Engine, TileOptions, _reflect_index, restore_array
 from tests.conftest import tiny_model
 
@@ -283,15 +283,17 @@ def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
 def test_memory_estimate_covers_the_measured_networks() -> None:
     """The formula must not under-estimate what benchmarks/measure_memory.py measured."""
     from mprnet_cli.choices import Precision
-    from mprnet_cli.model.config import PUBLISHED_CONFIGS
     from mprnet_cli.pipeline import estimate_bytes_per_pixel
+    from mprnet_cli.tasks import Task
+    from mprnet_cli.weights import registry
 
-    measured_cpu_fp32 = {"derain": 4937, "denoise": 9402, "deblur": 10278}
-    for task, measured in measured_cpu_fp32.items():
-        estimate = estimate_bytes_per_pixel(PUBLISHED_CONFIGS[task], Precision.FP32, "cpu")
+    for entry in registry().values():
+        measured = entry.published.memory_bytes_per_pixel["cpu_fp32"]
+        estimate = estimate_bytes_per_pixel(entry.published.config, Precision.FP32, "cpu")
         assert measured <= estimate <= 1.3 * measured
-    bf16 = estimate_bytes_per_pixel(PUBLISHED_CONFIGS["derain"], Precision.BF16, "cuda")
-    assert bf16 < estimate_bytes_per_pixel(PUBLISHED_CONFIGS["derain"], Precision.FP32, "cuda")
+    derain = registry()[Task.DERAIN].published.config
+    bf16 = estimate_bytes_per_pixel(derain, Precision.BF16, "cuda")
+    assert bf16 < estimate_bytes_per_pixel(derain, Precision.FP32, "cuda")
 
 
 def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,3 +337,26 @@ def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
     cpu_figure = pipeline.estimate_bytes_per_pixel(model.config, engine.precision, "cpu")
     assert engine.bytes_per_pixel == cpu_figure > gpu_figure
     assert engine.speed_tile == pipeline.CPU_AUTO_TILE
+
+
+class _Poison(nn.Module):
+    """Identity except for one pixel of the last tile, which is NaN or +inf."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = x.clone()
+        out[-1, 0, -1, -1] = self.value
+        return [out]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_network_output_fails_the_image(value: float) -> None:
+    """NaN would quantise to black and look like success (the audit's NaN checkpoint)."""
+    engine = Engine(_Poison(value), torch.device("cpu"))
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinite"):
+        restore_array(engine, image(40, 40), TileOptions(tile=16, overlap=8))
+    finite = Engine(_Poison(0.5), torch.device("cpu"))
+    restore_array(finite, image(40, 40), TileOptions(tile=16, overlap=8))

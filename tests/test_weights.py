@@ -6,20 +6,31 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from mprnet_cli.errors import IntegrityError, OfflineError, UsageError, WeightsError
+from mprnet_cli.errors import (
+    CheckpointError,
+    IntegrityError,
+    OfflineError,
+    UsageError,
+    WeightsError,
+)
+from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import (
     ModelChoice,
     Source,
-    pick_checkpoint,
+    bundled_notice,
+    import_file,
+    network_of,
     registry,
     resolve,
     verify_file,
@@ -28,11 +39,23 @@ from tests.conftest import REPO, TINY_CONFIG, tiny_model
 from tests.hub_server import FakeHub
 
 REPO_ID = "deepinv/MPRNet"
+SPACE_ID = "akhaliq/MPRNet"
+SPACE_PATH = "Deraining/pretrained_models/model_deraining.pth"
+MODEL_SOURCE = {"repo": REPO_ID, "repo_type": "model", "path": "model_deraining.pth"}
+SPACE_SOURCE = {"repo": SPACE_ID, "repo_type": "space", "path": SPACE_PATH}
+# Three distinct tiny networks stand in for the three published ones.
+TEST_CONFIGS = {
+    "derain": TINY_CONFIG,
+    "deblur": MPRNetConfig(n_feat=12, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1),
+    "denoise": MPRNetConfig(n_feat=8, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1),
+}
+BUNDLED_NOTE = "they remove some rain (test figure)"
 
 
-def _checkpoint_bytes() -> bytes:
+def _checkpoint_bytes(task: str = "derain") -> bytes:
     buf = io.BytesIO()
-    state = {f"module.{k}": v for k, v in tiny_model().state_dict().items()}
+    model = tiny_model(config=TEST_CONFIGS[task])
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
     torch.save({"epoch": 1, "state_dict": state}, buf)
     return buf.getvalue()
 
@@ -40,16 +63,14 @@ def _checkpoint_bytes() -> bytes:
 def write_registry(
     folder: Path,
     *,
-    filename: str = "model_deraining.pth",
-    sha256: str | None = None,
+    sources: list[dict[str, Any]] | None = None,
     bundled: str | None = None,
 ) -> Path:
-    """A registry like the shipped one, but with the tiny network's config."""
+    """A registry like the shipped one, with tiny networks and the derain sources given."""
     data = json.loads((REPO / "weights" / "registry.json").read_text())
-    for task in ("derain", "deblur", "denoise"):
-        data["published"][task]["config"] = TINY_CONFIG.to_dict()
-    data["published"]["derain"]["filename"] = filename
-    data["published"]["derain"]["sha256"] = sha256
+    for task, config in TEST_CONFIGS.items():
+        data["published"][task]["config"] = config.to_dict()
+    data["published"]["derain"]["sources"] = sources or [MODEL_SOURCE, SPACE_SOURCE]
     data["bundled"] = {}
     if bundled is not None:
         data["bundled"]["derain"] = {
@@ -57,6 +78,7 @@ def write_registry(
             "sha256": hashlib.sha256((folder / bundled).read_bytes()).hexdigest(),
             "config": TINY_CONFIG.to_dict(),
             "license": "mprnet-academic",
+            "note": BUNDLED_NOTE,
         }
     path = folder / "registry.json"
     path.write_text(json.dumps(data))
@@ -202,39 +224,83 @@ def test_download_force_repairs_a_corrupt_cache(tmp_path: Path, hub: FakeHub) ->
     assert hashlib.sha256(cached_blob(tmp_path).read_bytes()).hexdigest() == blob.name
 
 
-def test_registry_sha256_mismatch_is_detected(tmp_path: Path, hub: FakeHub) -> None:
-    reg = write_registry(tmp_path, sha256="f" * 64)
-    proc = run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url))
-    assert proc.returncode == 1
-    assert "corrupt or altered" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def _json_rows(env: dict[str, str]) -> list[dict[str, Any]]:
+    listing = run_cli(["weights", "list", "--json"], env)
+    assert listing.returncode == 0, listing.stderr
+    return [json.loads(line) for line in listing.stdout.splitlines()]
 
 
-def test_missing_registry_name_falls_back_to_listing(tmp_path: Path, hub: FakeHub) -> None:
-    # The registry's sha256 belongs to its own (vanished) file: the replacement is
-    # checked against the Hub's hash instead, and found again offline.
-    reg = write_registry(tmp_path, filename="renamed_deraining_v2.pth", sha256="e" * 64)
-    proc = run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, hub.url))
-    assert proc.returncode == 0, proc.stderr
-    assert "using model_deraining.pth instead" in proc.stderr
-    hub.stop()
+def test_first_source_missing_then_a_space_serves(tmp_path: Path) -> None:
+    server = FakeHub(SPACE_ID, {SPACE_PATH: _checkpoint_bytes()}, repo_type="space").start()
+    try:
+        reg = write_registry(tmp_path)
+        env = hub_env(tmp_path, reg, server.url)
+        quiet = run_cli(["weights", "download", "derain", "--quiet"], env)
+        assert quiet.returncode == 0 and quiet.stderr == ""  # silent unless all fail
+        loud = run_cli(["weights", "download", "derain"], env)
+    finally:
+        server.stop()
+    assert loud.returncode == 0, loud.stderr
+    lines = loud.stderr.strip().splitlines()
+    assert lines[0] == (
+        f"source 1 {REPO_ID}/model_deraining.pth: no such repository, or it is private or "
+        "gated; trying the next source"
+    )
+    path = Path(lines[-1].split(": ", 1)[1])
+    assert "spaces--akhaliq--MPRNet" in str(path) and path.name == "model_deraining.pth"
     offline = hub_env(tmp_path, reg, None)
-    where = run_cli(["weights", "path", "derain"], offline)
-    assert where.returncode == 0, where.stderr
-    assert Path(where.stdout.strip()).name == "model_deraining.pth"
-    assert _resolve_in_subprocess(offline)["source"] == "published"
+    resolved = _resolve_in_subprocess(offline)
+    assert resolved["source"] == "published" and Path(resolved["path"]) == path
+    rows = [r for r in _json_rows(offline) if r["task"] == "derain"]
+    assert [(r["source"], r["n"], r["local"]) for r in rows] == [
+        ("published", 1, False),
+        ("published", 2, True),
+    ]
+    assert rows[1]["name"] == f"spaces/{SPACE_ID}/{SPACE_PATH}"
 
 
-def test_no_checkpoint_for_task_lists_repo_files(tmp_path: Path) -> None:
-    server = FakeHub(REPO_ID, {"README.md": b"hi", "LICENSE.md": b"x"}).start()
+def test_a_file_of_another_task_is_refused_and_the_next_source_used(tmp_path: Path) -> None:
+    server = FakeHub(REPO_ID, {"model_deraining.pth": _checkpoint_bytes("deblur")})
+    server.serve(SPACE_ID, {SPACE_PATH: _checkpoint_bytes()}, repo_type="space").start()
     try:
         reg = write_registry(tmp_path)
         proc = run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, server.url))
     finally:
         server.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "source 1 deepinv/MPRNet/model_deraining.pth: model_deraining.pth holds the published "
+        "deblur network, not the published derain network (n_feat 8, scale_unetfeats 4, "
+        "scale_orsnetfeats 4, 1 CABs); trying the next source"
+    ) in proc.stderr
+    # Offline, the wrong file still in the cache is passed over for the right one.
+    resolved = _resolve_in_subprocess(hub_env(tmp_path, reg, None))
+    assert "spaces--akhaliq--MPRNet" in resolved["path"]
+
+
+def test_all_sources_failing_lists_them_and_the_ways_out(tmp_path: Path, hub: FakeHub) -> None:
+    reg = write_registry(tmp_path, sources=[{**MODEL_SOURCE, "sha256": "f" * 64}, SPACE_SOURCE])
+    proc = run_cli(["weights", "download", "derain", "--quiet"], hub_env(tmp_path, reg, hub.url))
     assert proc.returncode == 1
-    assert "README.md" in proc.stderr and "LICENSE.md" in proc.stderr
+    line = proc.stderr.strip()
+    assert line.count("\n") == 0, proc.stderr
+    assert "source 1 deepinv/MPRNet/model_deraining.pth: its sha256" in line
+    assert "is not the registry's ffffffffffff" in line
+    assert f"source 2 spaces/{SPACE_ID}/{SPACE_PATH}: no such repository" in line
+    for way_out in ("mprnet weights import derain FILE", "--weights FILE", "--model bundled"):
+        assert way_out in line
     assert "Traceback" not in proc.stderr
+
+
+def test_source_option_fetches_only_that_source(tmp_path: Path, hub: FakeHub) -> None:
+    hub.serve(SPACE_ID, {SPACE_PATH: _checkpoint_bytes()}, repo_type="space")
+    reg = write_registry(tmp_path)
+    env = hub_env(tmp_path, reg, hub.url)
+    proc = run_cli(["weights", "download", "derain", "--source", "2"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert hub.downloads() and all("/spaces/" in r for r in hub.downloads())
+    bad = run_cli(["weights", "download", "derain", "--source", "3"], env)
+    assert bad.returncode == 2 and "--source must be between 1 and 2" in bad.stderr
 
 
 def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
@@ -246,13 +312,71 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
     assert "--weights FILE" in line and "mprnet weights download derain" in line
 
 
-def test_hf_hub_offline_is_honoured(tmp_path: Path, hub: FakeHub) -> None:
+@pytest.mark.parametrize(
+    "variables",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "1"}],
+    ids=["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"],
+)
+def test_offline_variables_are_honoured(
+    tmp_path: Path, hub: FakeHub, variables: dict[str, str]
+) -> None:
     reg = write_registry(tmp_path)
-    env = {**hub_env(tmp_path, reg, hub.url), "HF_HUB_OFFLINE": "1"}
+    env = {**hub_env(tmp_path, reg, hub.url), **variables}
     proc = run_cli(["weights", "download", "derain"], env)
     assert proc.returncode == 1
     assert "cannot be reached" in proc.stderr
     assert hub.downloads() == []
+
+
+def test_hand_fetched_file_is_imported_and_used_offline(tmp_path: Path) -> None:
+    fetched = tmp_path / "model_deraining.pth"
+    fetched.write_bytes(_checkpoint_bytes())
+    reg = write_registry(tmp_path)
+    env = hub_env(tmp_path, reg, None)
+    proc = run_cli(["weights", "import", "derain", str(fetched)], env)
+    assert proc.returncode == 0, proc.stderr
+    stored = Path(proc.stderr.strip().split(": ", 1)[1])
+    assert stored.is_file() and stored.read_bytes() == fetched.read_bytes()
+    assert str(tmp_path / "mprnet-cache") in str(stored)
+    fetched.unlink()  # the cache holds its own copy
+    resolved = _resolve_in_subprocess(env)
+    assert resolved == {"source": "imported", "path": str(stored)}
+    rows = [r for r in _json_rows(env) if r["source"] == "imported"]
+    assert [(r["task"], r["local"], r["path"]) for r in rows] == [("derain", True, str(stored))]
+
+
+def test_import_refuses_another_task_or_a_non_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path)))
+    deblur = tmp_path / "model_deblurring.pth"
+    deblur.write_bytes(_checkpoint_bytes("deblur"))
+    with pytest.raises(
+        CheckpointError, match="holds the published deblur network, not the published derain"
+    ):
+        import_file(Task.DERAIN, deblur)
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not weights")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        import_file(Task.DERAIN, notes)
+    with pytest.raises(WeightsError, match="not found"):
+        import_file(Task.DERAIN, tmp_path / "missing.pth")
+    with pytest.raises(OfflineError):  # nothing refused was kept
+        resolve(Task.DERAIN, model=ModelChoice.PUBLISHED, download=False)
+
+
+def test_imported_file_altered_later_is_detected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path)))
+    fetched = tmp_path / "w.pth"
+    fetched.write_bytes(_checkpoint_bytes())
+    stored = import_file(Task.DERAIN, fetched)
+    assert resolve(Task.DERAIN, model=ModelChoice.PUBLISHED).path == stored
+    with stored.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(IntegrityError, match="corrupt or altered"):
+        resolve(Task.DERAIN, model=ModelChoice.PUBLISHED)
 
 
 def test_auto_falls_back_to_bundled_with_notice(
@@ -264,12 +388,20 @@ def test_auto_falls_back_to_bundled_with_notice(
     notes: list[str] = []
     resolved = resolve(Task.DERAIN, notify=notes.append)
     assert resolved.source is Source.BUNDLED
-    assert (
-        len(notes) == 1 and "bundled" in notes[0] and "mprnet weights download derain" in notes[0]
-    )
+    assert len(notes) == 1
+    assert BUNDLED_NOTE in notes[0] and "run `mprnet weights download derain`" in notes[0]
     with pytest.raises(OfflineError):
         resolve(Task.DERAIN, model=ModelChoice.PUBLISHED)
     assert resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED
+
+
+def test_shipped_fallback_notices_say_how_good_the_bundled_weights_are() -> None:
+    for task, entry in registry().items():
+        assert entry.bundled is not None
+        notice = bundled_notice(entry.bundled)
+        assert f"`mprnet weights download {task.value}`" in notice
+        assert re.search(r"[+-]?\d+(\.\d+)? dB", notice), notice  # a figure from the model card
+    assert "barely help" in bundled_notice(registry()[Task.DEBLUR].bundled)  # type: ignore[arg-type]
 
 
 def test_bundled_file_altered_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,43 +426,34 @@ def test_explicit_file_and_errors(tmp_path: Path) -> None:
         resolve(None)
 
 
-def test_verify_file_remembers_good_hashes(tmp_path: Path) -> None:
+def test_verify_file_remembers_good_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mprnet_cli.weights as weights
+
+    hashed: list[Path] = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(p) or real(p))
     f = tmp_path / "w.bin"
     f.write_bytes(b"abc" * 1000)
     sha = hashlib.sha256(f.read_bytes()).hexdigest()
     verify_file(f, sha, 3000)
+    verify_file(f, sha, 3000)
+    assert hashed == [f]  # the second check of an unchanged file reads nothing
     with pytest.raises(IntegrityError, match="3000"):
         verify_file(f, sha, 3001)
-    f.write_bytes(b"abd" * 1000)
+    f.write_bytes(b"abd" * 1000)  # same size, new content and mtime
     with pytest.raises(IntegrityError):
         verify_file(f, sha)
+    assert hashed == [f, f]
 
 
-def test_pick_checkpoint() -> None:
-    files = [
-        "README.md",
-        "model_deblurring.pth",
-        "model_denoising.pth",
-        "model_deraining.pth",
-        "LICENSE.md",
-    ]
-    assert pick_checkpoint(Task.DERAIN, files) == "model_deraining.pth"
-    assert pick_checkpoint(Task.DEBLUR, files) == "model_deblurring.pth"
-    assert pick_checkpoint(Task.DENOISE, files) == "model_denoising.pth"
-    assert pick_checkpoint(Task.DERAIN, ["README.md"]) is None
-    assert pick_checkpoint(Task.DENOISE, ["sidd.pth", "sidd.safetensors"]) == "sidd.safetensors"
-
-
-def test_shipped_registry_is_complete() -> None:
+def test_shipped_registry_describes_the_bundled_files_and_tells_networks_apart() -> None:
+    """Each bundled file is intact and holds the network the registry declares; the
+    published networks differ, so a file of one task under another's name is caught."""
     entries = registry()
     assert set(entries) == set(Task)
-    for entry in entries.values():
-        assert entry.published.repo == REPO_ID
-        assert "Academic" in entry.published.license.name
-        assert entry.published.benchmarks
-        # Our own measured figures travel with the bundled weights (see weights/README.md).
-        assert entry.bundled is not None and entry.bundled.benchmarks
-    assert entries[Task.DEBLUR].published.benchmarks["GoPro"].psnr == 32.66
-    assert entries[Task.DERAIN].published.benchmarks["Rain100L"].ssim == 0.965
-    assert entries[Task.DENOISE].published.benchmarks["SIDD"].psnr == 39.71
-    assert entries[Task.DERAIN].published.config.n_feat == 40
+    published = [entry.published.config for entry in entries.values()]
+    assert len(set(published)) == len(published)
+    for task, entry in entries.items():
+        assert entry.published.sources
+        bundled = resolve(task, model=ModelChoice.BUNDLED)
+        assert network_of(bundled.path) == bundled.config

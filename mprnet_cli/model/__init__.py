@@ -1,11 +1,10 @@
 """The network, its configuration and checkpoint reading."""
 
 from mprnet_cli.model.checkpoint import Checkpoint, build_model, load_model, read_checkpoint
-from mprnet_cli.model.config import PUBLISHED_CONFIGS, MPRNetConfig, detect_config
+from mprnet_cli.model.config import MPRNetConfig, detect_config
 from mprnet_cli.model.network import MPRNet
 
 __all__ = [
-    "PUBLISHED_CONFIGS",
     "Checkpoint",
     "MPRNet",
     "MPRNetConfig",

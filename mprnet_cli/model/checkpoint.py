@@ -134,6 +134,10 @@ def _is_safetensors(path: Path) -> bool:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read any supported weights file; raise `CheckpointError` with a reason if it is not MPRNet."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: is a folder; give the weights file in it (.pth, .pt or .safetensors)"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     metadata: dict[str, str] = {}
@@ -181,6 +185,20 @@ def build_model(checkpoint: Checkpoint) -> MPRNet:
         raise CheckpointError(
             f"{where}these weights do not fit an MPRNet ({'; '.join(parts)}); they may come from a "
             "modified architecture: use a checkpoint of the published MPRNet"
+        )
+    broken = next(
+        (
+            k
+            for k, v in checkpoint.state_dict.items()
+            if v.is_floating_point() and not v.isfinite().all()
+        ),
+        None,
+    )
+    if broken is not None:  # every output would be NaN: fail the run, not each image
+        where = f"{checkpoint.path}: " if checkpoint.path else ""
+        raise CheckpointError(
+            f"{where}the weights hold NaN or infinite values (e.g. {broken}); the file is "
+            "damaged or from a diverged training run: use another checkpoint"
         )
     model.load_state_dict(checkpoint.state_dict, strict=True)
     return model.eval()

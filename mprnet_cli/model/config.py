@@ -61,12 +61,6 @@ class MPRNetConfig:
         return (n, n + s, n + 2 * s, n + o)
 
 
-PUBLISHED_CONFIGS: dict[str, MPRNetConfig] = {
-    "deblur": MPRNetConfig(n_feat=96, scale_unetfeats=48, scale_orsnetfeats=32),
-    "denoise": MPRNetConfig(n_feat=80, scale_unetfeats=48, scale_orsnetfeats=32),
-    "derain": MPRNetConfig(n_feat=40, scale_unetfeats=20, scale_orsnetfeats=16),
-}
-
 # Tensors whose shapes pin down the configuration; a checkpoint lacking them is
 # not an MPRNet checkpoint.
 _REQUIRED = (

@@ -10,29 +10,30 @@ starved by CPU-side image synthesis.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
 from torch import Tensor
 
 from mprnet_cli.errors import InputError, UsageError
+from mprnet_cli.evaluate import find_pairs
+from mprnet_cli.imageio import list_images, read_image, to_uint8, write_bytes_atomic
 from mprnet_cli.model.checkpoint import state_dict_for_saving
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.tasks import Task
 from mprnet_cli.train.degrade import degrade
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 EDGE_WEIGHT = 0.05
 CHARBONNIER_EPS = 1e-3
 
@@ -141,24 +142,18 @@ def learning_rate(step: int, s: TrainSettings, total: int) -> float:
 # --------------------------------------------------------------------------- data
 
 
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+def training_images(folder: Path) -> list[Path]:
+    """Every image below `folder` (subfolders included)."""
+    files = list_images(folder, recursive=True)
     if not files:
         raise InputError(f"{folder}: no images found")
     return files
 
 
 def _load_uint8(path: Path) -> Tensor:
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read image: {exc}") from exc
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+    """Upright 8-bit RGB, decoded by the same reader as restoring and evaluation."""
+    rgb = to_uint8(read_image(path, max_pixels=None).rgb)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
 class CropSampler:
@@ -240,18 +235,13 @@ class Trainer:
     def _load_data(self) -> tuple[CropSampler, list[tuple[Tensor, Tensor]]]:
         s = self.s
         if s.clean_dir is not None:
-            files = list_images(s.clean_dir)
-            images = [_load_uint8(p) for p in files]
+            images = [_load_uint8(p) for p in training_images(s.clean_dir)]
             targets = None
         else:
             assert s.input_dir is not None and s.target_dir is not None
-            inputs = {p.name: p for p in list_images(s.input_dir)}
-            target_files = {p.name: p for p in list_images(s.target_dir)}
-            names = sorted(set(inputs) & set(target_files))
-            if not names:
-                raise InputError("no file names in common between --input and --target")
-            images = [_load_uint8(inputs[n]) for n in names]
-            targets = [_load_uint8(target_files[n]) for n in names]
+            pairs = find_pairs(s.input_dir, s.target_dir)
+            images = [_load_uint8(degraded) for _, degraded, _ in pairs]
+            targets = [_load_uint8(clean) for _, _, clean in pairs]
         sampler = CropSampler(images, targets, s.crop, self.device)
         # Fixed validation crops, drawn once with their own seed (same every run).
         gen = torch.Generator().manual_seed(10_000 + s.seed)
@@ -293,9 +283,9 @@ class Trainer:
             "noise_gen": self.noise_gen.get_state(),
             "recipe": json.dumps(self.s.recipe()),
         }
-        tmp = self.checkpoint_path().with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.checkpoint_path())
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        write_bytes_atomic(self.checkpoint_path(), buffer.getvalue())
 
     def resume(self) -> bool:
         path = self.checkpoint_path()
@@ -408,7 +398,7 @@ class Trainer:
 
     def export(self, path: Path, extra: dict[str, str] | None = None) -> Path:
         """Write `.safetensors` (fp16 storage: half the size, outputs within 1e-3) with metadata."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {k: v.half() for k, v in state_dict_for_saving(self.model.cpu()).items()}
         self.model.to(self.device)
@@ -426,9 +416,7 @@ class Trainer:
             **(extra or {}),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        write_bytes_atomic(path, save(tensors, metadata=meta))
         return path
 
 
@@ -437,6 +425,3 @@ def _hardware(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads"
 
-
-def with_overrides(settings: TrainSettings, **changes: Any) -> TrainSettings:
-    return replace(settings, **changes)
