@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from mprnet_cli.api import Restorer
-    from mprnet_cli.batch import Job, Result
     from mprnet_cli.errors import MprnetError
+    from mprnet_cli.jobs import Job, Result
 
 DEBUG_ENV = "MPRNET_DEBUG"
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention
@@ -296,6 +296,7 @@ RayAddressOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         "--ray-address",
+        metavar="ADDR",
         help="Ray cluster to join with --engine ray (default: RAY_ADDRESS, the cluster "
         "`ray start` made here, else a new local one).",
         show_default=False,
@@ -305,6 +306,7 @@ WorkersOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--workers",
+        metavar="N",
         min=1,
         help="Network actors with --engine ray (default: one per GPU; CPU-only: CPUs / 4).",
         show_default=False,
@@ -314,6 +316,7 @@ GpusPerWorkerOpt = Annotated[
     Optional[float],  # noqa: UP045
     typer.Option(
         "--gpus-per-worker",
+        metavar="F",
         min=0.0,
         help="GPUs per network actor with --engine ray; fractions share a GPU (default: 1 "
         "if the cluster has GPUs, else 0).",
@@ -497,8 +500,9 @@ def _restore(
         import json
         from contextlib import closing
 
-        from mprnet_cli.batch import Callbacks, Destination, expand_inputs, plan_outputs, run_batch
+        from mprnet_cli.batch import run_batch
         from mprnet_cli.errors import UsageError
+        from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
 
         device_spec(restorer_options["device"])
         if cluster is not None:  # file:// URIs are paths to the Ray engine

@@ -1416,7 +1416,7 @@ def temp_target(name: str) -> str | None:
 
     Only a killed process (SIGKILL, power loss) leaves one behind; batch runs use this to
     remove the stale ones of the outputs they handle, so a resumed run leaves no debris. A
-    fresh one may belong to a live writer: see `mprnet_cli.batch.STALE_TEMP_SECONDS`.
+    fresh one may belong to a live writer: see `mprnet_cli.jobs.STALE_TEMP_SECONDS`.
     """
     match = _TEMP_NAME.fullmatch(name)
     return match["target"] if match else None

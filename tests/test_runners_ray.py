@@ -26,10 +26,15 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'mprnet-cli[ray]'")
 
 from mprnet_cli.api import Restorer  # noqa: E402
-from mprnet_cli.batch import Job, Status, expand_inputs, plan_outputs  # noqa: E402
 from mprnet_cli.errors import UsageError  # noqa: E402
 from mprnet_cli.imageio import OutputFormat, encode_image, read_image, resolve_format  # noqa: E402
-from mprnet_cli.jobs import Screened  # noqa: E402
+from mprnet_cli.jobs import (  # noqa: E402
+    Job,
+    Screened,
+    Status,
+    expand_inputs,
+    plan_outputs,
+)
 from mprnet_cli.runners import RaySettings  # noqa: E402
 from mprnet_cli.runners import ray as ray_runner  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
@@ -219,6 +224,7 @@ def test_ctrl_c_stops_the_job_and_leaves_no_temp_files(
         "in",
         "-o",
         "out",
+        "--json",
         "-w",
         str(checkpoint),
         *FAST,
@@ -240,7 +246,7 @@ def test_ctrl_c_stops_the_job_and_leaves_no_temp_files(
         assert time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=90)
+    stdout, stderr = proc.communicate(timeout=90)
     done = sorted(out.glob("*_derained.png"))
     assert proc.returncode == 130, stderr.decode()
     assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
@@ -249,6 +255,11 @@ def test_ctrl_c_stops_the_job_and_leaves_no_temp_files(
         with Image.open(path) as im:
             im.load()
     assert temps(tmp_path) == []
+    # Every output on disk was reported, once.
+    reported = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert sorted(r["output"] for r in reported if r["status"] == "ok") == [
+        f"out/{p.name}" for p in done
+    ]
 
 
 def test_the_driver_downloads_the_weights_once_and_workers_never_do(
@@ -437,14 +448,8 @@ def test_jobs_are_files_only() -> None:
         )
 
 
-def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes(
-    tmp_path: Path,
-) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    names = [".a_x.png.0123abcd.tmp", ".b_x.png.89abcdef.tmp", ".c_x.png.00000000.tmp", "a_x.png"]
-    for name in names:
-        (out / name).write_bytes(b"partial")
+def unfinished_run(tmp_path: Path, out: Path, **kw: Any) -> Any:
+    """A file run as it is when stopped: a, b, c planned (a and b never reported back)."""
     jobs = [Job(tmp_path / f"{n}.png") for n in "abc"]
     run = ray_runner._FileRun(
         jobs,
@@ -455,10 +460,35 @@ def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes
         overwrite=False,
         jpeg_quality=95,
         max_pixels=None,
-        callbacks=ray_runner.Callbacks(),
+        callbacks=ray_runner.Callbacks(**kw),
         factory=ray_runner.default_restorer,
     )
-    # a and b were sent out and never reported; c finished (its temp file is not ours).
     run._pending = {0: Screened(jobs[0], out / "a_x.png"), 1: Screened(jobs[1], out / "b_x.png")}
+    return run
+
+
+def test_an_interrupted_run_reports_the_outputs_its_workers_finished(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x.png").write_bytes(b"written by a worker before the stop")
+    seen: list[Any] = []
+    run = unfinished_run(tmp_path, out, finished=seen.append)
+    run._report_settled(since=time.time())
+    assert [(r.input, r.output, r.status) for r in seen] == [
+        (str(tmp_path / "a.png"), str(out / "a_x.png"), Status.OK)
+    ]
+    assert list(run._pending) == [1]  # b is still unaccounted for: its temp files will go
+
+
+def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [".a_x.png.0123abcd.tmp", ".b_x.png.89abcdef.tmp", ".c_x.png.00000000.tmp", "a_x.png"]
+    for name in names:
+        (out / name).write_bytes(b"partial")
+    # a and b were sent out and never reported; c finished (its temp file is not ours).
+    run = unfinished_run(tmp_path, out)
     run._sweep_unfinished()
     assert sorted(p.name for p in out.iterdir()) == [".c_x.png.00000000.tmp", "a_x.png"]

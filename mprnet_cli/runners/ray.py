@@ -50,17 +50,6 @@ import numpy.typing as npt
 import ray
 import ray.data
 
-from mprnet_cli.batch import (
-    Callbacks,
-    Destination,
-    Job,
-    OutputPlan,
-    RestorerLike,
-    Result,
-    Status,
-    _make_folder,
-    _reason,
-)
 from mprnet_cli.choices import ModelChoice, OutputFormat, Precision
 from mprnet_cli.errors import InputError, MprnetError, OutputExistsError, UsageError
 from mprnet_cli.imageio import (
@@ -78,11 +67,20 @@ from mprnet_cli.imageio import (
     write_image,
 )
 from mprnet_cli.jobs import (
+    Callbacks,
+    Destination,
+    Job,
+    OutputPlan,
     Planner,
+    RestorerLike,
+    Result,
     Screened,
+    Status,
     failed,
     failed_at_write,
     image_notes,
+    make_output_folder,
+    reason,
     restored,
     skipped_at_write,
     unexpected,
@@ -265,7 +263,7 @@ def _decode(source: Path | bytes, label: str, fmt: OutputFormat, max_pixels: int
     try:
         decoded = read_image(source, name=label, max_pixels=max_pixels)
     except MprnetError as exc:
-        return _Failed(_reason(exc, label))
+        return _Failed(reason(exc, label))
     except Exception as exc:
         return _Failed(unexpected(exc, "decoding"))
     info = decoded.info
@@ -363,7 +361,7 @@ class _Network:
         try:
             out, stats = self.restorer.restore_rgb(rgb, warn=warned.append)
         except MprnetError as exc:
-            return _Failed(_reason(exc, item.label), *item.size)
+            return _Failed(reason(exc, item.label), *item.size)
         except Exception as exc:
             return _Failed(unexpected(exc, "restoring"), *item.size)
         notes = image_notes(
@@ -401,7 +399,7 @@ def _finish(item: Any, write: Callable[[_Restored], bytes | None]) -> _Written:
     except OutputExistsError:  # appeared since the plan (another process): not ours
         status = Status.SKIPPED
     except MprnetError as exc:
-        status, error = Status.FAILED, _reason(exc, item.label)
+        status, error = Status.FAILED, reason(exc, item.label)
     except Exception as exc:
         status, error = Status.FAILED, unexpected(exc, "writing")
     return _Written(
@@ -426,7 +424,7 @@ def _write_file(
 
     def write(item: _Restored) -> None:
         if plan.destination is Destination.DIRECTORY:
-            _make_folder(target.parent)
+            make_output_folder(target.parent)
         write_image(
             target,
             item.rgb,
@@ -501,6 +499,13 @@ def _connect(address: str | None) -> bool:
             f"{' '.join(str(exc).split())}; check --ray-address (or RAY_ADDRESS)"
         ) from None
     return True
+
+
+def _stop(started: bool) -> None:
+    """Shut down the Ray this run started or joined: its workers stop (a local Ray) or the
+    cluster stops this job's workers as the driver leaves; no write of ours runs after."""
+    if started:
+        ray.shutdown()
 
 
 def _quiet_ray_data() -> None:
@@ -624,12 +629,39 @@ class _FileRun:
         resolved = self.weights()
         _check_weights(resolved)
         started = _connect(self.settings.address)
+        since = time.time()
+        stopped = False
         try:
             yield from self._stream(resolved)
+        except BaseException:
+            # Ctrl-C, SIGTERM, a closed generator or an error: stop the workers first, then
+            # report the outputs they finished that the driver had not heard of yet.
+            _stop(started)
+            stopped = True
+            self._report_settled(since)
+            raise
         finally:
-            if started:
-                ray.shutdown()  # stops our workers: no write is still running after this
+            if not stopped:
+                _stop(started)
             self._sweep_unfinished()
+
+    def _report_settled(self, since: float) -> None:
+        """Outputs on disk whose records never arrived get one (without timings), so no
+        output goes unreported; quietly, as the run is unwinding."""
+        for index, screened in list(self._pending.items()):
+            target = screened.target
+            if target is None:
+                continue
+            try:
+                fresh = target.is_file() and (
+                    not self.overwrite or target.stat().st_mtime >= since - 1
+                )
+            except OSError:
+                fresh = False
+            if fresh:
+                del self._pending[index]
+                with contextlib.suppress(Exception):  # a broken reporter must not mask the cause
+                    self._emit(Result(screened.job.label, str(target), Status.OK))
 
     def _rows(self) -> Iterator[dict[str, Any]]:
         for index, screened in self._pending.items():
