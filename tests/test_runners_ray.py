@@ -26,7 +26,7 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'mprnet-cli[ray]'")
 
 from mprnet_cli.api import Restorer  # noqa: E402
-from mprnet_cli.errors import UsageError  # noqa: E402
+from mprnet_cli.errors import MprnetError, UsageError  # noqa: E402
 from mprnet_cli.imageio import OutputFormat, encode_image, read_image, resolve_format  # noqa: E402
 from mprnet_cli.jobs import (  # noqa: E402
     Job,
@@ -420,12 +420,15 @@ def test_cluster_plan_sizes_the_actor_pool(
     [
         ({"CPU": 8}, RaySettings(), "cuda", "--gpus-per-worker"),
         ({"CPU": 8, "GPU": 1}, RaySettings(gpus_per_worker=1), "cpu", "contradict"),
+        ({"CPU": 8, "GPU": 1}, RaySettings(workers=2), "auto", "need 2 GPUs; .* has 1"),
+        ({"CPU": 2}, RaySettings(workers=2), "auto", "need 3 CPUs .* has 2"),
+        ({"CPU": 4, "GPU": 4}, RaySettings(), "auto", "need 5 CPUs"),
     ],
 )
-def test_cluster_plan_refuses_contradictions(
+def test_cluster_plan_refuses_contradictions_and_pools_that_cannot_start(
     resources: dict[str, float], settings: RaySettings, device: str, message: str
 ) -> None:
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(MprnetError, match=message):
         ray_runner.cluster_plan(resources, settings, device)
 
 

@@ -18,14 +18,18 @@ The pipeline (`restore_files` for the CLI, `restore_dataset` for a Ray Dataset):
 * In-flight data is bounded by Ray Data's streaming executor: it backpressures each
   operator against this job's object-store budget (half of the cluster's object store by
   default; `RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION` changes it), each actor holds at
-  most `_TASKS_PER_ACTOR` queued blocks, and inputs are cut into blocks of a few images,
-  so a million inputs never materialise at once.
+  most `_TASKS_PER_ACTOR` queued blocks, input blocks hold one path each (up to
+  `_MAX_BLOCKS` blocks) and decoded blocks are cut at Ray Data's target block size, so a
+  million inputs never materialise at once.
 * Faults: a file that fails (corrupt, too big, unwritable output) is a failed row, like
   locally. A crashed actor is restarted and its task retried by Ray (`max_restarts`,
-  `max_task_retries`: Ray Data's defaults, unlimited); writes are atomic and never
-  clobber, and the driver keeps one record per input, so a retried task neither loses
-  nor duplicates an output. On Ctrl-C the driver stops the job (shutting down a Ray it
-  started), then removes the temporary files of the writes it had not heard back from.
+  `max_task_retries`: Ray Data's defaults, unlimited); writes are atomic (and replace an
+  existing file only with --overwrite), and the driver keeps one record per input, so a
+  retried task neither loses nor duplicates an output. A pool that cannot fit the cluster
+  is refused before the job starts (Ray Data would wait for it), and a failure of the
+  job itself is one `ClusterError` line. On Ctrl-C the driver stops the job (shutting down a Ray it
+  started), reports the outputs its workers finished that it had not heard of, then
+  removes the temporary files of the writes it had not heard back from.
 * Results stream to the driver as encode tasks finish: not in input order.
 """
 
@@ -49,9 +53,16 @@ import numpy as np
 import numpy.typing as npt
 import ray
 import ray.data
+import ray.exceptions
 
 from mprnet_cli.choices import ModelChoice, OutputFormat, Precision
-from mprnet_cli.errors import InputError, MprnetError, OutputExistsError, UsageError
+from mprnet_cli.errors import (
+    ClusterError,
+    InputError,
+    MprnetError,
+    OutputExistsError,
+    UsageError,
+)
 from mprnet_cli.imageio import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
@@ -175,7 +186,7 @@ def cluster_plan(
         raise UsageError("--gpus-per-worker and --device cpu contradict each other; drop one")
     if gpw > 0:
         workers = settings.workers or max(1, math.floor(gpus / gpw))
-        return ClusterPlan(workers, 1.0, gpw)
+        return _fits(ClusterPlan(workers, 1.0, gpw), cpus, gpus)
     if device.startswith("cuda"):
         raise UsageError(
             f"--device {device} needs GPUs on the workers: give --gpus-per-worker (the cluster "
@@ -183,7 +194,26 @@ def cluster_plan(
         )
     workers = settings.workers or max(1, int(cpus // 4))
     per = max(1.0, float((cpus - workers) // workers))
-    return ClusterPlan(workers, per, 0.0)
+    return _fits(ClusterPlan(workers, per, 0.0), cpus, gpus)
+
+
+def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
+    """The pool must fit the cluster as it is, with a CPU left for decoding and encoding:
+    Ray Data would otherwise wait for actors that cannot start."""
+    need_gpus = plan.workers * plan.gpus_per_worker
+    if need_gpus > gpus:
+        raise ClusterError(
+            f"{plan.workers} network actors x {plan.gpus_per_worker:g} GPU need {need_gpus:g} "
+            f"GPUs; the cluster has {gpus:g}: lower --workers or --gpus-per-worker"
+        )
+    need_cpus = plan.workers * plan.cpus_per_worker + 1
+    if need_cpus > cpus:
+        each = "one" if plan.cpus_per_worker == 1 else f"{plan.cpus_per_worker:g}"
+        raise ClusterError(
+            f"{plan.workers} network actors need {need_cpus:g} CPUs ({each} each, plus one "
+            f"for decoding and encoding); the cluster has {cpus:g}: lower --workers"
+        )
+    return plan
 
 
 # --------------------------------------------------------------------------- payloads
@@ -553,6 +583,18 @@ def _threads(network: NetworkSettings, cluster: ClusterPlan) -> int:
     return network.threads or max(1, int(cluster.cpus_per_worker))
 
 
+def _rows_of(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
+    """The job's result rows; a failure of the job itself (not of one file) as one line."""
+    try:
+        yield from ds.iter_rows()
+    except ray.exceptions.RayError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise ClusterError(
+            f"the Ray job failed ({type(exc).__name__}: {lines[-1] if lines else exc}); "
+            "see the Ray logs (`ray logs`, or the dashboard) for the cause"
+        ) from exc
+
+
 def _blocks(n: int) -> int:
     """One image per block up to `_MAX_BLOCKS` (fine-grained retries and balance)."""
     return max(1, min(n, _MAX_BLOCKS))
@@ -694,7 +736,7 @@ class _FileRun:
             ),
             num_cpus=1,
         )
-        for row in ds.iter_rows():
+        for row in _rows_of(ds):
             screened = self._pending.pop(int(row["index"]), None)
             if screened is None:
                 continue  # a retried task's second report of a finished job
