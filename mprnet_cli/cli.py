@@ -447,6 +447,9 @@ class _Reporter:
             self.note(f"mprnet: warning: {warning}")
         if status == "ok":  # with or without bars: where each output went
             target = "<stdout>" if result.output == "-" else result.output
+            if result.device is None:  # found on disk as a run stopped: no timings known
+                self.note(f"{source} -> {target}")
+                return
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"

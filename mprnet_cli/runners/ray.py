@@ -42,7 +42,9 @@ import math
 import os
 import pickle
 import re
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -513,6 +515,26 @@ def _connect(address: str | None) -> bool:
     # core's advisory log lines would bury the per-image lines (errors still raise).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
+    with _signal_handlers_kept():
+        _init(address, quiet)
+    return True
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Ray's core installs its own SIGTERM handler in the driver (it dumps a stack and
+    exits 15); put back the one the CLI installed, so SIGTERM stays a clean stop (143)."""
+    main = threading.current_thread() is threading.main_thread()
+    kept = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _init(address: str | None, quiet: dict[str, Any]) -> None:
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -528,7 +550,6 @@ def _connect(address: str | None) -> bool:
             f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
             f"{' '.join(str(exc).split())}; check --ray-address (or RAY_ADDRESS)"
         ) from None
-    return True
 
 
 def _stop(started: bool) -> None:
