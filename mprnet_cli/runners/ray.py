@@ -117,7 +117,6 @@ __all__ = [
 PAYLOAD: Final = "payload"
 _TASKS_PER_ACTOR: Final = 2
 _MAX_BLOCKS: Final = 10_000
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- settings
