@@ -220,7 +220,9 @@ def test_stdin_and_stdout_need_the_local_engine(tmp_path: Path, ray_cluster: str
 def test_a_signal_stops_the_job_reports_every_output_and_leaves_no_temp_files(
     tmp_path: Path, checkpoint: Path, ray_cluster: str, sig: int, code: int
 ) -> None:
-    for i in range(24):
+    # ~0.1 s per image in the actor: the job runs for seconds after its first output, so
+    # the signal always lands mid-job, even on a faster machine.
+    for i in range(40):
         save_png(tmp_path / "in" / f"{i:02}.png", size=160)
     args = [
         "derain",
@@ -255,7 +257,7 @@ def test_a_signal_stops_the_job_reports_every_output_and_leaves_no_temp_files(
     assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
     assert "SIGTERM received" not in stderr.decode()  # Ray's own handler stayed out of it
     assert " on None" not in stderr.decode()  # outputs found at the stop: no made-up timings
-    assert 1 <= len(done) < 24, "the job finished before the signal; make it longer"
+    assert 1 <= len(done) < 40, "the job finished before the signal; make it longer"
     for path in done:
         with Image.open(path) as im:
             im.load()
