@@ -45,3 +45,10 @@ def device_spec(spec: str | None) -> str:
     if not _DEVICE_RE.fullmatch(text):
         raise UsageError(f"unknown device {text!r}: use auto, cpu, cuda, cuda:N or mps")
     return text
+
+
+class EngineChoice(str, Enum):
+    """Where restore commands run: this machine's threads, or a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"

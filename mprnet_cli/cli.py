@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.choices import ModelChoice, OutputFormat, Precision, device_spec
+from mprnet_cli.choices import EngineChoice, ModelChoice, OutputFormat, Precision, device_spec
+from mprnet_cli.runners import RaySettings
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
     from mprnet_cli.api import Restorer
-    from mprnet_cli.batch import Job, Result
     from mprnet_cli.errors import MprnetError
+    from mprnet_cli.jobs import Job, Result
 
 DEBUG_ENV = "MPRNET_DEBUG"
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention
@@ -284,6 +285,69 @@ MaxPixelsOpt = Annotated[
     ),
 ]
 
+EngineOpt = Annotated[
+    EngineChoice,
+    typer.Option(
+        "--engine",
+        help="local: this machine; ray: a Ray cluster (pip install 'mprnet-cli[ray]').",
+    ),
+]
+RayAddressOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to join with --engine ray (default: RAY_ADDRESS, the cluster "
+        "`ray start` made here, else a new local one).",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--workers",
+        metavar="N",
+        min=1,
+        help="Network actors with --engine ray (default: one per GPU; CPU-only: CPUs / 4).",
+        show_default=False,
+    ),
+]
+GpusPerWorkerOpt = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--gpus-per-worker",
+        metavar="F",
+        min=0.0,
+        help="GPUs per network actor with --engine ray; fractions share a GPU (default: 1 "
+        "if the cluster has GPUs, else 0).",
+        show_default=False,
+    ),
+]
+
+
+def ray_settings(
+    engine: EngineChoice,
+    address: str | None,
+    workers: int | None,
+    gpus_per_worker: float | None,
+) -> RaySettings | None:
+    """The Ray options as one value (None: the local engine); usage error if given without ray."""
+    if engine is EngineChoice.RAY:
+        return RaySettings(address, workers, gpus_per_worker)
+    given = [
+        flag
+        for flag, value in (
+            ("--ray-address", address),
+            ("--workers", workers),
+            ("--gpus-per-worker", gpus_per_worker),
+        )
+        if value is not None
+    ]
+    if given:
+        raise typer.BadParameter(f"{given[0]} needs --engine ray", param_hint=given[0])
+    return None
+
+
 _FORMAT_SPELLINGS = {"jpeg": "jpg", "tif": "tiff"}
 
 
@@ -383,6 +447,9 @@ class _Reporter:
             self.note(f"mprnet: warning: {warning}")
         if status == "ok":  # with or without bars: where each output went
             target = "<stdout>" if result.output == "-" else result.output
+            if result.device is None:  # found on disk as a run stopped: no timings known
+                self.note(f"{source} -> {target}")
+                return
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"
@@ -429,16 +496,23 @@ def _restore(
     restorer_options: dict[str, Any],
     threads: int | None,
     explicit_overlap: int | None = None,
+    cluster: RaySettings | None = None,
 ) -> None:
     out_format = parse_format(fmt)
     with errors_to_exit():
         import json
         from contextlib import closing
 
-        from mprnet_cli.batch import Callbacks, Destination, expand_inputs, plan_outputs, run_batch
+        from mprnet_cli.batch import run_batch
         from mprnet_cli.errors import UsageError
+        from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
 
         device_spec(restorer_options["device"])
+        if cluster is not None:  # file:// URIs are paths to the Ray engine
+            from mprnet_cli.runners import load_ray
+
+            inputs = [load_ray().local_path(arg) for arg in inputs]
+            output = None if output is None else load_ray().local_path(output)
         if json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
         tile, overlap = restorer_options["tile"], explicit_overlap
@@ -477,18 +551,34 @@ def _restore(
         # closing(): whatever stops this loop (a closed stdout, Ctrl-C between results) shuts
         # the runner down here and now (queued work dropped, the write in progress finished),
         # before the error is reported, not whenever the generator happens to be collected.
-        results = run_batch(
-            expansion.jobs,
-            load,
-            plan,
-            overwrite=overwrite,
-            jpeg_quality=jpeg_quality,
-            max_pixels=max_pixels or None,
-            callbacks=callbacks,
-            stdin=sys.stdin.buffer,
-            stdout=sys.stdout.buffer,
-            raise_unexpected=_debug(),
-        )
+        if cluster is not None:
+            results = _ray_results(
+                task,
+                expansion.jobs,
+                plan,
+                cluster,
+                restorer_options,
+                threads,
+                reporter,
+                overwrite=overwrite,
+                jpeg_quality=jpeg_quality,
+                max_pixels=max_pixels or None,
+                callbacks=callbacks,
+                quiet=quiet,
+            )
+        else:
+            results = run_batch(
+                expansion.jobs,
+                load,
+                plan,
+                overwrite=overwrite,
+                jpeg_quality=jpeg_quality,
+                max_pixels=max_pixels or None,
+                callbacks=callbacks,
+                stdin=sys.stdin.buffer,
+                stdout=sys.stdout.buffer,
+                raise_unexpected=_debug(),
+            )
         try:
             with reporter, closing(results):
                 for _ in results:
@@ -499,6 +589,49 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _ray_results(
+    task: Task,
+    jobs: list[Job],
+    plan: Any,
+    cluster: RaySettings,
+    restorer_options: dict[str, Any],
+    threads: int | None,
+    reporter: _Reporter,
+    **kw: Any,
+) -> Generator[Result, None, None]:
+    """The Ray engine's results (`mprnet_cli.runners.ray`); weights resolved here, once."""
+    from mprnet_cli.runners import load_ray
+    from mprnet_cli.weights import resolve
+
+    ray_runner = load_ray()
+    quiet = kw.pop("quiet")
+    opts = restorer_options
+    if opts["compile"]:
+        from mprnet_cli.errors import UsageError
+
+        raise UsageError("--compile is not supported with --engine ray yet; drop it")
+    network = ray_runner.NetworkSettings(
+        task,
+        device=opts["device"],
+        precision=opts["precision"],
+        tile=opts["tile"],
+        tile_overlap=opts["tile_overlap"],
+        tile_batch=opts["tile_batch"],
+        threads=threads,
+    )
+    results: Generator[Result, None, None] = ray_runner.restore_files(
+        jobs,
+        plan,
+        weights=lambda: resolve(
+            task, weights=opts["weights"], model=opts["model"], notify=reporter.note, quiet=quiet
+        ),
+        network=network,
+        settings=cluster,
+        **kw,
+    )
+    return results
 
 
 def _register(task: Task) -> None:
@@ -529,7 +662,12 @@ def _register(task: Task) -> None:
         tile_batch: TileBatchOpt = 1,
         threads: ThreadsOpt = None,
         compile_model: CompileOpt = False,
+        engine: EngineOpt = EngineChoice.LOCAL,
+        ray_address: RayAddressOpt = None,
+        workers: WorkersOpt = None,
+        gpus_per_worker: GpusPerWorkerOpt = None,
     ) -> None:
+        cluster = ray_settings(engine, ray_address, workers, gpus_per_worker)
         options = {
             "weights": weights,
             "model": model,
@@ -555,6 +693,7 @@ def _register(task: Task) -> None:
             options,
             threads,
             tile_overlap,
+            cluster,
         )
 
     command.__doc__ = (

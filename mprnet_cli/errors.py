@@ -64,6 +64,10 @@ class DeviceError(MprnetError):
     """The requested device does not exist or cannot be used."""
 
 
+class ClusterError(MprnetError):
+    """The Ray cluster cannot run the job (too few resources, a job-level Ray failure)."""
+
+
 class OutOfMemoryError(MprnetError):
     """Not enough memory even at the smallest tile size."""
 

@@ -142,6 +142,7 @@ __all__ = [
     "temp_target",
     "to_uint8",
     "to_uint16",
+    "unit_rgb",
     "write_bytes_atomic",
     "write_image",
 ]
@@ -224,6 +225,25 @@ def to_uint8(rgb: FloatArray) -> npt.NDArray[np.uint8]:
 def to_uint16(rgb: FloatArray) -> npt.NDArray[np.uint16]:
     """round(clip(x, 0, 1) * 65535), NaN -> 0."""
     return _quantize(rgb, 65535).astype(np.uint16)
+
+
+def unit_rgb(color: npt.NDArray[Any], bit_depth: int) -> npt.NDArray[np.float32]:
+    """Integer pixels ((H, W) gray or (H, W, 3)) -> the network's (H, W, 3) float32 in [0, 1].
+
+    The one formula every decode uses, so a runner that ships the compact integers
+    (`to_uint8`/`to_uint16` of `DecodedImage.rgb` recover them exactly) and rebuilds the
+    floats elsewhere gets bit-identical network input.
+    """
+    h, w = color.shape[:2]
+    scale = 65535.0 if bit_depth == 16 else 255.0
+    rgb = np.empty((h, w, 3), dtype=np.float32)
+    if color.ndim == 2:
+        np.divide(color, scale, out=rgb[..., 0], dtype=np.float32)
+        rgb[..., 1] = rgb[..., 0]
+        rgb[..., 2] = rgb[..., 0]
+    else:
+        np.divide(color, scale, out=rgb, dtype=np.float32)
+    return rgb
 
 
 def _quantize(x: FloatArray, scale: int) -> npt.NDArray[np.float32]:
@@ -563,14 +583,7 @@ def _decode(im: Image.Image, fp: IO[bytes], label: str) -> DecodedImage:
     exif = _output_exif(raw_exif, exif_obj, orientation, (w, h), notes)
 
     color = px.color
-    scale = 65535.0 if px.bit_depth == 16 else 255.0
-    rgb = np.empty((h, w, 3), dtype=np.float32)
-    if color.ndim == 2:
-        np.divide(color, scale, out=rgb[..., 0], dtype=np.float32)
-        rgb[..., 1] = rgb[..., 0]
-        rgb[..., 2] = rgb[..., 0]
-    else:
-        np.divide(color, scale, out=rgb, dtype=np.float32)
+    rgb = unit_rgb(color, px.bit_depth)
     info = ImageInfo(
         format=fmt,
         mode=px.mode,
@@ -1403,7 +1416,7 @@ def temp_target(name: str) -> str | None:
 
     Only a killed process (SIGKILL, power loss) leaves one behind; batch runs use this to
     remove the stale ones of the outputs they handle, so a resumed run leaves no debris. A
-    fresh one may belong to a live writer: see `mprnet_cli.batch.STALE_TEMP_SECONDS`.
+    fresh one may belong to a live writer: see `mprnet_cli.jobs.STALE_TEMP_SECONDS`.
     """
     match = _TEMP_NAME.fullmatch(name)
     return match["target"] if match else None

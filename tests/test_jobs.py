@@ -1,0 +1,149 @@
+"""Tests for mprnet_cli.jobs.Planner: the per-job rules both runners apply.
+
+Inputs and output names are tested through `mprnet_cli.batch` (tests/test_batch.py), which
+re-exports them; these tests call the planner the way the Ray runner does: up front, from
+names alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mprnet_cli.jobs import (
+    STALE_TEMP_SECONDS,
+    Job,
+    Planner,
+    Result,
+    Screened,
+    Status,
+    expand_inputs,
+    failed_at_write,
+    plan_outputs,
+    restored,
+    skipped_at_write,
+)
+
+SUFFIX = "_x"
+
+
+def save(path: Path, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path, fmt)
+    return path
+
+
+def planner(args: list[str], output: str | None, *, overwrite: bool = False) -> Planner:
+    exp = expand_inputs(args, suffix=SUFFIX, exclude=Path(output) if output else None)
+    return Planner(plan_outputs(exp, output, suffix=SUFFIX), exp.jobs, overwrite=overwrite)
+
+
+@pytest.fixture()
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_screen_claims_the_predicted_output_and_creates_its_folder(cwd: Path) -> None:
+    save(cwd / "in" / "sub" / "a.jpg", "JPEG")
+    p = planner(["in/sub/a.jpg"], "out/")
+    verdict = p.screen(p.jobs[0])
+    assert verdict == Screened(p.jobs[0], Path("out/a_x.jpg"))
+    assert (cwd / "out").is_dir()  # created and test-written before any work is sent out
+
+
+def test_screen_skips_existing_outputs_unless_overwrite(cwd: Path) -> None:
+    save(cwd / "a.png")
+    save(cwd / "a_x.png")
+    skip = planner(["a.png"], None).screen(Job(Path("a.png"), root=Path()))
+    assert isinstance(skip, Result) and skip.status is Status.SKIPPED
+    again = planner(["a.png"], None, overwrite=True)
+    assert isinstance(again.screen(again.jobs[0]), Screened)
+
+
+def test_screen_fails_collisions_errors_and_unwritable_folders(cwd: Path) -> None:
+    save(cwd / "x" / "a.png")
+    save(cwd / "y" / "a.png")
+    p = planner(["x/a.png", "y/a.png"], "out")
+    assert isinstance(p.screen(p.jobs[0]), Screened)
+    second = p.screen(p.jobs[1])
+    assert isinstance(second, Result) and second.status is Status.FAILED
+    assert "also the output of x/a.png" in (second.error or "")
+
+    broken = p.screen(Job(Path("gone.png"), error="no such file; check the path"))
+    assert isinstance(broken, Result) and broken.error == "no such file; check the path"
+
+    (cwd / "blocker").write_text("a file where the output folder should be")
+    q = planner(["x/a.png"], "blocker/sub/")
+    verdict = q.screen(q.jobs[0])
+    assert isinstance(verdict, Result) and verdict.status is Status.FAILED
+    assert verdict.output == "blocker/sub/a_x.png" and "choose another -o" in (verdict.error or "")
+
+
+def test_screen_lets_unpredictable_inputs_through_without_a_target(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save(cwd / "a.png")
+    p = planner(["a.png"], None)
+    # What an unreadable file gives (a mock: root reads any file whatever its mode).
+    monkeypatch.setattr("mprnet_cli.jobs._sniff_container", lambda path: None)
+    assert p.screen(p.jobs[0]) == Screened(p.jobs[0], None)
+
+
+def test_check_removes_only_stale_temp_files_and_release_forgets_the_claim(cwd: Path) -> None:
+    save(cwd / "a.png")
+    stale, fresh = cwd / ".a_x.png.0123abcd.tmp", cwd / ".a_x.png.89abcdef.tmp"
+    for tmp in (stale, fresh):
+        tmp.write_bytes(b"partial")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    p = planner(["a.png"], None)
+    target = Path("a_x.png")
+    assert p.check(p.jobs[0], target) is None
+    assert not stale.exists() and fresh.exists()
+    assert p.check(p.jobs[0], target) is not None  # claimed: a second claim fails
+    p.release(target)
+    assert p.check(p.jobs[0], target) is None
+
+
+def test_exists_ahead_only_for_existing_outputs_without_overwrite(cwd: Path) -> None:
+    save(cwd / "a.png")
+    p = planner(["a.png"], None)
+    assert not p.exists_ahead(p.jobs[0])
+    save(cwd / "a_x.png")
+    assert p.exists_ahead(p.jobs[0])
+    assert not planner(["a.png"], None, overwrite=True).exists_ahead(p.jobs[0])
+
+
+def test_records_at_write_keep_what_was_known() -> None:
+    done = restored(
+        Job(Path("a.png")),
+        Path("a_x.png"),
+        ["a.png: note", "other note", "other note"],
+        seconds=1.5,
+        device="cpu",
+        tiles=2,
+        width=4,
+        height=3,
+    )
+    assert done.warnings == ("a.png: note", "a.png: other note")
+    skipped = skipped_at_write(done)
+    assert (skipped.status, skipped.seconds, skipped.device, skipped.tiles) == (
+        Status.SKIPPED,
+        None,
+        None,
+        None,
+    )
+    assert skipped.width == 4 and skipped.warnings == done.warnings
+    lost = failed_at_write(done, "disk full")
+    assert (lost.status, lost.error, lost.seconds, lost.device) == (
+        Status.FAILED,
+        "disk full",
+        None,
+        "cpu",
+    )

@@ -1,0 +1,504 @@
+"""Tests for `--engine ray` (mprnet_cli.runners.ray) on one local Ray instance (2 CPUs).
+
+Ray is started once per test session (a few seconds); every test shares it. The network
+is the tiny MPRNet of the other end-to-end tests with `--tile 0 --threads 1`, so outputs
+are deterministic and the local engine's files are the reference, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'mprnet-cli[ray]'")
+
+from mprnet_cli.api import Restorer  # noqa: E402
+from mprnet_cli.errors import MprnetError, UsageError  # noqa: E402
+from mprnet_cli.imageio import OutputFormat, encode_image, read_image, resolve_format  # noqa: E402
+from mprnet_cli.jobs import (  # noqa: E402
+    Job,
+    Screened,
+    Status,
+    expand_inputs,
+    plan_outputs,
+)
+from mprnet_cli.runners import RaySettings  # noqa: E402
+from mprnet_cli.runners import ray as ray_runner  # noqa: E402
+from mprnet_cli.tasks import Task  # noqa: E402
+from mprnet_cli.weights import resolve  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+from tests.hub_server import FakeHub  # noqa: E402
+from tests.test_cli import (  # noqa: E402
+    AS_FROM_A_TERMINAL,
+    FAST,
+    camera_exif,
+    env,
+    invoke,
+    make_tree,
+    rand,
+    save_png,
+    srgb_icc,
+    temps,
+    write_checkpoint,
+)
+from tests.test_weights import REPO_ID, _checkpoint_bytes, hub_env, write_registry  # noqa: E402
+
+RAY = ["--engine", "ray"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray for the session; its workers import this checkout (not an installed copy)."""
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """In-process runs pass --threads 1, which is process-wide: put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+def make_mixed_tree(root: Path) -> None:
+    """The end-to-end tree (13 kinds, a corrupt file, a bomb) plus more: 22 images in all."""
+    make_tree(root)
+    icc = srgb_icc()
+    for orientation in (3, 8):
+        Image.fromarray(rand(16, 24, 3)).save(
+            root / f"turned{orientation}.jpg",
+            quality=90,
+            icc_profile=icc,
+            exif=camera_exif(orientation),
+        )
+    Image.fromarray(rand(20, 20, 2)[..., 0]).convert("LA").save(root / "gray_alpha.png")
+    cv2.imwrite(str(root / "gray16.tif"), rand(20, 20, 1, np.uint16))
+    for i in range(3):
+        save_png(root / "more" / f"{i}.png", size=20)
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    out = [json.loads(line) for line in stdout.splitlines()]
+    for r in out:
+        r.pop("seconds")
+    return sorted(out, key=lambda r: r["input"])
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def mixed_runs(
+    tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, ray_cluster: str
+) -> tuple[Path, Any, Any]:
+    """The same command with each engine, on the same 22-image tree."""
+    work = tmp_path_factory.mktemp("mixed")
+    make_mixed_tree(work / "tree")
+    args = ["derain", "tree", "-r", "--json", "-w", checkpoint, *FAST]
+    local = invoke(*args, "-o", "local", cwd=work)
+    distributed = invoke(*args, "-o", "ray", *RAY, cwd=work)
+    return work, local, distributed
+
+
+def test_ray_outputs_are_byte_identical_to_local_ones(mixed_runs: tuple[Path, Any, Any]) -> None:
+    work, local, distributed = mixed_runs
+    assert local.exit_code == 1, local.stderr
+    assert distributed.exit_code == 1, distributed.stderr
+    expected = tree_files(work / "local")
+    assert len(expected) == 20  # 22 images, the corrupt one and the bomb fail
+    assert tree_files(work / "ray") == expected
+    assert temps(work) == []
+
+
+def test_ray_records_match_local_ones_and_the_corrupt_file_fails_with_its_reason(
+    mixed_runs: tuple[Path, Any, Any],
+) -> None:
+    _, local, distributed = mixed_runs
+    want = records(local.stdout)
+    got = records(distributed.stdout)
+    for r in want:
+        if r["output"]:
+            r["output"] = "ray" + r["output"].removeprefix("local")
+    assert got == want
+    failed = {r["input"]: r["error"] for r in got if r["status"] == "failed"}
+    assert set(failed) == {"tree/sub dir/broken.jpg", "tree/sub dir/bomb.png"}
+    assert "truncated" in failed["tree/sub dir/broken.jpg"].lower()
+    assert "pixels" in failed["tree/sub dir/bomb.png"]
+    assert distributed.stderr.strip().splitlines()[-1] == "20 restored, 0 skipped, 2 failed"
+
+
+def test_rerun_skips_all_without_weights_and_overwrite_rewrites(
+    mixed_runs: tuple[Path, Any, Any], checkpoint: Path
+) -> None:
+    work, _, _ = mixed_runs
+    expected = tree_files(work / "ray")
+    # Every output of the top folder exists: no weights are needed (this file does not
+    # exist) and Ray is not asked for anything.
+    again = invoke("derain", "tree", "-o", "ray", "--json", "-w", work / "none.pth", *RAY, cwd=work)
+    assert again.exit_code == 0, again.stderr
+    assert [r["status"] for r in records(again.stdout)] == ["skipped"] * 16
+    # With the broken files (whose outputs do not exist) the weights are resolved on the
+    # driver, as the actors need them; every existing output is skipped.
+    deep = invoke(
+        "derain", "tree", "-r", "-o", "ray", "--json", "-w", checkpoint, *FAST, *RAY, cwd=work
+    )
+    assert deep.exit_code == 1, deep.stderr
+    statuses = [r["status"] for r in records(deep.stdout)]
+    assert statuses.count("skipped") == 20 and statuses.count("failed") == 2
+
+    victim = work / "ray" / "gray16_derained.png"
+    victim.write_bytes(b"stale")
+    redo = invoke(
+        "derain", "tree", "-r", "-o", "ray", "--overwrite", "-w", checkpoint, *FAST, *RAY, cwd=work
+    )
+    assert redo.exit_code == 1, redo.stderr
+    assert redo.stderr.strip().splitlines()[-1] == "20 restored, 0 skipped, 2 failed"
+    assert tree_files(work / "ray") == expected
+    assert temps(work) == []
+
+
+def test_file_uris_work_like_paths(tmp_path: Path, checkpoint: Path, ray_cluster: str) -> None:
+    for i in range(3):
+        save_png(tmp_path / "in dir" / f"{i}.png", size=20)
+    args = ["denoise", "--json", "-w", checkpoint, *FAST]
+    local = invoke(*args, "in dir", "-o", "plain", cwd=tmp_path)
+    source = (tmp_path / "in dir").as_uri()
+    uri = invoke(*args, source, "-o", (tmp_path / "uri").as_uri(), *RAY, cwd=tmp_path)
+    assert local.exit_code == 0 and uri.exit_code == 0, uri.stderr
+    assert tree_files(tmp_path / "uri") == tree_files(tmp_path / "plain")
+    assert len(tree_files(tmp_path / "uri")) == 3
+
+
+def test_object_store_uris_are_a_clear_usage_error(tmp_path: Path) -> None:
+    result = invoke("derain", "s3://bucket/photos", *RAY, cwd=tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "s3:// is not supported yet" in result.stderr
+
+
+def test_stdin_and_stdout_need_the_local_engine(tmp_path: Path, ray_cluster: str) -> None:
+    save_png(tmp_path / "a.png")
+    result = invoke("derain", "a.png", "-o", "-", *RAY, cwd=tmp_path)
+    assert result.exit_code == 2 and "--engine local" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_stops_the_job_reports_every_output_and_leaves_no_temp_files(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str, sig: int, code: int
+) -> None:
+    # ~0.1 s per image in the actor: the job runs for seconds after its first output, so
+    # the signal always lands mid-job, even on a faster machine.
+    for i in range(40):
+        save_png(tmp_path / "in" / f"{i:02}.png", size=160)
+    args = [
+        "derain",
+        "in",
+        "-o",
+        "out",
+        "--json",
+        "-w",
+        str(checkpoint),
+        *FAST,
+        *RAY,
+        "--ray-address",
+        ray_cluster,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AS_FROM_A_TERMINAL, *args],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out = tmp_path / "out"
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.glob("*_derained.png"))):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=90)
+    done = sorted(out.glob("*_derained.png"))
+    assert proc.returncode == code, stderr.decode()
+    assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
+    assert "SIGTERM received" not in stderr.decode()  # Ray's own handler stayed out of it
+    assert " on None" not in stderr.decode()  # outputs found at the stop: no made-up timings
+    assert 1 <= len(done) < 40, "the job finished before the signal; make it longer"
+    for path in done:
+        with Image.open(path) as im:
+            im.load()
+    assert temps(tmp_path) == []
+    # Every output on disk was reported, once.
+    reported = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert sorted(r["output"] for r in reported if r["status"] == "ok") == [
+        f"out/{p.name}" for p in done
+    ]
+
+
+def test_the_driver_downloads_the_weights_once_and_workers_never_do(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    """Published weights from a stand-in Hub: the driver fetches them; the actors (whose
+    environment is offline and knows no such registry) restore with what it shipped."""
+    hub = FakeHub(REPO_ID, {"model_deraining.pth": _checkpoint_bytes(), "LICENSE.md": b"x"})
+    hub.start()
+    try:
+        for i in range(3):
+            save_png(tmp_path / "in" / f"{i}.png", size=20)
+        registry = write_registry(tmp_path)
+        cmd = [sys.executable, "-m", "mprnet_cli", "derain", "in", "--json"]
+        cmd += ["--model", "published", *FAST]
+        run_env = {**env(), **hub_env(tmp_path, registry, hub.url), "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            [*cmd, "-o", "out", *RAY, "--ray-address", ray_cluster],
+            cwd=tmp_path,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(x)["status"] for x in proc.stdout.splitlines()] == ["ok"] * 3
+        assert hub.requests == [  # the driver's one download, nothing from the workers
+            "HEAD /deepinv/MPRNet/resolve/main/model_deraining.pth",
+            "GET /deepinv/MPRNet/resolve/main/model_deraining.pth",
+        ]
+        # The network the actors ran is the downloaded one (the local engine, from cache).
+        local = subprocess.run(
+            [*cmd, "-o", "local"], cwd=tmp_path, env=run_env, capture_output=True, check=False
+        )
+        assert local.returncode == 0, local.stderr
+        assert tree_files(tmp_path / "out") == tree_files(tmp_path / "local")
+    finally:
+        hub.stop()
+
+
+# --------------------------------------------------------------------------- faults
+
+
+class CrashOnce:
+    """A restorer factory whose network kills its actor's process at the 3rd image, once."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, settings: ray_runner.NetworkSettings, weights: Path) -> Any:
+        real = ray_runner.default_restorer(settings, weights)
+        marker = self.marker
+
+        class Crashing:
+            calls = 0
+
+            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
+                Crashing.calls += 1
+                if Crashing.calls == 3 and not marker.exists():
+                    marker.write_text("crashed")
+                    os._exit(1)  # the actor's process dies mid-job
+                return real.restore_rgb(rgb, **kw)
+
+        return Crashing()
+
+
+def test_a_killed_actor_is_replaced_and_no_output_is_lost_or_duplicated(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str
+) -> None:
+    for i in range(8):
+        save_png(tmp_path / "in" / f"{i}.png", size=24)
+    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
+    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
+    marker = tmp_path / "crashed"
+    results = list(
+        ray_runner.restore_files(
+            exp.jobs,
+            plan,
+            weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
+            network=ray_runner.NetworkSettings(Task.DERAIN, device="cpu", tile=0, threads=1),
+            settings=RaySettings(workers=1),
+            factory=CrashOnce(marker),
+        )
+    )
+    assert marker.exists(), "the fault was not injected"
+    assert sorted(r.input for r in results) == sorted(j.label for j in exp.jobs)
+    assert {r.status for r in results} == {Status.OK}
+    outputs = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in outputs] == [f"{i}_x.png" for i in range(8)]
+    for path in outputs:
+        with Image.open(path) as im:
+            im.load()
+    assert temps(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def test_dataset_entry_point_restores_bytes_and_fails_rows_alone(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str
+) -> None:
+    save_png(tmp_path / "a.png", size=20)
+    Image.fromarray(rand(12, 16, 4)).save(tmp_path / "b.png")
+    good = [(tmp_path / n).read_bytes() for n in ("a.png", "b.png")]
+    ds = ray.data.from_items(
+        [
+            {"name": "a", "bytes": good[0]},
+            {"name": "junk", "bytes": b"not an image"},
+            {"name": "b", "bytes": good[1]},
+        ]
+    )
+    out = ray_runner.restore_dataset(
+        ds, "derain", weights=checkpoint, device="cpu", tile=0, threads=1, label_column="name"
+    )
+    rows = {r["name"]: r for r in out.take_all()}
+    assert set(rows) == {"a", "junk", "b"}
+    assert rows["junk"]["status"] == "failed" and rows["junk"]["restored"] is None
+    assert "not an image" in rows["junk"]["error"]
+
+    torch.set_num_threads(1)
+    restorer = Restorer("derain", weights=checkpoint, device="cpu", tile=0)
+    for name, data in zip(("a", "b"), good, strict=True):
+        decoded = read_image(data)
+        rgb, _ = restorer.restore_rgb(decoded.rgb)
+        want = encode_image(
+            rgb, decoded.info, resolve_format(OutputFormat.SAME, decoded.info), alpha=decoded.alpha
+        )
+        assert rows[name]["status"] == "ok" and rows[name]["error"] is None
+        assert rows[name]["format"] == "png"
+        assert rows[name]["restored"] == want
+        assert rows[name]["bytes"] == data  # the input column passes through
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@pytest.mark.parametrize(
+    ("resources", "settings", "device", "want"),
+    [
+        ({"CPU": 2}, RaySettings(), "auto", (1, 1.0, 0.0)),
+        ({"CPU": 16}, RaySettings(), "auto", (4, 3.0, 0.0)),
+        ({"CPU": 16}, RaySettings(workers=2), "auto", (2, 7.0, 0.0)),
+        ({"CPU": 64, "GPU": 8}, RaySettings(), "auto", (8, 1.0, 1.0)),
+        ({"CPU": 64, "GPU": 8}, RaySettings(gpus_per_worker=0.5), "auto", (16, 1.0, 0.5)),
+        ({"CPU": 64, "GPU": 8}, RaySettings(), "cpu", (16, 3.0, 0.0)),
+    ],
+)
+def test_cluster_plan_sizes_the_actor_pool(
+    resources: dict[str, float], settings: RaySettings, device: str, want: tuple[Any, ...]
+) -> None:
+    plan = ray_runner.cluster_plan(resources, settings, device)
+    assert (plan.workers, plan.cpus_per_worker, plan.gpus_per_worker) == want
+
+
+@pytest.mark.parametrize(
+    ("resources", "settings", "device", "message"),
+    [
+        ({"CPU": 8}, RaySettings(), "cuda", "--gpus-per-worker"),
+        ({"CPU": 8, "GPU": 1}, RaySettings(gpus_per_worker=1), "cpu", "contradict"),
+        ({"CPU": 8, "GPU": 1}, RaySettings(workers=2), "auto", "need 2 GPUs; .* has 1"),
+        ({"CPU": 2}, RaySettings(workers=2), "auto", "need 3 CPUs .* has 2"),
+        ({"CPU": 4, "GPU": 4}, RaySettings(), "auto", "need 5 CPUs"),
+    ],
+)
+def test_cluster_plan_refuses_contradictions_and_pools_that_cannot_start(
+    resources: dict[str, float], settings: RaySettings, device: str, message: str
+) -> None:
+    with pytest.raises(MprnetError, match=message):
+        ray_runner.cluster_plan(resources, settings, device)
+
+
+def test_local_path_maps_file_uris_and_keeps_paths() -> None:
+    assert ray_runner.local_path("photos/a b.png") == "photos/a b.png"
+    assert ray_runner.local_path("file:///data/a%20b/x.png") == "/data/a b/x.png"
+    assert ray_runner.local_path("file:///data/out/") == "/data/out/"
+    with pytest.raises(UsageError, match="gs://"):
+        ray_runner.local_path("gs://bucket/x.png")
+
+
+def test_jobs_are_files_only() -> None:
+    plan = plan_outputs(expand_inputs(["-"]), "out.png", suffix="_x")
+    with pytest.raises(UsageError, match="stdin"):
+        ray_runner.restore_files(
+            [Job(None)],
+            plan,
+            weights=lambda: None,  # type: ignore[arg-type, return-value]
+            network=ray_runner.NetworkSettings(),
+        )
+
+
+def unfinished_run(tmp_path: Path, out: Path, **kw: Any) -> Any:
+    """A file run as it is when stopped: a, b, c planned (a and b never reported back)."""
+    jobs = [Job(tmp_path / f"{n}.png") for n in "abc"]
+    run = ray_runner._FileRun(
+        jobs,
+        plan_outputs(expand_inputs(["x.png"]), str(out), suffix="_x"),
+        weights=lambda: None,  # type: ignore[arg-type, return-value]
+        network=ray_runner.NetworkSettings(),
+        settings=RaySettings(),
+        overwrite=False,
+        jpeg_quality=95,
+        max_pixels=None,
+        callbacks=ray_runner.Callbacks(**kw),
+        factory=ray_runner.default_restorer,
+    )
+    run._pending = {0: Screened(jobs[0], out / "a_x.png"), 1: Screened(jobs[1], out / "b_x.png")}
+    return run
+
+
+def test_an_interrupted_run_reports_the_outputs_its_workers_finished(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x.png").write_bytes(b"written by a worker before the stop")
+    seen: list[Any] = []
+    run = unfinished_run(tmp_path, out, finished=seen.append)
+    run._report_settled(since=time.time())
+    assert [(r.input, r.output, r.status) for r in seen] == [
+        (str(tmp_path / "a.png"), str(out / "a_x.png"), Status.OK)
+    ]
+    assert list(run._pending) == [1]  # b is still unaccounted for: its temp files will go
+
+
+def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [".a_x.png.0123abcd.tmp", ".b_x.png.89abcdef.tmp", ".c_x.png.00000000.tmp", "a_x.png"]
+    for name in names:
+        (out / name).write_bytes(b"partial")
+    # a and b were sent out and never reported; c finished (its temp file is not ours).
+    run = unfinished_run(tmp_path, out)
+    run._sweep_unfinished()
+    assert sorted(p.name for p in out.iterdir()) == [".c_x.png.00000000.tmp", "a_x.png"]
