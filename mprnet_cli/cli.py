@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.choices import ModelChoice, OutputFormat, Precision, device_spec
+from mprnet_cli.choices import Ensemble, ModelChoice, OutputFormat, Precision, device_spec
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -179,6 +179,32 @@ CompileOpt = Annotated[
         "--compile",
         help="torch.compile the network: faster per pixel on GPUs for large batches, but the "
         "first image pays the compilation (minutes on a CPU).",
+    ),
+]
+StrengthOpt = Annotated[
+    float,
+    typer.Option(
+        "--strength",
+        min=0.0,
+        max=1.0,
+        help="Blend the result with the input: 1 fully restored, 0 the input unchanged "
+        "(for textures the network smooths too much).",
+    ),
+]
+EnsembleOpt = Annotated[
+    Ensemble,
+    typer.Option(
+        "--ensemble",
+        help="Average over flipped/rotated copies: 1 off, 2 the input and its left-right "
+        "mirror, 8 all rotations and mirrors (2x / 8x the time).",
+    ),
+]
+HideSplitLinesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--hide-split-lines",
+        help="Three shifted passes blended away from the network's split lines (tile and "
+        "image centre rows/columns): ~3.5x the time.",
     ),
 ]
 ThreadsOpt = Annotated[
@@ -473,6 +499,9 @@ def _register(task: Task) -> None:
         tile: TileOpt = "auto",
         tile_overlap: OverlapOpt = 32,
         tile_batch: TileBatchOpt = 1,
+        strength: StrengthOpt = 1.0,
+        ensemble: EnsembleOpt = Ensemble.OFF,
+        hide_split_lines: HideSplitLinesOpt = False,
         threads: ThreadsOpt = None,
         compile_model: CompileOpt = False,
     ) -> None:
@@ -485,6 +514,9 @@ def _register(task: Task) -> None:
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
             "compile": compile_model,
+            "strength": strength,
+            "ensemble": ensemble,
+            "hide_split_lines": hide_split_lines,
         }
         _restore(
             task,
@@ -822,6 +854,9 @@ def eval_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
     tile: TileOpt = "auto",
+    strength: StrengthOpt = 1.0,
+    ensemble: EnsembleOpt = Ensemble.OFF,
+    hide_split_lines: HideSplitLinesOpt = False,
     seed: Annotated[
         int, typer.Option("--seed", help="Base seed of --degrade (image i uses seed + i).")
     ] = 0,
@@ -856,6 +891,9 @@ def eval_command(
             device=device,
             precision=precision,
             tile=tile_size,
+            strength=strength,
+            ensemble=ensemble,
+            hide_split_lines=hide_split_lines,
             notify=lambda m: say(m, quiet=quiet),
             quiet=quiet,
         )
