@@ -6,11 +6,15 @@ the centre row and column of the image, or of every tile when tiled. Here the
 image is restored `PASSES` times, each time on a canvas reflect-padded by a
 different amount on the top/left (the same total on every pass, so every pass
 gets the same tile plan and the lines move by exactly the shift). Each pass is
-weighted by a window that falls to ~0 within `BAND` pixels of its own lines:
-tile centre rows/columns and the middle of each tile overlap. A pixel lies near
-at most one pass's row line and one pass's column line (the shift is at least
-twice the band), so with three passes some pass always has full weight there,
-including where one pass's vertical line crosses another's horizontal one.
+weighted by a window that falls to ~0 within `BAND` pixels of its own lines, the
+tile centre rows and columns (tile edges are already faded out inside each pass by
+the tile blender). A pixel lies near at most one pass's row line and one pass's
+column line (the shift is at least twice the band, and lines within a pass are a
+tile step apart, which must be at least three shifts, 72 px: true for one pass and
+for tiles of 256 px or more with the default overlap, and for most images in 112 px
+tiles), so with three passes some pass always has full weight there, including
+where one pass's vertical line crosses another's horizontal one. With smaller
+tiles the bands of different passes overlap and lines are only partly hidden.
 
 The geometry is numpy only; `restore_hiding_split_lines` runs the passes through
 `pipeline.restore_array`.
@@ -19,7 +23,6 @@ The geometry is numpy only; `restore_hiding_split_lines` runs the passes through
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,22 +52,15 @@ PAD = SHIFT * (PASSES - 1)
 
 
 def split_lines(plan: TilePlan) -> tuple[list[int], list[int]]:
-    """(rows, columns) of a plan where one pass has a discontinuity, as boundaries.
+    """(rows, columns) of a plan where one pass has a split line, as boundaries.
 
-    A boundary `r` lies between pixel rows r-1 and r: each tile's centre (MPRNet
-    splits its input at ``h // 2`` and ``w // 2``), and between vertically or
-    horizontally neighbouring tiles the middle of their overlap (or the shared
-    edge when they do not overlap). The image's own border is not a line.
+    A boundary `r` lies between pixel rows r-1 and r: each tile's centre (MPRNet splits
+    its input at ``h // 2`` and ``w // 2``). Tile edges are not listed: inside each pass
+    the tile blender already fades every tile to ~0 at its own edges.
     """
     rows = {t.y0 + t.height // 2 for t in plan.tiles}
     cols = {t.x0 + t.width // 2 for t in plan.tiles}
-    rows |= _seams(sorted({(t.y0, t.y1) for t in plan.tiles}))
-    cols |= _seams(sorted({(t.x0, t.x1) for t in plan.tiles}))
     return sorted(rows), sorted(cols)
-
-
-def _seams(spans: list[tuple[int, int]]) -> set[int]:
-    return {(b0 + a1) // 2 for (_, a1), (b0, _) in pairwise(spans)}
 
 
 def line_weight(
