@@ -67,6 +67,7 @@ SCHEMA = 1
 SHIFT = 8
 DEGRADE = {Task.DENOISE: "noise:15", Task.DERAIN: "rain", Task.DEBLUR: "blur:levin:1"}
 DEFAULT_IMAGES = Path("/work/shared/testdata/Kodak24/clean")
+DEFAULT_KERNELS = Path("/work/shared/testdata/Levin09_kernels")
 FloatImage = NDArray[np.float32]
 
 
@@ -116,22 +117,27 @@ def restore(
 def measure_one(
     engine: Engine, degraded: FloatImage, crop: tuple[int, int], tile: int, overlap: int
 ) -> dict[str, Any]:
-    h, w = crop
+    # Crops never exceed the degraded image (deblurring's 'valid' blur makes it smaller).
+    h = min(crop[0], (degraded.shape[0] - SHIFT) // 8 * 8)
+    w = min(crop[1], degraded.shape[1] // 8 * 8)
     a_in = np.ascontiguousarray(degraded[:h, :w])
     b_in = np.ascontiguousarray(degraded[SHIFT : SHIFT + h, :w])
     ph, pw = round_up(h, 8), round_up(w, 8)
-    plans = {"1": plan_tiles(ph, pw, 0, 0), "t": plan_tiles(ph, pw, tile, min(overlap, tile - 8))}
+    plans = {
+        "1": plan_tiles(ph, pw, 0, 0),
+        "t": plan_tiles(ph, pw, tile, max(0, min(overlap, tile - 8))),
+    }
     outs: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+    result: dict[str, Any] = {"crop": [h, w]}
     seconds: dict[str, float] = {}
     for method in ("plain", "hidden"):
-        for mode, size in (("1", 0), ("t", tile)):
+        for mode, size in (("1", 0), ("t", tile)) if tile else (("1", 0),):
             key = f"{method}-{mode}"
             a, ta = restore(engine, a_in, size, overlap, method == "hidden")
             b, tb = restore(engine, b_in, size, overlap, method == "hidden")
             outs[key] = (levels(a), levels(b))
             seconds[key] = (ta + tb) / 2
     one = outs["plain-1"][0]
-    result: dict[str, Any] = {}
     for key, (a, b) in outs.items():
         mode = key[-1]
         plan = plans[mode]
@@ -161,8 +167,20 @@ def measure_one(
                 entry[f"tile_vs_one_{name}_mean"] = float(np.mean(ratio))
                 entry[f"tile_vs_one_{name}_max"] = float(np.max(ratio))
         result[key] = entry
-    result["tile_rows"] = inside(centres(plans["t"], 0), h)
+    if tile:
+        result["tile_rows"] = inside(centres(plans["t"], 0), h)
     return result
+
+
+def write_json(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
+    record = {
+        "schema": SCHEMA,
+        "measured_at": measured_at(),
+        "host": host_info(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": records,
+    }
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     p.add_argument("--count", type=int, default=3, help="photos per bundled network (first N)")
     p.add_argument("--crop", default="480x488", help="HxW of the bundled networks' crops")
-    p.add_argument("--tile", type=int, default=256)
-    p.add_argument("--random-crop", default="240x248")
-    p.add_argument("--random-tile", type=int, default=128)
+    p.add_argument("--tile", type=int, default=256, help="0: one pass only")
+    p.add_argument("--kernels", type=Path, default=DEFAULT_KERNELS, help="Levin09 kernels")
+    p.add_argument("--random-crop", default="176x184")
+    p.add_argument("--random-tile", type=int, default=128, help="0: one pass only")
     p.add_argument("--random-count", type=int, default=1)
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("--json", type=Path, help="write all results here")
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         crop = tuple(int(v) for v in (args.random_crop if random else args.crop).split("x"))
         tile = args.random_tile if random else args.tile
         engine = Engine(network(name), torch.device("cpu"))
-        degradation = parse_degradation(DEGRADE[task])
+        degradation = parse_degradation(DEGRADE[task], kernels_dir=args.kernels)
         for index, photo in enumerate(photos[: args.random_count if random else args.count]):
             degraded, _ = degradation(read_image(photo).rgb, index)
             res = measure_one(engine, degraded, (crop[0], crop[1]), tile, args.overlap)
@@ -199,12 +218,14 @@ def main(argv: list[str] | None = None) -> int:
                 "network": name,
                 "image": photo.name,
                 "degrade": DEGRADE[task],
-                "crop": crop,
+                "crop": res["crop"],
                 "tile": tile,
                 **res,
             }
             records.append(rec)
-            for key in ("plain-1", "hidden-1", "plain-t", "hidden-t"):
+            if args.json:  # after every photo: a long run that dies keeps what it measured
+                write_json(args, records)
+            for key in [k for k in ("plain-1", "hidden-1", "plain-t", "hidden-t") if k in res]:
                 e = res[key]
                 extra = ""
                 if key.endswith("t"):
@@ -216,20 +237,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {e['seconds']:.1f} s ({e['seconds_vs_plain']:.2f}x)",
                     flush=True,
                 )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "schema": SCHEMA,
-                    "measured_at": measured_at(),
-                    "host": host_info(),
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": records,
-                },
-                indent=1,
-            )
-            + "\n"
-        )
     return 0
 
 

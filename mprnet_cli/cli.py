@@ -204,7 +204,7 @@ HideSplitLinesOpt = Annotated[
     typer.Option(
         "--hide-split-lines",
         help="Three shifted passes blended away from the network's split lines (tile and "
-        "image centre rows/columns): ~3.5x the time.",
+        "image centre rows/columns): 3-5x the time.",
     ),
 ]
 ThreadsOpt = Annotated[
