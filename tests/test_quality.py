@@ -50,7 +50,7 @@ def test_mirror_ensemble_averages_the_input_and_its_mirror() -> None:
     x = torch.rand(1, 3, 8, 16, generator=torch.Generator().manual_seed(1))
     out = self_ensemble(_ramp_network(0.0, 1.0, seen), Ensemble.MIRROR)(x)
     assert seen == [(8, 16), (8, 16)]
-    torch.testing.assert_close(out, x + 7.5, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out, x + 7.5, rtol=0, atol=1e-5)  # values < 24: ulp 2e-6
 
 
 def test_dihedral_ensemble_undoes_rotations_of_non_square_inputs() -> None:
@@ -60,6 +60,8 @@ def test_dihedral_ensemble_undoes_rotations_of_non_square_inputs() -> None:
     x = torch.rand(2, 3, 8, 24, generator=torch.Generator().manual_seed(2))
     out = self_ensemble(_ramp_network(1.0, 2.0, seen), Ensemble.DIHEDRAL)(x)
     assert sorted(seen) == [(8, 24)] * 4 + [(24, 8)] * 4
+    # fp32: terms below 64, partial sums below 512 (half an ulp there: 1.5e-5), seven
+    # additions then / 8: at most ~2e-5 off; 1e-4 leaves a margin, a wrong inverse is off by >1.
     torch.testing.assert_close(out, x + 3.0 * 30 / 4, rtol=0, atol=1e-4)
 
 
@@ -98,7 +100,8 @@ def test_strength_blends_with_the_input() -> None:
     np.testing.assert_array_equal(apply_strength(restored, original, 0.0), original)
     half = apply_strength(restored, original, 0.25)
     assert half.dtype == np.float32
-    np.testing.assert_allclose(half, 0.25 * restored + 0.75 * original, rtol=0, atol=1e-7)
+    # Three fp32 roundings of values below 1 (half an ulp: 3e-8 each) against float64.
+    np.testing.assert_allclose(half, 0.25 * restored + 0.75 * original, rtol=0, atol=2e-7)
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.01, math.nan, math.inf])

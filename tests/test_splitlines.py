@@ -143,18 +143,3 @@ def test_lines_at_the_split_disappear_shift_metric(tile: int) -> None:
     lines = split_lines(plan_tiles(144, 136, tile, 32 if tile else 0))[0]
     assert min(d_plain[r] for r in lines if r > 8) > 0.09  # the line, on every row it crosses
     assert np.nanmax(d_hidden) < 0.002  # 0.1 times a weight share below 0.005 (+ crossings)
-
-
-def test_line_metrics_on_known_profiles() -> None:
-    img = np.zeros((20, 10, 3), np.float32)
-    img[10:] = 1.0
-    g = line_steps(img, 0)
-    assert np.isnan(g[0]) and g[10] == 1.0 and np.nansum(g) == 1.0
-    np.testing.assert_array_equal(line_steps(img, 1)[1:], 0.0)
-    b = np.zeros_like(img)
-    b[5:] = 1.0  # the same edge, 5 rows higher in a crop cut 5 rows lower
-    d = shifted_difference(img, b, 5)
-    assert np.isnan(d[:5]).all() and np.nansum(d) == 0.0
-    assert line_contrast(np.array([np.nan, *[1.0] * 8, 3.0, *[1.0] * 8]), [9]) == 3.0
-    with pytest.raises(ValueError):
-        shifted_difference(img, b[:10], 5)
