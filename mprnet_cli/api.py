@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from mprnet_cli.choices import ModelChoice, Precision
+from mprnet_cli.choices import Ensemble, ModelChoice, Precision
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -35,6 +35,8 @@ from mprnet_cli.pipeline import (
     estimate_bytes_per_pixel,
     restore_array,
 )
+from mprnet_cli.quality import apply_strength, check_ensemble, check_strength, self_ensemble
+from mprnet_cli.splitlines import restore_hiding_split_lines
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
@@ -56,6 +58,9 @@ class Restorer:
         tile_overlap: int = DEFAULT_OVERLAP,
         tile_batch: int = 1,
         compile: bool = False,
+        strength: float = 1.0,
+        ensemble: Ensemble | int | str = Ensemble.OFF,
+        hide_split_lines: bool = False,
         notify: Callable[[str], None] | None = None,
         quiet: bool = False,
     ) -> None:
@@ -65,6 +70,9 @@ class Restorer:
             prec = Precision(precision)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        self.ensemble = check_ensemble(ensemble)
+        self.strength = check_strength(strength)
+        self.hide_split_lines = hide_split_lines
         self._settings: dict[str, Any] = {
             "task": self.task,
             "weights": os.fspath(weights) if weights is not None else None,
@@ -75,6 +83,9 @@ class Restorer:
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
             "compile": compile,
+            "strength": self.strength,
+            "ensemble": self.ensemble,
+            "hide_split_lines": hide_split_lines,
             "quiet": quiet,
         }
         self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
@@ -130,8 +141,17 @@ class Restorer:
         progress: Progress | None = None,
         warn: Warn | None = None,
     ) -> tuple[NDArray[np.float32], RunStats]:
-        """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out."""
-        return restore_array(self.engine, rgb, self.options, progress=progress, warn=warn)
+        """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out.
+
+        Applies the ensemble (around the network), the split-line passes (around the
+        tile loop) and the strength (on the result), each only when asked for.
+        """
+        forward = self_ensemble(self.engine, self.ensemble)
+        run = restore_hiding_split_lines if self.hide_split_lines else restore_array
+        restored, stats = run(
+            self.engine, rgb, self.options, forward=forward, progress=progress, warn=warn
+        )
+        return apply_strength(restored, rgb, self.strength), stats
 
     @overload
     def restore(self, image: Image.Image) -> Image.Image: ...

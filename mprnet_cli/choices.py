@@ -27,6 +27,18 @@ class OutputFormat(str, Enum):
     TIFF = "tiff"
 
 
+class Ensemble(str, Enum):
+    """Self-ensemble: how many flips/rotations of the input are restored and averaged."""
+
+    OFF = "1"
+    MIRROR = "2"  # the input and its left-right mirror: mirrored photos stay natural photos
+    DIHEDRAL = "8"  # all four rotations, each also mirrored
+
+    @property
+    def passes(self) -> int:
+        return int(self.value)
+
+
 class ModelChoice(str, Enum):
     """Which weights to use when no file is given."""
 

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.choices import EngineChoice, ModelChoice, OutputFormat, Precision, device_spec
+from mprnet_cli.choices import (
+    EngineChoice,
+    Ensemble,
+    ModelChoice,
+    OutputFormat,
+    Precision,
+    device_spec,
+)
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.tasks import Task
 
@@ -211,6 +218,32 @@ CompileOpt = Annotated[
         "--compile",
         help="torch.compile the network: faster per pixel on GPUs for large batches, but the "
         "first image pays the compilation (minutes on a CPU).",
+    ),
+]
+StrengthOpt = Annotated[
+    float,
+    typer.Option(
+        "--strength",
+        min=0.0,
+        max=1.0,
+        help="Blend the result with the input: 1 fully restored, 0 the input unchanged "
+        "(for textures the network smooths too much).",
+    ),
+]
+EnsembleOpt = Annotated[
+    Ensemble,
+    typer.Option(
+        "--ensemble",
+        help="Average over flipped/rotated copies: 1 off, 2 the input and its left-right "
+        "mirror, 8 all rotations and mirrors (2x / 8x the time).",
+    ),
+]
+HideSplitLinesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--hide-split-lines",
+        help="Three shifted passes blended away from the network's split lines (tile and "
+        "image centre rows/columns): 3-5x the time.",
     ),
 ]
 ThreadsOpt = Annotated[
@@ -660,6 +693,9 @@ def _register(task: Task) -> None:
         tile: TileOpt = "auto",
         tile_overlap: OverlapOpt = None,
         tile_batch: TileBatchOpt = 1,
+        strength: StrengthOpt = 1.0,
+        ensemble: EnsembleOpt = Ensemble.OFF,
+        hide_split_lines: HideSplitLinesOpt = False,
         threads: ThreadsOpt = None,
         compile_model: CompileOpt = False,
         engine: EngineOpt = EngineChoice.LOCAL,
@@ -677,6 +713,9 @@ def _register(task: Task) -> None:
             "tile_overlap": 32 if tile_overlap is None else tile_overlap,
             "tile_batch": tile_batch,
             "compile": compile_model,
+            "strength": strength,
+            "ensemble": ensemble,
+            "hide_split_lines": hide_split_lines,
         }
         _restore(
             task,
@@ -1057,6 +1096,9 @@ def eval_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
     tile: TileOpt = "auto",
+    strength: StrengthOpt = 1.0,
+    ensemble: EnsembleOpt = Ensemble.OFF,
+    hide_split_lines: HideSplitLinesOpt = False,
     seed: Annotated[
         int,
         typer.Option("--seed", metavar="N", help="Base seed of --degrade (image i uses seed + i)."),
@@ -1094,6 +1136,9 @@ def eval_command(
             device=device,
             precision=precision,
             tile=tile_size,
+            strength=strength,
+            ensemble=ensemble,
+            hide_split_lines=hide_split_lines,
             notify=lambda m: say(m, quiet=quiet),
             quiet=quiet,
         )

@@ -190,3 +190,47 @@ def measure(restored: FloatArray, target: FloatArray, *, y_channel: bool) -> tup
         ya, yb = np.floor(rgb_to_y(a) + 0.5), np.floor(rgb_to_y(b) + 0.5)
         return psnr(ya, yb, 255.0), ssim(ya, yb, 255.0)
     return psnr(a, b, 1.0), ssim(a, b, 1.0)
+
+
+# --------------------------------------------------------------------------- split lines
+# Line visibility (issue 13): MPRNet cuts its input in halves and quarters, and weights
+# that do not hide the cuts leave lines there. These measure such lines on any image;
+# benchmarks/bench_split_lines.py applies them to real photos.
+
+
+def line_steps(image: FloatArray, axis: int) -> NDArray[np.float64]:
+    """g[r] = mean |image[r] - image[r-1]| across boundary r, along rows (axis 0) or
+    columns (axis 1) of an (H, W, C) image; g[0] is NaN (no boundary before the first)."""
+    x = np.asarray(image, dtype=np.float64)
+    if x.ndim != 3 or axis not in (0, 1):
+        raise ValueError(f"expected an (H, W, C) image and axis 0 or 1, got {x.shape}, {axis}")
+    d = np.abs(np.diff(x, axis=axis)).mean(axis=(1 - axis, 2))
+    return np.concatenate([[np.nan], d])
+
+
+def shifted_difference(a: FloatArray, b: FloatArray, shift: int) -> NDArray[np.float64]:
+    """D[r] = mean |a[r] - b[r - shift]| over columns and channels, for outputs of two
+    crops, `b` cut `shift` rows below `a`; NaN on rows only `a` covers.
+
+    A line that belongs to the network moves with the crop, photo structure does not,
+    so D peaks on each run's own split rows and is near 0 elsewhere.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or not 0 < shift < x.shape[0]:
+        raise ValueError(
+            f"need equal shapes and 0 < shift < height, got {x.shape}, {y.shape}, {shift}"
+        )
+    d = np.full(x.shape[0], np.nan)
+    d[shift:] = np.abs(x[shift:] - y[: x.shape[0] - shift]).mean(axis=(1, 2))
+    return d
+
+
+def line_contrast(steps: NDArray[np.float64], boundaries: list[int]) -> float:
+    """Mean over `boundaries` of steps[b] / mean of steps 4-8 positions either side
+    (1.0: the boundary is no different from its neighbours); NaN without boundaries."""
+    ratios = []
+    for b in boundaries:
+        near = [i for i in [*range(b - 8, b - 3), *range(b + 4, b + 9)] if 0 < i < len(steps)]
+        if 0 < b < len(steps) and near:
+            ratios.append(steps[b] / max(float(np.mean(steps[near])), 1e-12))
+    return float(np.mean(ratios)) if ratios else math.nan

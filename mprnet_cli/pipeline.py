@@ -36,6 +36,9 @@ from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, round_up, 
 
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]
+# A float32 NCHW batch on the CPU -> restored batch of the same shape (an Engine, or a
+# wrapper around one such as quality.self_ensemble).
+BatchFn = Callable[[torch.Tensor], torch.Tensor]
 
 ALIGN = 8
 DEFAULT_OVERLAP = 32
@@ -222,8 +225,13 @@ def restore_array(
     *,
     progress: Progress | None = None,
     warn: Warn | None = None,
+    forward: BatchFn | None = None,
 ) -> tuple[NDArray[np.float32], RunStats]:
-    """Restore an (H, W, 3) float32 image in [0, 1]; returns the clipped result and stats."""
+    """Restore an (H, W, 3) float32 image in [0, 1]; returns the clipped result and stats.
+
+    `forward` runs the tiles instead of `engine` itself (which still places, sizes and
+    recovers them): a wrapper around the engine, such as a self-ensemble.
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
     start = time.perf_counter()
@@ -251,7 +259,7 @@ def restore_array(
             0, 3, 1, 2
         )
         try:
-            out = engine(x)
+            out = (forward or engine)(x)
         except Exception as exc:
             if not is_oom(exc):
                 raise

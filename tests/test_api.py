@@ -114,6 +114,29 @@ def test_pickle_reloads_the_weights(restorer: Restorer) -> None:
     assert len(pickle.dumps(restorer)) < 2000  # settings travel, not the weights
 
 
+def test_ensemble_and_strength(tiny_checkpoint: Path) -> None:
+    """ensemble=2 averages the input's and its mirror's outputs; strength blends with the input."""
+    torch.set_num_threads(1)
+    rgb = _rgb(16, 24, seed=5)
+    plain = Restorer(weights=tiny_checkpoint, device="cpu", tile=0)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    both = (plain.engine(x) + plain.engine(x.flip(-1)).flip(-1)) / 2
+    expected = both[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    mirror = Restorer(weights=tiny_checkpoint, device="cpu", tile=0, ensemble=2)
+    np.testing.assert_allclose(mirror.restore(rgb), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(mirror.restore(rgb), plain.restore(rgb), atol=1e-4)
+    half = Restorer(weights=tiny_checkpoint, device="cpu", tile=0, strength=0.5)
+    np.testing.assert_allclose(
+        half.restore(rgb), 0.5 * plain.restore(rgb) + 0.5 * rgb, rtol=0, atol=1e-6
+    )
+    clone = pickle.loads(pickle.dumps(half))
+    assert clone.strength == 0.5 and np.array_equal(clone.restore(rgb), half.restore(rgb))
+    with pytest.raises(UsageError, match="--strength"):
+        Restorer(weights=tiny_checkpoint, strength=2)
+    with pytest.raises(UsageError, match="--ensemble"):
+        Restorer(weights=tiny_checkpoint, ensemble=3)
+
+
 def test_bad_settings_are_usage_errors(tiny_checkpoint: Path) -> None:
     with pytest.raises(UsageError):
         Restorer(weights=tiny_checkpoint, precision="fp64")

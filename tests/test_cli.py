@@ -471,6 +471,9 @@ def test_version() -> None:
         (["--tile-batch", "0"], "--tile-batch"),
         (["--json", "-o", "-"], "stdout"),
         (["--suffix", "a/b"], "separator"),
+        (["--strength", "1.5"], "--strength"),
+        (["--strength", "-0.1"], "--strength"),
+        (["--ensemble", "4"], "--ensemble"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -583,6 +586,26 @@ def test_stdin_needs_an_output_and_stdout_takes_one_input(tmp_path: Path) -> Non
     assert invoke("derain", "-", cwd=tmp_path).exit_code == 2
     assert invoke("derain", "-", "x.png", "-o", "out", cwd=tmp_path).exit_code == 2
     assert invoke("derain", cwd=tmp_path).exit_code == 2
+
+
+def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """--strength 0 gives the input back; --ensemble and --hide-split-lines change the result."""
+    save_png(tmp_path / "a.png")
+    base: list[str | Path] = ["derain", "a.png", "-w", tiny_checkpoint, *FAST, "-q", "-o"]
+    outputs = {}
+    for name, extra in [
+        ("plain", []),
+        ("zero", ["--strength", "0"]),
+        ("mirror", ["--ensemble", "2"]),
+        ("hidden", ["--hide-split-lines"]),
+    ]:
+        result = invoke(*base, f"{name}.png", *extra, cwd=tmp_path)
+        assert result.exit_code == 0, result.output
+        outputs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(outputs["zero"], np.asarray(Image.open(tmp_path / "a.png")))
+    assert not np.array_equal(outputs["plain"], outputs["zero"])
+    assert not np.array_equal(outputs["mirror"], outputs["plain"])
+    assert not np.array_equal(outputs["hidden"], outputs["plain"])
 
 
 def test_single_file_output_skip_and_overwrite(tmp_path: Path, tiny_checkpoint: Path) -> None:

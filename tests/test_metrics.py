@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.typing import NDArray
 
-from mprnet_cli.metrics import measure, psnr, rgb_to_y, ssim
+from mprnet_cli.metrics import (
+    line_contrast,
+    line_steps,
+    measure,
+    psnr,
+    rgb_to_y,
+    shifted_difference,
+    ssim,
+)
 
 F64 = NDArray[np.float64]
 
@@ -372,3 +380,18 @@ def test_property_measure_y_agrees_with_parts(pair: tuple[F64, F64]) -> None:
     p, s = measure(a, b, y_channel=True)
     assert s <= 1.0 + 1e-12
     assert p >= 0.0  # |Y difference| <= 219 < 255
+
+
+def test_line_metrics_on_known_profiles() -> None:
+    img = np.zeros((20, 10, 3), np.float32)
+    img[10:] = 1.0
+    g = line_steps(img, 0)
+    assert np.isnan(g[0]) and g[10] == 1.0 and np.nansum(g) == 1.0
+    np.testing.assert_array_equal(line_steps(img, 1)[1:], 0.0)
+    b = np.zeros_like(img)
+    b[5:] = 1.0  # the same edge, 5 rows higher in a crop cut 5 rows lower
+    d = shifted_difference(img, b, 5)
+    assert np.isnan(d[:5]).all() and np.nansum(d) == 0.0
+    assert line_contrast(np.array([np.nan, *[1.0] * 8, 3.0, *[1.0] * 8]), [9]) == 3.0
+    with pytest.raises(ValueError):
+        shifted_difference(img, b[:10], 5)

@@ -1,0 +1,105 @@
+"""Quality knobs around the network: self-ensemble (a batch wrapper) and strength (a post-step).
+
+Both are kept out of the tile loop on purpose: the ensemble wraps any function
+that maps a float32 NCHW batch to one of the same shape (the engine, or any
+backend), and strength acts on the finished image, so neither cares how the
+image was cut or which engine ran it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from mprnet_cli.choices import Ensemble
+from mprnet_cli.errors import UsageError
+from mprnet_cli.pipeline import BatchFn
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _dihedral(k: int, mirror: bool) -> tuple[Transform, Transform]:
+    """(forward, inverse) of: mirror left-right if asked, then rotate by k quarter turns."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if mirror:
+            x = x.flip(-1)
+        return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+    def inverse(y: torch.Tensor) -> torch.Tensor:
+        if k:
+            y = torch.rot90(y, -k, dims=(-2, -1))
+        return y.flip(-1) if mirror else y
+
+    return forward, inverse
+
+
+def ensemble_transforms(mode: Ensemble) -> list[tuple[Transform, Transform]]:
+    """The (transform, inverse) pairs of `mode`, identity first."""
+    if mode is Ensemble.OFF:
+        return [_dihedral(0, False)]
+    if mode is Ensemble.MIRROR:
+        return [_dihedral(0, False), _dihedral(0, True)]
+    return [_dihedral(k, mirror) for mirror in (False, True) for k in range(4)]
+
+
+def self_ensemble(forward: BatchFn, mode: Ensemble) -> BatchFn:
+    """`forward` averaged over flips/rotations of its input (`mode`: 1, 2 or 8 passes).
+
+    The passes run one after another, so memory stays that of one pass (a quarter
+    turn swaps a tile's height and width; tiles are multiples of 8 both ways, so the
+    network accepts either). `Ensemble.OFF` returns `forward` itself.
+    """
+    if mode is Ensemble.OFF:
+        return forward
+    pairs = ensemble_transforms(mode)
+
+    def averaged(batch: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for transform, inverse in pairs:
+            out = inverse(forward(transform(batch)))
+            total = out if total is None else total + out
+        assert total is not None
+        return total / len(pairs)
+
+    return averaged
+
+
+def check_ensemble(value: Ensemble | int | str) -> Ensemble:
+    """`value` (1, 2, 8, "2", Ensemble.MIRROR, ...) as an `Ensemble`, else a `UsageError`."""
+    if isinstance(value, Ensemble):
+        return value
+    try:
+        return Ensemble(str(value).strip())
+    except ValueError:
+        raise UsageError(f"--ensemble must be 1, 2 or 8, got {value!r}") from None
+
+
+def check_strength(strength: float) -> float:
+    """`strength` as a float in [0, 1], else a `UsageError` saying so."""
+    value = float(strength)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise UsageError(
+            f"--strength must be between 0 (input unchanged) and 1 (fully restored), got {strength}"
+        )
+    return value
+
+
+def apply_strength(
+    restored: NDArray[np.float32], original: NDArray[np.float32], strength: float
+) -> NDArray[np.float32]:
+    """``strength * restored + (1 - strength) * original``; 1 returns `restored` untouched.
+
+    For users who find a network over-smooths texture: part of the input's detail
+    (and of its degradation) comes back in proportion.
+    """
+    if strength >= 1.0:
+        return restored
+    if restored.shape != original.shape:
+        raise ValueError(f"shapes differ: restored {restored.shape}, original {original.shape}")
+    s = np.float32(strength)
+    return (s * restored + (np.float32(1.0) - s) * original).astype(np.float32, copy=False)
