@@ -28,19 +28,20 @@ import numpy as np
 import torch
 from benchlib import host_info, measured_at
 
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet
-from mprnet_cli.pipeline import ALIGN, DEFAULT_OVERLAP, Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import ALIGN, DEFAULT_OVERLAP, TileOptions, restore_array
 from mprnet_cli.tiling import plan_tiles, round_up
 
 
-def build_engine(weights: Path | None, task: str, seed: int) -> tuple[Engine, str]:
+def build_engine(weights: Path | None, task: str, seed: int) -> tuple[TorchBackend, str]:
     if weights is not None:
         from mprnet_cli.model import build_model, read_checkpoint
 
-        return Engine(build_model(read_checkpoint(weights)), torch.device("cpu")), str(weights)
+        return TorchBackend(build_model(read_checkpoint(weights)), torch.device("cpu")), str(weights)
     torch.manual_seed(seed)
     model = MPRNet(PUBLISHED_CONFIGS[task]).eval()
-    return Engine(model, torch.device("cpu")), f"random {task} (published width)"
+    return TorchBackend(model, torch.device("cpu")), f"random {task} (published width)"
 
 
 def plan_overhead(h: int, w: int, tile: int) -> tuple[int, float]:

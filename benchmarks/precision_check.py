@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.device import Precision, resolve_device, supports_precision
 from mprnet_cli.imageio import read_image, to_uint8
 from mprnet_cli.metrics import psnr
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
-from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import TileOptions, restore_array
 from mprnet_cli.train.degrade import degrade
 
 
@@ -74,7 +75,7 @@ def main() -> None:
                         device.type == "cpu" and precision is Precision.FP16
                     ):
                         continue
-                    engine = Engine(model, device, precision)
+                    engine = TorchBackend(model, device, precision)
                     t0 = time.perf_counter()
                     out, _ = restore_array(engine, image, TileOptions(tile=0))
                     outputs[precision.value] = out

@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from mprnet_cli.choices import ModelChoice, Precision
+from mprnet_cli.backends import Backend, BackendSpec, create
+from mprnet_cli.choices import BackendChoice, ModelChoice, Precision
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -27,7 +28,6 @@ from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.pipeline import (
     DEFAULT_OVERLAP,
-    Engine,
     Progress,
     RunStats,
     TileOptions,
@@ -52,6 +52,7 @@ class Restorer:
         model: ModelChoice | str = ModelChoice.AUTO,
         device: str = "auto",
         precision: Precision | str = Precision.AUTO,
+        backend: BackendChoice | str = BackendChoice.AUTO,
         tile: int | None = None,
         tile_overlap: int = DEFAULT_OVERLAP,
         tile_batch: int = 1,
@@ -63,6 +64,7 @@ class Restorer:
             self.task = Task(task) if task is not None else None
             model_choice = ModelChoice(model)
             prec = Precision(precision)
+            backend_choice = BackendChoice(backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         self._settings: dict[str, Any] = {
@@ -71,6 +73,7 @@ class Restorer:
             "model": model_choice,
             "device": device,
             "precision": prec,
+            "backend": backend_choice,
             "tile": tile,
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
@@ -78,6 +81,8 @@ class Restorer:
             "quiet": quiet,
         }
         self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
+        if backend_choice is BackendChoice.OPENVINO and device.strip().lower() == "auto":
+            device = "cpu"  # OpenVINO runs on the CPU; auto must not pick a GPU for it
         self.device = resolve_device(device)
         self.precision = choose_precision(self.device, prec)
         check_precision(self.device, self.precision)
@@ -91,13 +96,14 @@ class Restorer:
                 f"{checkpoint.config.out_c} channels; mprnet restores RGB photos (3 to 3)"
             )
         self.config: MPRNetConfig = checkpoint.config
-        self.engine = Engine(
+        spec = BackendSpec(
             build_model(checkpoint),
             self.device,
             prec,
             memory=self._bytes_per_pixel,
             compile=compile,
         )
+        self.backend: Backend = create(backend_choice, spec, notify=None if quiet else notify)
 
     def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
         """Measured cost when this is a registry network on a measured device, else the estimate."""
@@ -131,7 +137,7 @@ class Restorer:
         warn: Warn | None = None,
     ) -> tuple[NDArray[np.float32], RunStats]:
         """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out."""
-        return restore_array(self.engine, rgb, self.options, progress=progress, warn=warn)
+        return restore_array(self.backend, rgb, self.options, progress=progress, warn=warn)
 
     @overload
     def restore(self, image: Image.Image) -> Image.Image: ...

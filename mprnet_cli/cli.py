@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TextIO
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.choices import ModelChoice, OutputFormat, Precision, device_spec
+from mprnet_cli.choices import BackendChoice, ModelChoice, OutputFormat, Precision, device_spec
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -155,7 +155,18 @@ DeviceOpt = Annotated[
 ]
 PrecisionOpt = Annotated[
     Precision,
-    typer.Option("--precision", help="Arithmetic precision (auto: bf16 on CUDA GPUs, else fp32)."),
+    typer.Option(
+        "--precision",
+        help="Arithmetic precision (auto: bf16 on CUDA GPUs and on CPUs with native bf16, "
+        "else fp32).",
+    ),
+]
+BackendOpt = Annotated[
+    BackendChoice,
+    typer.Option(
+        "--backend",
+        help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
+    ),
 ]
 TileOpt = Annotated[
     str,
@@ -470,6 +481,7 @@ def _register(task: Task) -> None:
         model: ModelOpt = ModelChoice.AUTO,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = Precision.AUTO,
+        backend: BackendOpt = BackendChoice.AUTO,
         tile: TileOpt = "auto",
         tile_overlap: OverlapOpt = 32,
         tile_batch: TileBatchOpt = 1,
@@ -481,6 +493,7 @@ def _register(task: Task) -> None:
             "model": model,
             "device": device,
             "precision": precision,
+            "backend": backend,
             "tile": parse_tile(tile),
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
@@ -821,6 +834,7 @@ def eval_command(
     model: ModelOpt = ModelChoice.AUTO,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    backend: BackendOpt = BackendChoice.AUTO,
     tile: TileOpt = "auto",
     seed: Annotated[
         int, typer.Option("--seed", help="Base seed of --degrade (image i uses seed + i).")
@@ -855,13 +869,14 @@ def eval_command(
             model=model,
             device=device,
             precision=precision,
+            backend=backend,
             tile=tile_size,
             notify=lambda m: say(m, quiet=quiet),
             quiet=quiet,
         )
         # The paper's protocol restores whole images: tile only where memory demands it,
         # so scores do not depend on the device's speed-minded tile choice.
-        restorer.engine.ignore_speed_limits()
+        restorer.backend.ignore_speed_limits()
 
         def show(r: Any) -> None:
             if json_out:
@@ -892,12 +907,15 @@ def bench_command(
     size: Annotated[str, typer.Option("--size", help="Image size WxH.")] = "512x512",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    backend: BackendOpt = BackendChoice.AUTO,
     modes: Annotated[
         str | None,
         typer.Option(
             "--modes",
-            help="Comma-separated execution modes to compare: reference, fp32, bf16, fp16, "
-            "bf16+compile, fp32+compile (default: the one --precision picks).",
+            help="Comma-separated execution modes to compare: reference, default (what a restore "
+            "command runs here with no flags), fp32, bf16, fp16, bf16+compile, fp32+compile, "
+            "openvino-fp32, openvino-bf16 (default: default; --backend and --precision set what "
+            "default runs).",
             show_default=False,
         ),
     ] = None,
@@ -920,7 +938,7 @@ def bench_command(
         import json as jsonlib
 
         from mprnet_cli import bench
-        from mprnet_cli.device import choose_precision, describe, resolve_device, set_threads
+        from mprnet_cli.device import describe, resolve_device, set_threads
         from mprnet_cli.errors import UsageError
 
         set_threads(threads)
@@ -933,7 +951,7 @@ def bench_command(
                     f"unknown mode {unknown[0]!r}: choose from {', '.join(bench.MODES)}"
                 )
         else:
-            names = [choose_precision(dev, precision).value]
+            names = ["default"]
         say(f"benchmarking on {describe(dev)}, {w}x{h}, {torch_threads()} threads", quiet=json_out)
 
         def show(r: bench.BenchResult) -> None:
@@ -942,7 +960,8 @@ def bench_command(
                 return
             speed = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
             print(
-                f"{r.task:8s} {r.mode:13s} {r.megapixels_per_second:8.3f} MP/s  "
+                f"{r.task:8s} {r.mode:13s} {r.backend:8s} {r.precision:4s} "
+                f"{r.megapixels_per_second:8.3f} MP/s  "
                 f"{r.seconds_per_12mp:8.1f} s/12MP  {r.gflops:8.1f} GFLOP/s  "
                 f"peak {r.peak_memory_bytes / 2**20:7.0f} MiB  {speed} vs reference",
                 flush=True,
@@ -957,6 +976,7 @@ def bench_command(
             batch=batch,
             repeat=repeat,
             on_result=show,
+            default=bench.default_mode(backend, precision),
         )
 
 

@@ -16,10 +16,6 @@ from mprnet_cli.errors import DeviceError, UsageError
 
 __all__ = ["Precision", "resolve_device"]
 
-# torch.OutOfMemoryError appeared in 2.5; older releases only have the CUDA one.
-_TORCH_OOM: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
@@ -62,20 +58,6 @@ def describe(device: torch.device) -> str:
     return str(device)
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA/MPS/CPU allocator out-of-memory errors (their types differ by backend)."""
-    if isinstance(exc, _TORCH_OOM):
-        return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc).lower()
-        return (
-            "out of memory" in text
-            or "failed to allocate" in text
-            or "mps backend out of memory" in text
-        )
-    return isinstance(exc, MemoryError)
-
-
 def empty_cache(device: torch.device) -> None:
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -108,17 +90,25 @@ def _available_ram() -> int:
         return 4 << 30  # unknown platform: assume a modest 4 GiB
 
 
-def cpu_has_fast_bf16() -> bool:
-    """CPUs with native bf16 dot products (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii") as f:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """CPUs with native bf16 dot products (AVX-512 BF16 or AMX); elsewhere bf16 is emulated
+    (25x slower than fp32 on an AVX2 CPU) and `auto` must not pick it."""
+    return bool(cpu_flags() & FAST_BF16_FLAGS)
 
 
 def supports_precision(device: torch.device, precision: Precision) -> bool:
@@ -138,21 +128,25 @@ def choose_precision(device: torch.device | str, requested: Precision) -> Precis
 
     bf16 on CUDA: 1.5-1.8x faster than the reference mode on an H200 and within
     54 dB PSNR of float32 on real photos for all three tasks (benchmarks/
-    precision_check.py). float32 elsewhere: CPUs without native bf16 run it
-    emulated, 25x slower here, and no native-bf16 CPU was available to measure.
+    precision_check.py). bf16 on CPUs with native bf16 dot products (AVX-512 BF16,
+    AMX): 2.4-3.4x faster than the reference mode and 55-67 dB from float32
+    (README, speed table). float32 elsewhere: CPUs without native bf16 emulate it,
+    25x slower than float32.
     """
     if requested is not Precision.AUTO:
         return requested
     device = torch.device(device)
     if device.type == "cuda" and supports_precision(device, Precision.BF16):
         return Precision.BF16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return Precision.BF16
     return Precision.FP32
 
 
 def fallback_precision(requested: Precision) -> Precision:
     """The precision to go on with on the CPU after a GPU ran out of memory: what
-    `requested` means there, except fp16 (no fast CPU kernels) and bf16 where the CPU
-    only emulates it."""
+    `requested` means there (auto: bf16 only where the CPU has it natively), except fp16
+    (no fast CPU kernels) and bf16 where the CPU only emulates it."""
     precision = choose_precision("cpu", requested)
     if precision is Precision.FP16 or (precision is Precision.BF16 and not cpu_has_fast_bf16()):
         return Precision.FP32

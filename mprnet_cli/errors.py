@@ -55,5 +55,9 @@ class DeviceError(MprnetError):
     """The requested device does not exist or cannot be used."""
 
 
+class BackendError(MprnetError):
+    """An optional inference engine is missing or cannot run this network."""
+
+
 class OutOfMemoryError(MprnetError):
     """Not enough memory even at the smallest tile size."""

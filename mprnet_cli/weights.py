@@ -176,12 +176,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verified_db() -> Path:
+def cache_root() -> Path:
+    """mprnet's own cache: `MPRNET_CACHE`, else `$XDG_CACHE_HOME/mprnet` or `~/.cache/mprnet`."""
     root = os.environ.get("MPRNET_CACHE")
     if root:
-        return Path(root) / "verified.json"
+        return Path(root)
     base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "mprnet" / "verified.json"
+    return (Path(base) if base else Path.home() / ".cache") / "mprnet"
+
+
+def _verified_db() -> Path:
+    return cache_root() / "verified.json"
 
 
 def verify_file(path: Path, sha256: str | None, size: int | None = None) -> None:

@@ -41,6 +41,21 @@ def _isolated_caches(
     monkeypatch.delenv("MPRNET_DEBUG", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same defaults on every CPU: no native bf16 and no OpenVINO unless a test says so.
+
+    `--precision auto` and `--backend auto` follow the machine (bf16 on CPUs with native
+    bf16; OpenVINO where installed); tests of those rules mock the detection both ways,
+    and every other test gets fp32 PyTorch, as on an AVX2-only CPU without OpenVINO.
+    """
+    import mprnet_cli.backends as backends
+    import mprnet_cli.device as device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not (REFERENCE / "vectors.json").is_file():

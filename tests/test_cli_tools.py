@@ -157,16 +157,17 @@ def test_eval_tiles_only_for_memory(
     photos: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The paper's protocol restores whole images: no speed-minded CPU tiles in eval."""
-    from mprnet_cli.pipeline import Engine
+    import mprnet_cli.pipeline as pipeline
+    from mprnet_cli.backends import Backend
 
     seen: list[tuple[int | None, int | None]] = []
-    auto_tile = Engine.auto_tile
+    auto_tile = pipeline.auto_tile
 
-    def spy(self: Engine, height: int, width: int) -> int:
-        seen.append((self.speed_tile, self.one_pass_side))
-        return auto_tile(self, height, width)
+    def spy(backend: Backend, height: int, width: int) -> int:
+        seen.append((backend.capabilities.max_tile, backend.capabilities.one_pass_side))
+        return auto_tile(backend, height, width)
 
-    monkeypatch.setattr(Engine, "auto_tile", spy)
+    monkeypatch.setattr(pipeline, "auto_tile", spy)
     code, _, err = evaluate(
         "denoise", photos, tiny_checkpoint, "--target", str(photos), "--quiet", "--limit", "1"
     )
