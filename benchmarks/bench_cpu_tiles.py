@@ -38,7 +38,9 @@ def build_engine(weights: Path | None, task: str, seed: int) -> tuple[TorchBacke
     if weights is not None:
         from mprnet_cli.model import build_model, read_checkpoint
 
-        return TorchBackend(build_model(read_checkpoint(weights)), torch.device("cpu")), str(weights)
+        return TorchBackend(build_model(read_checkpoint(weights)), torch.device("cpu")), str(
+            weights
+        )
     torch.manual_seed(seed)
     model = MPRNet(PUBLISHED_CONFIGS[task]).eval()
     return TorchBackend(model, torch.device("cpu")), f"random {task} (published width)"

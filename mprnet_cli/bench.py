@@ -243,6 +243,7 @@ def _prepare(
     else:  # built by the registry, as a restore run builds it (conversion cached per weights)
         torch.manual_seed(0)
         engine = create(backend, BackendSpec(MPRNet(config), device, precision))
+        backend = BackendChoice(engine.name)  # PyTorch, if OpenVINO could not run here
         xn = np.ascontiguousarray(x.numpy())
 
         def call() -> Any:

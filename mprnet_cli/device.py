@@ -7,7 +7,9 @@ Kept apart from the pipeline so the policy ("auto picks the GPU when usable",
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import time
 
 import torch
 
@@ -15,6 +17,7 @@ from mprnet_cli.choices import Precision, device_spec
 from mprnet_cli.errors import DeviceError, UsageError
 
 __all__ = ["Precision", "resolve_device"]
+
 
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
@@ -169,10 +172,58 @@ def autocast(
     return contextlib.nullcontext()
 
 
+@functools.cache
+def _physical_cores() -> int:
+    """torch's own default thread count (one per physical core), read before we change it."""
+    return torch.get_num_threads()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _other_runnable(samples: int = 3, pause: float = 0.01) -> int | None:
+    """Threads of other processes running or waiting for a CPU right now (the 4th field
+    of /proc/loadavg, less this one), the least of a few samples; None off Linux."""
+    seen = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                runnable = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        seen.append(max(0, runnable - 1))
+        if i + 1 < samples:
+            time.sleep(pause)
+    return min(seen)
+
+
+def default_threads(cores: int | None = None, busy: int | None = None) -> int:
+    """One thread per physical core that nothing else is using right now.
+
+    A thread per core is fastest on an idle machine, but on a busy one every parallel
+    region waits for a thread that is queued behind another process: a small image
+    took 3.3 s instead of 0.05 s. Threads beyond the idle cores buy nothing, so the
+    default counts the other runnable threads once, when the network is loaded
+    (benchmarks/bench_threads.py).
+    """
+    cores = _physical_cores() if cores is None else cores
+    busy = _other_runnable() if busy is None else busy
+    if busy is None:
+        return cores
+    return max(1, min(cores, _usable_cpus() - busy))
+
+
 def set_threads(threads: int | None) -> None:
-    """Apply --threads; by default torch uses one thread per physical core, which is right."""
+    """Apply --threads, or the load-aware default (`default_threads`) unless the user set
+    OMP_NUM_THREADS, which torch already obeys."""
     if threads is None:
-        return
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        threads = default_threads()
     if threads < 1:
         raise UsageError("--threads must be at least 1")
     torch.set_num_threads(threads)

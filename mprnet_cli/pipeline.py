@@ -185,7 +185,15 @@ def restore_array(
             del exc
             backend.release_memory()
             current, total = _recover(
-                backend, batch, queue, current, options.overlap, options.min_tile, total, stats, warn
+                backend,
+                batch,
+                queue,
+                current,
+                options.overlap,
+                options.min_tile,
+                total,
+                stats,
+                warn,
             )
             continue
         for t, o in zip(batch, out.transpose(0, 2, 3, 1), strict=True):

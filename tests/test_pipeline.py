@@ -89,7 +89,9 @@ def test_progress_reports_every_tile() -> None:
 def test_tile_batch_groups_tiles() -> None:
     model = Recording()
     restore_array(
-        TorchBackend(model, torch.device("cpu")), image(64, 64), TileOptions(tile=32, overlap=8, batch=4)
+        TorchBackend(model, torch.device("cpu")),
+        image(64, 64),
+        TileOptions(tile=32, overlap=8, batch=4),
     )
     assert [c[0] for c in model.calls] == [4, 4, 1]
 
@@ -193,7 +195,9 @@ def test_other_errors_propagate() -> None:
             raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        restore_array(TorchBackend(Broken(), torch.device("cpu")), image(16, 16), TileOptions(tile=0))
+        restore_array(
+            TorchBackend(Broken(), torch.device("cpu")), image(16, 16), TileOptions(tile=0)
+        )
 
 
 def test_tiles_blend_without_seams_for_a_local_network() -> None:

@@ -113,7 +113,9 @@ class TorchBackend:
         empty_cache(old)
 
     def ignore_speed_limits(self) -> None:
-        self.capabilities = dataclasses.replace(self.capabilities, max_tile=None, one_pass_side=None)
+        self.capabilities = dataclasses.replace(
+            self.capabilities, max_tile=None, one_pass_side=None
+        )
 
     def free_memory(self) -> int:
         return available_memory(self.torch_device)
