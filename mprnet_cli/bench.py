@@ -55,20 +55,16 @@ MODES: dict[str, Mode] = {
     "fp32+compile": Mode(
         "fp32+compile", batched=True, channels_last=True, precision=Precision.FP32, compile=True
     ),
-    "openvino-fp32": Mode(
-        "openvino-fp32",
-        batched=True,
-        channels_last=True,
-        precision=Precision.FP32,
-        backend=BackendChoice.OPENVINO,
-    ),
-    "openvino-bf16": Mode(
-        "openvino-bf16",
-        batched=True,
-        channels_last=True,
-        precision=Precision.BF16,
-        backend=BackendChoice.OPENVINO,
-    ),
+    **{
+        f"openvino-{p.value}": Mode(
+            f"openvino-{p.value}",
+            batched=True,
+            channels_last=True,
+            precision=p,
+            backend=BackendChoice.OPENVINO,
+        )
+        for p in (Precision.FP32, Precision.BF16)
+    },
 }
 
 

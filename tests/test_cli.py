@@ -485,6 +485,7 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> N
     [
         ("--model", ["auto", "published", "bundled"]),
         ("--precision", ["auto", "fp32", "bf16", "fp16"]),
+        ("--backend", ["auto", "torch", "openvino"]),
         ("--device", ["auto", "cpu", "cuda", "mps"]),
     ],
 )

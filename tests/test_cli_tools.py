@@ -306,3 +306,25 @@ def test_json_into_a_closed_pipe_is_one_line_not_a_bug(tmp_path: Path) -> None:
         "mprnet: error: stdout was closed before all JSON lines were written"
     )
     assert "bug" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_bench_default_mode_is_what_a_restore_runs(
+    monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
+) -> None:
+    """`default` resolves backend and precision exactly as `mprnet derain` does here."""
+    import mprnet_cli.device as device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
+    args = ["bench", "derain", "--size", "16x16", "--repeat", "1", "--device", "cpu", "--json"]
+    code, out, err = invoke(*args, "--modes", "reference,default")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["mode"], r["backend"], r["precision"]) for r in rows] == [
+        ("reference", "torch", "fp32"),
+        ("default", "torch", "bf16" if fast_bf16 else "fp32"),
+    ]
+    assert rows[1]["speedup_vs_reference"] > 0
+    code, out, err = invoke(*args)  # no --modes: default alone (with the reference)
+    assert code == 0, err
+    assert [json.loads(line)["mode"] for line in out.splitlines()] == ["reference", "default"]
