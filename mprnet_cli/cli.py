@@ -157,6 +157,7 @@ PrecisionOpt = Annotated[
     Precision,
     typer.Option(
         "--precision",
+        envvar="MPRNET_PRECISION",
         help="Arithmetic precision (auto: bf16 on CUDA GPUs and on CPUs with native bf16, "
         "else fp32).",
     ),
@@ -165,6 +166,7 @@ BackendOpt = Annotated[
     BackendChoice,
     typer.Option(
         "--backend",
+        envvar="MPRNET_BACKEND",
         help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
     ),
 ]

@@ -22,6 +22,10 @@ os.environ["HF_HOME"] = str(_SESSION_CACHE / "hf")
 os.environ["HF_HUB_CACHE"] = str(_SESSION_CACHE / "hf" / "hub")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MPRNET_CACHE"] = str(_SESSION_CACHE / "mprnet")
+# Commands run in subprocesses get what `_plain_cpu` gives in-process tests: fp32 PyTorch,
+# whatever this CPU has (native bf16) and whether OpenVINO is installed.
+os.environ["MPRNET_BACKEND"] = "torch"
+os.environ["MPRNET_PRECISION"] = "fp32"
 
 TINY_CONFIG = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reduction=4)
 

@@ -316,6 +316,8 @@ def test_bench_default_mode_is_what_a_restore_runs(
     import mprnet_cli.device as device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.delenv("MPRNET_BACKEND")  # set for subprocesses by conftest
+    monkeypatch.delenv("MPRNET_PRECISION")
     args = ["bench", "derain", "--size", "16x16", "--repeat", "1", "--device", "cpu", "--json"]
     code, out, err = invoke(*args, "--modes", "reference,default")
     assert code == 0, err
