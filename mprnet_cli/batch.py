@@ -453,6 +453,8 @@ JSON_FIELDS: Final[tuple[str, ...]] = (
     "height",
     "seconds",
     "device",
+    "backend",
+    "precision",
     "tiles",
     "warnings",
 )
@@ -470,6 +472,8 @@ class Result:
     height: int | None = None
     seconds: float | None = None
     device: str | None = None
+    backend: str | None = None
+    precision: str | None = None
     tiles: int | None = None
     warnings: tuple[str, ...] = ()
 
@@ -731,6 +735,8 @@ class _Runner:
             Status.OK,
             seconds=prepared.seconds + stats.seconds,
             device=stats.device,
+            backend=stats.backend,
+            precision=stats.precision,
             tiles=stats.tiles,
             warnings=tuple(dict.fromkeys(_prefixed(n, job.display) for n in notes)),
             width=width,

@@ -24,11 +24,14 @@ from torch import nn
 from mprnet_cli.backends import BackendSpec, choose, create
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import BackendChoice, Precision
-from mprnet_cli.device import autocast, choose_precision, supports_precision
+from mprnet_cli.device import autocast, choose_precision, cpu_flags, supports_precision
 from mprnet_cli.model.config import PUBLISHED_CONFIGS, MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 
 MEGAPIXELS_12 = 12e6
+SPEED_FLAGS = frozenset(
+    {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class BenchResult:
     peak_memory_bytes: int
     speedup_vs_reference: float | None
     first_call_seconds: float
+    cpu_features: list[str] = field(default_factory=list)  # the ones that decide speed
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,6 +290,7 @@ def run(
     """
     configs = configs or PUBLISHED_CONFIGS
     table = {**MODES, "default": default or MODES["default"]}
+    features = sorted(cpu_flags() & SPEED_FLAGS)
     wanted = ["reference", *[m for m in modes if m != "reference"]]
     results: list[BenchResult] = []
     for task in tasks:
@@ -324,6 +329,7 @@ def run(
                 peak_memory_bytes=runner.peak,
                 speedup_vs_reference=reference / per_image,
                 first_call_seconds=runner.first,
+                cpu_features=features,
             )
             results.append(result)
             if on_result is not None:

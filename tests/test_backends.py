@@ -307,7 +307,7 @@ def test_cli_backend_openvino(
         app, [*args, "--backend", "openvino", "-o", str(tmp_path / "a.png")]
     )
     assert result.exit_code == 0, result.output
-    assert '"device": "cpu"' in result.stdout
+    assert '"backend": "openvino", "precision": "fp32"' in result.stdout
     result = CliRunner().invoke(app, [*args, "--backend", "torch", "-o", str(tmp_path / "b.png")])
     assert result.exit_code == 0, result.output
     a = np.asarray(Image.open(tmp_path / "a.png"), dtype=np.int16)
