@@ -359,7 +359,8 @@ class _Reporter:
             target = "<stdout>" if result.output == "-" else result.output
             self.note(
                 f"{source} -> {target} "
-                f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"
+                f"({result.seconds or 0:.1f} s on {result.device}, {result.backend} "
+                f"{result.precision}, {result.tiles} tile(s))"
             )
         elif self._bar is None:
             self.note(f"{source}: skipped, {result.output} exists")

@@ -56,7 +56,10 @@ REGISTRY: dict[BackendChoice, Callable[[BackendSpec, Notify | None], Backend]] =
 
 def openvino_installed() -> bool:
     """Whether the openvino package can be imported (without importing it: ~0.3 s)."""
-    return importlib.util.find_spec("openvino") is not None
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        return False
 
 
 def choose(choice: BackendChoice, device_type: str, *, compile: bool = False) -> BackendChoice:

@@ -28,7 +28,7 @@ from torch import nn
 
 from mprnet_cli.backends import BackendSpec, Notify
 from mprnet_cli.backends.base import Batch, Capabilities, looks_like_oom
-from mprnet_cli.backends.torch import TorchBackend, speed_limits
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import Precision
 from mprnet_cli.device import available_memory, choose_precision
 from mprnet_cli.errors import BackendError, UsageError
@@ -40,6 +40,12 @@ EXPORT_VERSION = 1
 # quarter's deepest level is 1 pixel (8-px sides; max |delta| 0.1 on a tiny network).
 MIN_SIDE = 16
 _HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}
+# Unlike PyTorch (512-px tiles beat one pass there), OpenVINO bf16 restored a 1024x768
+# image in one pass 1.10x and 1.39x faster than in 512-px tiles (two runs on a loaded
+# 2-vCPU Xeon; benchmarks/results/cpu_tiles_openvino_bf16_*). Larger sides were not
+# measured, so one pass stops at 1024 px and tiles at 1024 px; memory rules below that.
+ONE_PASS_SIDE = 1024
+MAX_TILE = 1024
 _STATIC_SHAPES = 4  # compiled static-shape models kept per backend (tiles share a shape)
 
 
@@ -209,13 +215,12 @@ class OpenVinoBackend:
         )
         # Tiny inputs (any side < MIN_SIDE) go to PyTorch on the same weights.
         self._small = TorchBackend(model, torch.device("cpu"), self.precision)
-        max_tile, one_pass = speed_limits("cpu")
         self.capabilities = Capabilities(
             align=8,
             precisions=frozenset(_HINTS),
             bytes_per_pixel=memory("cpu", self.precision) if memory else None,
-            max_tile=max_tile,
-            one_pass_side=one_pass,
+            max_tile=MAX_TILE,
+            one_pass_side=ONE_PASS_SIDE,
             can_fall_back=False,
         )
 
