@@ -28,20 +28,29 @@ import numpy as np
 import torch
 from benchlib import host_info, measured_at
 
+from mprnet_cli.backends import Backend, BackendSpec, create
+from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.model import MPRNet
-from mprnet_cli.pipeline import ALIGN, DEFAULT_OVERLAP, Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import ALIGN, DEFAULT_OVERLAP, TileOptions, restore_array
 from mprnet_cli.tiling import plan_tiles, round_up
 from mprnet_cli.weights import published_configs
 
 
-def build_engine(weights: Path | None, task: str, seed: int) -> tuple[Engine, str]:
+def build_engine(
+    weights: Path | None, task: str, seed: int, backend: str, precision: str
+) -> tuple[Backend, str]:
+    """The network as a restore run builds it (`--backend`, `--precision`)."""
     if weights is not None:
         from mprnet_cli.model import build_model, read_checkpoint
 
-        return Engine(build_model(read_checkpoint(weights)), torch.device("cpu")), str(weights)
-    torch.manual_seed(seed)
-    model = MPRNet(published_configs()[task]).eval()
-    return Engine(model, torch.device("cpu")), f"random {task} (published width)"
+        model, label = build_model(read_checkpoint(weights)), str(weights)
+    else:
+        torch.manual_seed(seed)
+        model, label = MPRNet(published_configs()[task]).eval(), f"random {task} (published width)"
+    engine = create(
+        BackendChoice(backend), BackendSpec(model, torch.device("cpu"), Precision(precision))
+    )
+    return engine, f"{label}, {engine.name} {engine.precision.value}"
 
 
 def plan_overhead(h: int, w: int, tile: int) -> tuple[int, float]:
@@ -64,13 +73,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="torch", choices=["auto", "torch", "openvino"])
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.size.lower().split("x"))
     rgb = np.random.default_rng(args.seed).random((h, w, 3), dtype=np.float32)
-    engine, label = build_engine(args.weights, args.task, args.seed)
+    engine, label = build_engine(args.weights, args.task, args.seed, args.backend, args.precision)
 
     restore_array(engine, rgb[:64, :64], TileOptions(tile=0))  # warm-up: threads, allocator
     times: dict[int, list[float]] = {t: [] for t in args.tiles}

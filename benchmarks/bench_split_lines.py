@@ -55,13 +55,13 @@ from numpy.typing import NDArray
 
 from mprnet_cli.imageio import read_image
 from mprnet_cli.metrics import line_contrast, line_steps, shifted_difference
-from mprnet_cli.model import PUBLISHED_CONFIGS, MPRNet, build_model, read_checkpoint
+from mprnet_cli.model import MPRNet, build_model, read_checkpoint
 from mprnet_cli.pipeline import Engine, TileOptions, restore_array
 from mprnet_cli.splitlines import canvas_plan, pass_offsets, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
 from mprnet_cli.tiling import TilePlan, plan_tiles, round_up
 from mprnet_cli.train.degrade import parse_degradation
-from mprnet_cli.weights import bundled_path, registry
+from mprnet_cli.weights import bundled_path, published_configs, registry
 
 SCHEMA = 1
 SHIFT = 8
@@ -101,7 +101,7 @@ def network(name: str) -> MPRNet:
         assert spec is not None
         return build_model(read_checkpoint(bundled_path(spec)))
     torch.manual_seed(0)
-    return MPRNet(PUBLISHED_CONFIGS[task.value])
+    return MPRNet(published_configs()[task.value])
 
 
 def restore(

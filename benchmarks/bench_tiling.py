@@ -2,7 +2,7 @@
 
 Why: tiling must be invisible (no seams), close to the untiled result, nearly as fast as
 one pass, and keep memory flat as images grow. Each section measures one of these with
-`restore_array` and an `Engine`, as the CLI runs them (CPU, float32, channels_last).
+`restore_array` and a `TorchBackend`, as the CLI runs them (CPU, float32, channels_last).
 
 Sections (``--sections``; all by default):
 
@@ -86,14 +86,15 @@ from numpy.typing import NDArray
 from torch import nn
 
 from mprnet_cli import metrics
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.imageio import read_image
 from mprnet_cli.model import MPRNet, build_model, read_checkpoint
 from mprnet_cli.pipeline import (
     ALIGN,
-    Engine,
     TileOptions,
     _cut,
     _reflect_index,
+    auto_tile,
     restore_array,
 )
 from mprnet_cli.tiling import Blender, Tile, plan_tiles, round_up
@@ -125,8 +126,8 @@ def build_network(weights: Path | None, seed: int) -> MPRNet:
     return MPRNet(published_configs()["derain"])
 
 
-class CachingEngine(Engine):
-    """An Engine that returns the stored output for a tile it has already seen (by content).
+class CachingEngine(TorchBackend):
+    """A TorchBackend that returns the stored output for a tile it has already seen (by content).
 
     Many (tile, overlap) plans share tiles (row 0, column 0, the flush last tiles), so
     the sweep runs each distinct tile once; the outputs are the same tensors either way.
@@ -137,7 +138,7 @@ class CachingEngine(Engine):
         self.cache: dict[tuple[tuple[int, ...], bytes], torch.Tensor] = {}
         self.pixels_run = 0
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
         outs = []
         for tile in torch.split(batch, 1):
             key = (
@@ -146,7 +147,7 @@ class CachingEngine(Engine):
             )
             hit = self.cache.get(key)
             if hit is None:
-                hit = super().__call__(tile)
+                hit = super().run(tile)
                 self.cache[key] = hit
                 self.pixels_run += tile.shape[-1] * tile.shape[-2]
             outs.append(hit)
@@ -526,7 +527,7 @@ def balanced_plan(ph: int, pw: int, max_tile: int, overlap: int) -> list[Tile]:
 
 
 def restore_with_plan(
-    engine: Engine, rgb: FloatImage, tiles: Sequence[Tile], overlap: int
+    engine: TorchBackend, rgb: FloatImage, tiles: Sequence[Tile], overlap: int
 ) -> FloatImage:
     """`restore_array` with a given plan (same cutting, engine and blending, no OOM logic)."""
     h, w = rgb.shape[:2]
@@ -551,9 +552,9 @@ def run_cost(
     h, w = size
     rgb = reflect_to(photo, h, w)
     ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
-    engine = Engine(model, torch.device("cpu"))  # as the Restorer builds it
+    engine = TorchBackend(model, torch.device("cpu"))  # as the Restorer builds it
     default = TileOptions()
-    tile = engine.auto_tile(ph, pw) if default.tile is None else default.tile
+    tile = auto_tile(engine, ph, pw) if default.tile is None else default.tile
     overlap = default.overlap
     plan = plan_tiles(ph, pw, tile, min(overlap, tile - ALIGN)) if tile else None
     bal = balanced_plan(ph, pw, tile, overlap) if tile else None
@@ -693,7 +694,7 @@ def rss_child(spec: dict[str, Any]) -> dict[str, Any]:
         model: nn.Module = build_network(weights, int(spec["seed"]))
     else:
         model = StandIn(float(spec["standin_bytes_per_pixel"]))
-    engine = Engine(model, torch.device("cpu"))
+    engine = TorchBackend(model, torch.device("cpu"))
     with torch.inference_mode():
         engine(torch.rand(1, 3, 64, 64))
     base = status_bytes().get("VmRSS", 0)

@@ -2,7 +2,7 @@
 
 For each published network (random weights: speed and memory do not depend on
 the values) and precision, this measures the peak memory of one forward pass at
-two sizes, fits bytes = a + b * pixels, asks `Engine.auto_tile` what it would
+two sizes, fits bytes = a + b * pixels, asks `pipeline.auto_tile` what it would
 choose for a W x H photo from the free GPU memory, then restores such a photo
 with the full pipeline (tiles, blending) and reports seconds, megapixels per
 second and peak memory.
@@ -13,6 +13,7 @@ second and peak memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.device import Precision
 from mprnet_cli.model.network import MPRNet
-from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import TileOptions, auto_tile, restore_array
 from mprnet_cli.weights import published_configs
 
 
-def forward_peak(engine: Engine, side: int) -> int:
+def forward_peak(engine: TorchBackend, side: int) -> int:
     x = torch.rand(1, 3, side, side)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -60,13 +62,15 @@ def main() -> None:
         for prec in args.precisions.split(","):
             torch.manual_seed(0)
             model = MPRNet(published_configs()[task])
-            engine = Engine(model, device, Precision(prec))
+            engine = TorchBackend(model, device, Precision(prec))
             forward_peak(engine, 256)  # warm-up (cuDNN autotuning, allocator)
             p1, p2 = forward_peak(engine, 512), forward_peak(engine, 1024)
             per_pixel = (p2 - p1) / (1024 * 1024 - 512 * 512)
-            engine.bytes_per_pixel = per_pixel * 1.1  # 10% headroom, as the registry stores it
+            engine.capabilities = dataclasses.replace(  # 10% headroom, as the registry stores it
+                engine.capabilities, bytes_per_pixel=per_pixel * 1.1
+            )
             free, total = torch.cuda.mem_get_info()
-            tile = engine.auto_tile(height + (-height) % 8, width + (-width) % 8)
+            tile = auto_tile(engine, height + (-height) % 8, width + (-width) % 8)
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             _, stats = restore_array(engine, image, TileOptions(tile=tile))

@@ -1,6 +1,6 @@
 """Peak memory per pixel of one MPRNet forward pass on the CPU, for each network width.
 
-Why: `Engine.auto_tile` turns free memory into a tile side through a per-pixel cost
+Why: `pipeline.auto_tile` turns free memory into a tile side through a per-pixel cost
 (`bytes_per_pixel`). That cost depends on the network's widths, so it is measured here
 for the published configs and a few compact ones, and a formula in the config is fitted
 so that checkpoints of any other width still get an estimate.
@@ -8,7 +8,7 @@ so that checkpoints of any other width still get an estimate.
 How (each (config, tile side) runs in a fresh subprocess, so nothing is inherited):
 
 1. build the network with random weights (seed 0), `eval()`, float32, channels_last,
-   exactly as `Engine` places it; run one warm-up forward at 64x64 so that one-off
+   exactly as `TorchBackend` places it; run one warm-up forward at 64x64 so that one-off
    costs (oneDNN kernels, thread pools) are not charged to the pixels;
 2. reset the kernel's peak-RSS mark (`/proc/self/clear_refs` <- 5; where that is not
    possible the `ru_maxrss` before the pass is the baseline), read VmRSS;

@@ -23,12 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mprnet_cli.backends import BackendSpec, create
+from mprnet_cli.choices import BackendChoice
 from mprnet_cli.device import Precision, resolve_device, supports_precision
 from mprnet_cli.imageio import read_image, to_uint8
 from mprnet_cli.metrics import psnr
+from mprnet_cli.model import MPRNet
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
-from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import TileOptions, restore_array
 from mprnet_cli.train.degrade import degrade
+from mprnet_cli.weights import published_configs
 
 
 def psnr8(a: np.ndarray, b: np.ndarray) -> float:
@@ -40,7 +44,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", nargs="+", type=Path, required=True)
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        type=Path,
+        required=True,
+        help="weights files, or random:TASK for the published width with seeded random weights",
+    )
+    parser.add_argument(
+        "--openvino", action="store_true", help="also the OpenVINO backend (fp32, bf16 hints)"
+    )
     parser.add_argument("--images", type=Path, required=True, help="folder of photos")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=512, help="centre crop size (0 = whole photo)")
@@ -53,9 +66,14 @@ def main() -> None:
     )
     rows = []
     for wpath in args.weights:
-        ckpt = read_checkpoint(wpath)
-        task = ckpt.metadata.get("task", "denoise")
-        model = build_model(ckpt)
+        if str(wpath).startswith("random:"):
+            task = str(wpath).split(":", 1)[1]
+            torch.manual_seed(0)
+            model = MPRNet(published_configs()[task]).eval()
+        else:
+            ckpt = read_checkpoint(wpath)
+            task = ckpt.metadata.get("task", "denoise")
+            model = build_model(ckpt)
         for photo in photos:
             rgb = read_image(photo).rgb
             if args.size:
@@ -69,26 +87,34 @@ def main() -> None:
             degraded = degrade(task, x, gen)[0].permute(1, 2, 0).numpy().copy()
             for label, image in (("clean", rgb), ("degraded", degraded)):
                 outputs: dict[str, np.ndarray] = {}
-                for precision in (Precision.FP32, Precision.BF16, Precision.FP16):
+                runs: list[tuple[str, Precision]] = [
+                    ("torch", p) for p in (Precision.FP32, Precision.BF16, Precision.FP16)
+                ]
+                if args.openvino and device.type == "cpu":
+                    runs += [("openvino", Precision.FP32), ("openvino", Precision.BF16)]
+                for backend_name, precision in runs:
                     if not supports_precision(device, precision) or (
                         device.type == "cpu" and precision is Precision.FP16
                     ):
                         continue
-                    engine = Engine(model, device, precision)
+                    engine = create(
+                        BackendChoice(backend_name), BackendSpec(model, device, precision)
+                    )
+                    name = (
+                        precision.value if engine.name == "torch" else f"openvino-{precision.value}"
+                    )
                     t0 = time.perf_counter()
                     out, _ = restore_array(engine, image, TileOptions(tile=0))
-                    outputs[precision.value] = out
+                    outputs[name] = out
                     row = {
                         "weights": wpath.name,
                         "task": task,
                         "photo": photo.name,
                         "input": label,
-                        "precision": precision.value,
+                        "precision": name,
                         "seconds": time.perf_counter() - t0,
                         "finite": bool(np.isfinite(out).all()),
-                        "psnr_vs_fp32": psnr8(out, outputs["fp32"])
-                        if precision is not Precision.FP32
-                        else None,
+                        "psnr_vs_fp32": psnr8(out, outputs["fp32"]) if name != "fp32" else None,
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)

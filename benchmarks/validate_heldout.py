@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.imageio import read_image, to_uint8
 from mprnet_cli.metrics import measure
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
-from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import TileOptions, restore_array
 from mprnet_cli.train.degrade import (
     add_gaussian_noise,
     add_poisson_gaussian_noise,
@@ -58,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     images = crops()
     for wpath in weights:
-        engine = Engine(build_model(read_checkpoint(wpath)), torch.device("cpu"))
+        engine = TorchBackend(build_model(read_checkpoint(wpath)), torch.device("cpu"))
         row = []
         for name, fn in conditions(task):
             scores = []

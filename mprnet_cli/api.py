@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from mprnet_cli.choices import Ensemble, ModelChoice, Precision
+from mprnet_cli.backends import Backend, BackendSpec, create
+from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -27,7 +28,6 @@ from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.pipeline import (
     DEFAULT_OVERLAP,
-    Engine,
     Progress,
     RunStats,
     TileOptions,
@@ -54,6 +54,7 @@ class Restorer:
         model: ModelChoice | str = ModelChoice.AUTO,
         device: str = "auto",
         precision: Precision | str = Precision.AUTO,
+        backend: BackendChoice | str = BackendChoice.AUTO,
         tile: int | None = None,
         tile_overlap: int = DEFAULT_OVERLAP,
         tile_batch: int = 1,
@@ -68,6 +69,7 @@ class Restorer:
             self.task = Task(task) if task is not None else None
             model_choice = ModelChoice(model)
             prec = Precision(precision)
+            backend_choice = BackendChoice(backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         self.ensemble = check_ensemble(ensemble)
@@ -79,6 +81,7 @@ class Restorer:
             "model": model_choice,
             "device": device,
             "precision": prec,
+            "backend": backend_choice,
             "tile": tile,
             "tile_overlap": tile_overlap,
             "tile_batch": tile_batch,
@@ -89,6 +92,8 @@ class Restorer:
             "quiet": quiet,
         }
         self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
+        if backend_choice is BackendChoice.OPENVINO and device.strip().lower() == "auto":
+            device = "cpu"  # OpenVINO runs on the CPU; auto must not pick a GPU for it
         self.device = resolve_device(device)
         self.precision = choose_precision(self.device, prec)
         check_precision(self.device, self.precision)
@@ -102,13 +107,14 @@ class Restorer:
                 f"{checkpoint.config.out_c} channels; mprnet restores RGB photos (3 to 3)"
             )
         self.config: MPRNetConfig = checkpoint.config
-        self.engine = Engine(
+        spec = BackendSpec(
             build_model(checkpoint),
             self.device,
             prec,
             memory=self._bytes_per_pixel,
             compile=compile,
         )
+        self.backend: Backend = create(backend_choice, spec, notify=None if quiet else notify)
 
     def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
         """Measured cost when this is a registry network on a measured device, else the estimate."""
@@ -146,10 +152,10 @@ class Restorer:
         Applies the ensemble (around the network), the split-line passes (around the
         tile loop) and the strength (on the result), each only when asked for.
         """
-        forward = self_ensemble(self.engine, self.ensemble)
+        forward = self_ensemble(self.backend, self.ensemble)
         run = restore_hiding_split_lines if self.hide_split_lines else restore_array
         restored, stats = run(
-            self.engine, rgb, self.options, forward=forward, progress=progress, warn=warn
+            self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
         )
         return apply_strength(restored, rgb, self.strength), stats
 

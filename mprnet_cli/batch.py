@@ -247,6 +247,8 @@ class _Runner:
             notes,
             seconds=prepared.seconds + stats.seconds,
             device=stats.device,
+            backend=stats.backend,
+            precision=stats.precision,
             tiles=stats.tiles,
             width=width,
             height=height,

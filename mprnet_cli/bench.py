@@ -17,28 +17,34 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from mprnet_cli.choices import Precision
-from mprnet_cli.device import autocast, supports_precision
+from mprnet_cli.backends import BackendSpec, choose, create
+from mprnet_cli.backends.torch import TorchBackend
+from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.device import autocast, choose_precision, cpu_flags, supports_precision
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
-from mprnet_cli.pipeline import Engine
 from mprnet_cli.weights import published_configs
 
 MEGAPIXELS_12 = 12e6
+SPEED_FLAGS = frozenset(
+    {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+)
 
 
 @dataclass(frozen=True)
 class Mode:
-    """One way of executing the same network."""
+    """One way of executing the same network (`auto` fields: what a restore run picks)."""
 
     name: str
     batched: bool
     channels_last: bool
     precision: Precision
     compile: bool = False
+    backend: BackendChoice = BackendChoice.TORCH
 
 
 REFERENCE = Mode("reference", batched=False, channels_last=False, precision=Precision.FP32)
@@ -53,13 +59,50 @@ MODES: dict[str, Mode] = {
     "fp32+compile": Mode(
         "fp32+compile", batched=True, channels_last=True, precision=Precision.FP32, compile=True
     ),
+    **{
+        f"openvino-{p.value}": Mode(
+            f"openvino-{p.value}",
+            batched=True,
+            channels_last=True,
+            precision=p,
+            backend=BackendChoice.OPENVINO,
+        )
+        for p in (Precision.FP32, Precision.BF16)
+    },
 }
+
+
+def default_mode(
+    backend: BackendChoice = BackendChoice.AUTO, precision: Precision = Precision.AUTO
+) -> Mode:
+    """What `mprnet derain IMAGE --backend B --precision P` runs (with no flags: both auto)."""
+    return Mode("default", batched=True, channels_last=True, precision=precision, backend=backend)
+
+
+MODES["default"] = default_mode()
+
+
+def resolve_mode(mode: Mode, device: torch.device) -> tuple[BackendChoice, Precision]:
+    """The backend and precision a mode runs with on a device (`auto` resolved as a restore
+    run resolves it)."""
+    return choose(mode.backend, device.type, compile=mode.compile), choose_precision(
+        device, mode.precision
+    )
+
+
+def available(mode: Mode, device: torch.device) -> bool:
+    backend, precision = resolve_mode(mode, device)
+    if backend is BackendChoice.OPENVINO:
+        return device.type == "cpu" and precision in (Precision.FP32, Precision.BF16)
+    return supports_precision(device, precision)
 
 
 @dataclass(frozen=True)
 class BenchResult:
     task: str
     mode: str
+    backend: str
+    precision: str
     device: str
     width: int
     height: int
@@ -73,6 +116,7 @@ class BenchResult:
     peak_memory_bytes: int
     speedup_vs_reference: float | None
     first_call_seconds: float
+    cpu_features: list[str] = field(default_factory=list)  # the ones that decide speed
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,12 +205,14 @@ def _peak_memory(device: torch.device) -> Iterator[Callable[[], int]]:
 def build(
     config: MPRNetConfig, mode: Mode, device: torch.device, seed: int = 0
 ) -> Callable[[torch.Tensor], Any]:
-    """The network placed exactly as a restore run places it; precision is applied by the
-    caller's autocast, so timings include nothing but the forward pass."""
+    """A PyTorch mode's network placed exactly as a restore run places it; precision is
+    applied by the caller's autocast, so timings include nothing but the forward pass."""
     torch.manual_seed(seed)
     model = MPRNet(config)
     model.batched = mode.batched
-    return Engine(model, device, channels_last=mode.channels_last, compile=mode.compile).forward
+    return TorchBackend(
+        model, device, channels_last=mode.channels_last, compile=mode.compile
+    ).forward
 
 
 @dataclass
@@ -174,8 +220,9 @@ class _Runner:
     """One mode of one network, ready to run; collects its timings."""
 
     mode: Mode
-    fn: Callable[[torch.Tensor], Any]
-    x: torch.Tensor
+    backend: BackendChoice
+    precision: Precision
+    call: Callable[[], Any]
     first: float = 0.0
     peak: int = 0
     times: list[float] = field(default_factory=list)
@@ -184,26 +231,42 @@ class _Runner:
 def _prepare(
     config: MPRNetConfig, mode: Mode, device: torch.device, height: int, width: int, batch: int
 ) -> _Runner:
-    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
+    backend, precision = resolve_mode(mode, device)
     x = torch.rand(batch, config.in_c, height, width, generator=torch.Generator().manual_seed(1))
-    runner = _Runner(mode, build(config, mode, device), x.to(device).contiguous(memory_format=fmt))
-    with torch.inference_mode(), autocast(device, mode.precision), _peak_memory(device) as peak:
+    if backend is BackendChoice.TORCH:
+        fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
+        fn, xd = build(config, mode, device), x.to(device).contiguous(memory_format=fmt)
+
+        def call() -> Any:
+            with torch.inference_mode(), autocast(device, precision):
+                return fn(xd)
+
+    else:  # built by the registry, as a restore run builds it (conversion cached per weights)
+        torch.manual_seed(0)
+        engine = create(backend, BackendSpec(MPRNet(config), device, precision))
+        backend = BackendChoice(engine.name)  # PyTorch, if OpenVINO could not run here
+        xn = np.ascontiguousarray(x.numpy())
+
+        def call() -> Any:
+            return engine(xn)
+
+    runner = _Runner(mode, backend, precision, call)
+    with _peak_memory(device) as peak:
         t0 = time.perf_counter()
-        runner.fn(runner.x)  # first call: allocation, autotuning, compilation
+        runner.call()  # first call: allocation, autotuning, compilation
         _sync(device)
         runner.first = time.perf_counter() - t0
-        runner.fn(runner.x)
+        runner.call()
         _sync(device)
         runner.peak = peak()
     return runner
 
 
 def _time_once(runner: _Runner, device: torch.device) -> None:
-    with torch.inference_mode(), autocast(device, runner.mode.precision):
-        t = time.perf_counter()
-        runner.fn(runner.x)
-        _sync(device)
-        runner.times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    runner.call()
+    _sync(device)
+    runner.times.append(time.perf_counter() - t)
 
 
 def run(
@@ -218,6 +281,7 @@ def run(
     min_seconds: float = 2.0,
     configs: dict[str, MPRNetConfig] | None = None,
     on_result: Callable[[BenchResult], None] | None = None,
+    default: Mode | None = None,
 ) -> list[BenchResult]:
     """Benchmark every task in every mode against the reference mode.
 
@@ -226,15 +290,17 @@ def run(
     neighbour or a clock change hits every mode alike.
     """
     configs = configs or published_configs()
+    table = {**MODES, "default": default or MODES["default"]}
+    features = sorted(cpu_flags() & SPEED_FLAGS)
     wanted = ["reference", *[m for m in modes if m != "reference"]]
     results: list[BenchResult] = []
     for task in tasks:
         config = configs[task]
         macs = count_macs(config, height, width)
         runners = [
-            _prepare(config, MODES[name], device, height, width, batch)
+            _prepare(config, table[name], device, height, width, batch)
             for name in wanted
-            if supports_precision(device, MODES[name].precision)
+            if available(table[name], device)
         ]
         started = time.perf_counter()
         rounds = 0
@@ -249,6 +315,8 @@ def run(
             result = BenchResult(
                 task=task,
                 mode=runner.mode.name,
+                backend=runner.backend.value,
+                precision=runner.precision.value,
                 device=str(device),
                 width=width,
                 height=height,
@@ -262,6 +330,7 @@ def run(
                 peak_memory_bytes=runner.peak,
                 speedup_vs_reference=reference / per_image,
                 first_call_seconds=runner.first,
+                cpu_features=features,
             )
             results.append(result)
             if on_result is not None:

@@ -17,6 +17,14 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
+class BackendChoice(str, Enum):
+    """Which inference engine runs the network (`mprnet_cli.backends`)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
 class OutputFormat(str, Enum):
     """Output file format; the value is what users type after --format."""
 

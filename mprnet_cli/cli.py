@@ -21,6 +21,7 @@ import typer
 
 from mprnet_cli import __version__
 from mprnet_cli.choices import (
+    BackendChoice,
     EngineChoice,
     Ensemble,
     ModelChoice,
@@ -181,7 +182,20 @@ DeviceOpt = Annotated[
 ]
 PrecisionOpt = Annotated[
     Precision,
-    typer.Option("--precision", help="Arithmetic precision (auto: bf16 on CUDA GPUs, else fp32)."),
+    typer.Option(
+        "--precision",
+        envvar="MPRNET_PRECISION",
+        help="Arithmetic precision (auto: bf16 on CUDA GPUs and on CPUs with native bf16, "
+        "else fp32).",
+    ),
+]
+BackendOpt = Annotated[
+    BackendChoice,
+    typer.Option(
+        "--backend",
+        envvar="MPRNET_BACKEND",
+        help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
+    ),
 ]
 TileOpt = Annotated[
     str,
@@ -485,7 +499,8 @@ class _Reporter:
                 return
             self.note(
                 f"{source} -> {target} "
-                f"({result.seconds or 0:.1f} s on {result.device}, {result.tiles} tile(s))"
+                f"({result.seconds or 0:.1f} s on {result.device}, {result.backend} "
+                f"{result.precision}, {result.tiles} tile(s))"
             )
         else:
             self.note(f"{source}: skipped, {result.output} exists")
@@ -690,6 +705,7 @@ def _register(task: Task) -> None:
         model: ModelOpt = ModelChoice.AUTO,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = Precision.AUTO,
+        backend: BackendOpt = BackendChoice.AUTO,
         tile: TileOpt = "auto",
         tile_overlap: OverlapOpt = None,
         tile_batch: TileBatchOpt = 1,
@@ -709,6 +725,7 @@ def _register(task: Task) -> None:
             "model": model,
             "device": device,
             "precision": precision,
+            "backend": backend,
             "tile": parse_tile(tile),
             "tile_overlap": 32 if tile_overlap is None else tile_overlap,
             "tile_batch": tile_batch,
@@ -1095,6 +1112,7 @@ def eval_command(
     model: ModelOpt = ModelChoice.AUTO,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    backend: BackendOpt = BackendChoice.AUTO,
     tile: TileOpt = "auto",
     strength: StrengthOpt = 1.0,
     ensemble: EnsembleOpt = Ensemble.OFF,
@@ -1135,6 +1153,7 @@ def eval_command(
             model=model,
             device=device,
             precision=precision,
+            backend=backend,
             tile=tile_size,
             strength=strength,
             ensemble=ensemble,
@@ -1144,7 +1163,7 @@ def eval_command(
         )
         # The paper's protocol restores whole images: tile only where memory demands it,
         # so scores do not depend on the device's speed-minded tile choice.
-        restorer.engine.ignore_speed_limits()
+        restorer.backend.ignore_speed_limits()
 
         def show(r: Any) -> None:
             if json_out:
@@ -1175,13 +1194,16 @@ def bench_command(
     size: Annotated[str, typer.Option("--size", metavar="WxH", help="Image size WxH.")] = "512x512",
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = Precision.AUTO,
+    backend: BackendOpt = BackendChoice.AUTO,
     modes: Annotated[
         str | None,
         typer.Option(
             "--modes",
             metavar="MODES",
-            help="Comma-separated execution modes to compare: reference, fp32, bf16, fp16, "
-            "bf16+compile, fp32+compile (default: the one --precision picks).",
+            help="Comma-separated execution modes to compare: reference, default (what a restore "
+            "command runs here with no flags), fp32, bf16, fp16, bf16+compile, fp32+compile, "
+            "openvino-fp32, openvino-bf16 (default: default; --backend and --precision set what "
+            "default runs).",
             show_default=False,
         ),
     ] = None,
@@ -1206,7 +1228,7 @@ def bench_command(
         import json as jsonlib
 
         from mprnet_cli import bench
-        from mprnet_cli.device import choose_precision, describe, resolve_device, set_threads
+        from mprnet_cli.device import describe, resolve_device, set_threads
         from mprnet_cli.errors import UsageError
 
         set_threads(threads)
@@ -1219,7 +1241,7 @@ def bench_command(
                     f"unknown mode {unknown[0]!r}: choose from {', '.join(bench.MODES)}"
                 )
         else:
-            names = [choose_precision(dev, precision).value]
+            names = ["default"]
         say(f"benchmarking on {describe(dev)}, {w}x{h}, {torch_threads()} threads", quiet=json_out)
 
         def show(r: bench.BenchResult) -> None:
@@ -1228,7 +1250,8 @@ def bench_command(
                 return
             speed = f"{r.speedup_vs_reference:.2f}x" if r.speedup_vs_reference else "-"
             print(
-                f"{r.task:8s} {r.mode:13s} {r.megapixels_per_second:8.3f} MP/s  "
+                f"{r.task:8s} {r.mode:13s} {r.backend:8s} {r.precision:4s} "
+                f"{r.megapixels_per_second:8.3f} MP/s  "
                 f"{r.seconds_per_12mp:8.1f} s/12MP  {r.gflops:8.1f} GFLOP/s  "
                 f"peak {r.peak_memory_bytes / 2**20:7.0f} MiB  {speed} vs reference",
                 flush=True,
@@ -1243,6 +1266,7 @@ def bench_command(
             batch=batch,
             repeat=repeat,
             on_result=show,
+            default=bench.default_mode(backend, precision),
         )
 
 

@@ -7,7 +7,9 @@ Kept apart from the pipeline so the policy ("auto picks the GPU when usable",
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import time
 
 import torch
 
@@ -15,9 +17,6 @@ from mprnet_cli.choices import Precision, device_spec
 from mprnet_cli.errors import DeviceError, UsageError
 
 __all__ = ["Precision", "resolve_device"]
-
-# torch.OutOfMemoryError appeared in 2.5; older releases only have the CUDA one.
-_TORCH_OOM: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def _mps_available() -> bool:
@@ -62,20 +61,6 @@ def describe(device: torch.device) -> str:
     return str(device)
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA/MPS/CPU allocator out-of-memory errors (their types differ by backend)."""
-    if isinstance(exc, _TORCH_OOM):
-        return True
-    if isinstance(exc, RuntimeError):
-        text = str(exc).lower()
-        return (
-            "out of memory" in text
-            or "failed to allocate" in text
-            or "mps backend out of memory" in text
-        )
-    return isinstance(exc, MemoryError)
-
-
 def empty_cache(device: torch.device) -> None:
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -108,17 +93,25 @@ def _available_ram() -> int:
         return 4 << 30  # unknown platform: assume a modest 4 GiB
 
 
-def cpu_has_fast_bf16() -> bool:
-    """CPUs with native bf16 dot products (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii") as f:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """CPUs with native bf16 dot products (AVX-512 BF16 or AMX); elsewhere bf16 is emulated
+    (25x slower than fp32 on an AVX2 CPU) and `auto` must not pick it."""
+    return bool(cpu_flags() & FAST_BF16_FLAGS)
 
 
 def supports_precision(device: torch.device, precision: Precision) -> bool:
@@ -138,21 +131,25 @@ def choose_precision(device: torch.device | str, requested: Precision) -> Precis
 
     bf16 on CUDA: 1.5-1.8x faster than the reference mode on an H200 and within
     54 dB PSNR of float32 on real photos for all three tasks (benchmarks/
-    precision_check.py). float32 elsewhere: CPUs without native bf16 run it
-    emulated, 25x slower here, and no native-bf16 CPU was available to measure.
+    precision_check.py). bf16 on CPUs with native bf16 dot products (AVX-512 BF16,
+    AMX): 2.4-3.4x faster than the reference mode and 55-67 dB from float32
+    (README, speed table). float32 elsewhere: CPUs without native bf16 emulate it,
+    25x slower than float32.
     """
     if requested is not Precision.AUTO:
         return requested
     device = torch.device(device)
     if device.type == "cuda" and supports_precision(device, Precision.BF16):
         return Precision.BF16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return Precision.BF16
     return Precision.FP32
 
 
 def fallback_precision(requested: Precision) -> Precision:
     """The precision to go on with on the CPU after a GPU ran out of memory: what
-    `requested` means there, except fp16 (no fast CPU kernels) and bf16 where the CPU
-    only emulates it."""
+    `requested` means there (auto: bf16 only where the CPU has it natively), except fp16
+    (no fast CPU kernels) and bf16 where the CPU only emulates it."""
     precision = choose_precision("cpu", requested)
     if precision is Precision.FP16 or (precision is Precision.BF16 and not cpu_has_fast_bf16()):
         return Precision.FP32
@@ -175,10 +172,58 @@ def autocast(
     return contextlib.nullcontext()
 
 
+@functools.cache
+def _physical_cores() -> int:
+    """torch's own default thread count (one per physical core), read before we change it."""
+    return torch.get_num_threads()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _other_runnable(samples: int = 3, pause: float = 0.01) -> int | None:
+    """Threads of other processes running or waiting for a CPU right now (the 4th field
+    of /proc/loadavg, less this one), the least of a few samples; None off Linux."""
+    seen = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                runnable = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        seen.append(max(0, runnable - 1))
+        if i + 1 < samples:
+            time.sleep(pause)
+    return min(seen)
+
+
+def default_threads(cores: int | None = None, busy: int | None = None) -> int:
+    """One thread per physical core that nothing else is using right now.
+
+    A thread per core is fastest on an idle machine, but on a busy one every parallel
+    region waits for a thread that is queued behind another process: a small image
+    took 3.3 s instead of 0.05 s. Threads beyond the idle cores buy nothing, so the
+    default counts the other runnable threads once, when the network is loaded
+    (benchmarks/bench_threads.py).
+    """
+    cores = _physical_cores() if cores is None else cores
+    busy = _other_runnable() if busy is None else busy
+    if busy is None:
+        return cores
+    return max(1, min(cores, _usable_cpus() - busy))
+
+
 def set_threads(threads: int | None) -> None:
-    """Apply --threads; by default torch uses one thread per physical core, which is right."""
+    """Apply --threads, or the load-aware default (`default_threads`) unless the user set
+    OMP_NUM_THREADS, which torch already obeys."""
     if threads is None:
-        return
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        threads = default_threads()
     if threads < 1:
         raise UsageError("--threads must be at least 1")
     torch.set_num_threads(threads)

@@ -68,6 +68,10 @@ class ClusterError(MprnetError):
     """The Ray cluster cannot run the job (too few resources, a job-level Ray failure)."""
 
 
+class BackendError(MprnetError):
+    """An optional inference engine is missing or cannot run this network."""
+
+
 class OutOfMemoryError(MprnetError):
     """Not enough memory even at the smallest tile size."""
 

@@ -505,6 +505,8 @@ JSON_FIELDS: Final[tuple[str, ...]] = (
     "height",
     "seconds",
     "device",
+    "backend",
+    "precision",
     "tiles",
     "warnings",
 )
@@ -522,6 +524,8 @@ class Result:
     height: int | None = None
     seconds: float | None = None
     device: str | None = None
+    backend: str | None = None
+    precision: str | None = None
     tiles: int | None = None
     warnings: tuple[str, ...] = ()
 
@@ -622,6 +626,8 @@ def restored(
     tiles: int | None,
     width: int,
     height: int,
+    backend: str | None = None,
+    precision: str | None = None,
 ) -> Result:
     """The record of a restored image; each warning names its input once."""
     return Result(
@@ -630,6 +636,8 @@ def restored(
         Status.OK,
         seconds=seconds,
         device=device,
+        backend=backend,
+        precision=precision,
         tiles=tiles,
         warnings=tuple(dict.fromkeys(_prefixed(n, job.display) for n in notes)),
         width=width,
@@ -639,7 +647,8 @@ def restored(
 
 def skipped_at_write(done: Result) -> Result:
     """The output appeared between the check and the write (another process): not ours."""
-    return dataclasses.replace(done, status=Status.SKIPPED, seconds=None, device=None, tiles=None)
+    return dataclasses.replace(done, status=Status.SKIPPED, seconds=None, device=None, backend=None, precision=None, tiles=None
+    )
 
 
 def failed_at_write(done: Result, error: str) -> Result:

@@ -6,6 +6,8 @@ multiple of 8 is done per tile by index arithmetic, so no padded copy of the
 image is ever made, and only one batch of tiles lives on the device.
 
 Progress is reported through a callback (`done, total`), never printed here.
+Inference goes through the `Backend` protocol only (numpy batches in and out), so
+the same loop drives PyTorch and OpenVINO.
 """
 
 from __future__ import annotations
@@ -17,19 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch import nn
 
+from mprnet_cli.backends.base import Backend, Batch
 from mprnet_cli.choices import Precision
-from mprnet_cli.device import (
-    autocast,
-    available_memory,
-    choose_precision,
-    empty_cache,
-    fallback_precision,
-    is_oom,
-)
 from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, round_up, shrink_tile
@@ -38,19 +31,13 @@ Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]
 # A float32 NCHW batch on the CPU -> restored batch of the same shape (an Engine, or a
 # wrapper around one such as quality.self_ensemble).
-BatchFn = Callable[[torch.Tensor], torch.Tensor]
+BatchFn = Callable[[Batch], Batch]
 
 ALIGN = 8
 DEFAULT_OVERLAP = 32
 MIN_TILE = 64
 MAX_AUTO_TILE = 2048
-# On a CPU, MPRNet's per-pixel speed falls once its feature maps outgrow the caches:
-# on a 2-core EPYC, 512-px tiles restored 1024x768 and 1280x960 images 1.25-1.4x
-# faster than one pass, overlap included (benchmarks/bench_cpu_tiles.py), so `auto`
-# never goes above them there. Images up to CPU_ONE_PASS_SIDE gain too little to pay
-# for the overlap and run in one pass. GPUs prefer one pass, or the largest tile that fits.
-CPU_AUTO_TILE = 512
-CPU_ONE_PASS_SIDE = 768
+DEFAULT_TILE = 512  # when a backend cannot price its memory
 
 
 @dataclass(frozen=True)
@@ -73,11 +60,6 @@ class TileOptions:
             raise UsageError("--tile-batch must be >= 1")
 
 
-def _speed_limits(device: torch.device) -> tuple[int | None, int | None]:
-    """(largest tile worth running, largest image side run in one pass); None: memory decides."""
-    return (CPU_AUTO_TILE, CPU_ONE_PASS_SIDE) if device.type == "cpu" else (None, None)
-
-
 @dataclass
 class RunStats:
     """What happened while restoring one image (for --json and benchmarks)."""
@@ -85,88 +67,29 @@ class RunStats:
     tiles: int = 0
     tile_size: int = 0
     device: str = "cpu"
+    backend: str = "torch"
+    precision: str = "fp32"
     fell_back_to_cpu: bool = False
     oom_splits: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
-# Peak bytes per input pixel of one forward pass on a device type at a precision.
-MemoryCost = Callable[[str, Precision], float]
-
-
-class Engine:
-    """The model on its device, at its precision, run on batches of tiles.
-
-    `precision` is what was asked for (`auto` is resolved for the device, and again for
-    the CPU after an out-of-memory fallback); `memory` prices a tile for `--tile auto`.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        precision: Precision = Precision.FP32,
-        *,
-        channels_last: bool = True,
-        memory: MemoryCost | None = None,
-        compile: bool = False,
-    ) -> None:
-        self.device = device
-        self.requested_precision = precision
-        self.precision = choose_precision(device, precision)
-        self.channels_last = channels_last
-        self.memory = memory
-        self.bytes_per_pixel = memory(device.type, self.precision) if memory else None
-        self.speed_tile, self.one_pass_side = _speed_limits(device)
-        self.model = model.eval().requires_grad_(False)
-        self._place()
-        self.forward: Callable[[torch.Tensor], list[torch.Tensor]] = self.model
-        if compile:
-            # Tiles share one shape, so one compilation serves the whole image.
-            self.forward = torch.compile(self.model)
-
-    def _place(self) -> None:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model.to(device=self.device)
-        self.model.to(memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
-
-    def to_cpu(self) -> None:
-        """Move to the CPU after the GPU ran out of memory even at the smallest tile."""
-        old = self.device
-        self.device = torch.device("cpu")
-        self.speed_tile, self.one_pass_side = _speed_limits(self.device)
-        self.precision = fallback_precision(self.requested_precision)
-        self._place()
-        self.forward = self.model  # a compiled graph is specific to the old device
-        if self.memory:  # the GPU's figure under-states the CPU's need
-            self.bytes_per_pixel = self.memory("cpu", self.precision)
-        empty_cache(old)
-
-    def ignore_speed_limits(self) -> None:
-        """Tile for memory only: whole images whenever they fit (benchmark protocols)."""
-        self.speed_tile = self.one_pass_side = None
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, 3, h, w) float32 on the CPU -> restored (N, 3, h, w) float32 on the CPU."""
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            out: torch.Tensor = self.forward(x)[0]
-        return out.float().cpu()
-
-    def auto_tile(self, height: int, width: int) -> int:
-        """0 (one pass) when the image fits in 70% of free memory (and its sides are at
-        most `one_pass_side`), else the largest square tile that fits (at most `speed_tile`)."""
-        cap = MAX_AUTO_TILE if self.speed_tile is None else min(MAX_AUTO_TILE, self.speed_tile)
-        if self.bytes_per_pixel is None:
-            return min(512, cap)
-        budget = 0.7 * available_memory(self.device)
-        fits = height * width * self.bytes_per_pixel <= budget
-        if fits and (self.one_pass_side is None or max(height, width) <= self.one_pass_side):
-            return 0
-        side = int(math.sqrt(max(budget, 0.0) / self.bytes_per_pixel))
-        return max(MIN_TILE, min(cap, side - side % ALIGN))
+def auto_tile(backend: Backend, height: int, width: int) -> int:
+    """0 (one pass) when the image fits in 70% of free memory (and its sides are at most
+    the backend's `one_pass_side`), else the largest square tile that fits (at most its
+    `max_tile`)."""
+    caps = backend.capabilities
+    cap = MAX_AUTO_TILE if caps.max_tile is None else min(MAX_AUTO_TILE, caps.max_tile)
+    if caps.bytes_per_pixel is None:
+        return min(DEFAULT_TILE, cap)
+    budget = 0.7 * backend.free_memory()
+    fits = height * width * caps.bytes_per_pixel <= budget
+    if fits and (caps.one_pass_side is None or max(height, width) <= caps.one_pass_side):
+        return 0
+    side = int(math.sqrt(max(budget, 0.0) / caps.bytes_per_pixel))
+    align = caps.align
+    return max(MIN_TILE, min(cap, side - side % align))
 
 
 # Live activations of one forward pass are ~38-40 bytes per input pixel per channel
@@ -219,7 +142,7 @@ def _batches(queue: deque[Tile], size: int) -> Iterator[list[Tile]]:
 
 
 def restore_array(
-    engine: Engine,
+    backend: Backend,
     rgb: NDArray[np.float32],
     options: TileOptions = TileOptions(),
     *,
@@ -229,48 +152,61 @@ def restore_array(
 ) -> tuple[NDArray[np.float32], RunStats]:
     """Restore an (H, W, 3) float32 image in [0, 1]; returns the clipped result and stats.
 
-    `forward` runs the tiles instead of `engine` itself (which still places, sizes and
-    recovers them): a wrapper around the engine, such as a self-ensemble.
+    `forward` runs the tiles instead of `backend` itself (which still sizes them and
+    recovers from out-of-memory errors): a wrapper around the backend, such as a
+    self-ensemble.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
     start = time.perf_counter()
     rgb = np.ascontiguousarray(rgb, dtype=np.float32)
     h, w = rgb.shape[:2]
-    ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
+    align = backend.capabilities.align
+    ph, pw = round_up(h, align), round_up(w, align)
     rows, cols = _reflect_index(ph, h), _reflect_index(pw, w)
 
     tile = options.tile
     if tile is None:
-        tile = engine.auto_tile(ph, pw)
-    overlap = min(options.overlap, max(tile - ALIGN, 0)) if tile else 0
+        tile = auto_tile(backend, ph, pw)
+    overlap = min(options.overlap, max(tile - align, 0)) if tile else 0
     plan = plan_tiles(ph, pw, tile, overlap)
     # The window ramps over the requested overlap even for a single tile, so that
     # sub-tiles made by out-of-memory recovery blend smoothly too.
     blender = Blender(ph, pw, 3, options.overlap)
-    stats = RunStats(tile_size=tile or max(ph, pw), device=str(engine.device))
+    stats = RunStats(
+        tile_size=tile or max(ph, pw),
+        device=backend.device,
+        backend=backend.name,
+        precision=backend.precision.value,
+    )
 
     queue: deque[Tile] = deque(plan.tiles)
     total, done = len(queue), 0
     current = tile or max(ph, pw)
     while queue:
         batch = next(_batches(queue, options.batch))
-        x = torch.from_numpy(np.stack([_cut(rgb, t, rows, cols) for t in batch])).permute(
-            0, 3, 1, 2
-        )
+        x = np.stack([_cut(rgb, t, rows, cols) for t in batch]).transpose(0, 3, 1, 2)
         try:
-            out = (forward or engine)(x)
+            out = (forward or backend)(np.ascontiguousarray(x))
         except Exception as exc:
-            if not is_oom(exc):
+            if not backend.is_out_of_memory(exc):
                 raise
             del exc
-            empty_cache(engine.device)
+            backend.release_memory()
             current, total = _recover(
-                engine, batch, queue, current, options.overlap, options.min_tile, total, stats, warn
+                backend,
+                batch,
+                queue,
+                current,
+                options.overlap,
+                options.min_tile,
+                total,
+                stats,
+                warn,
             )
             continue
-        check_finite(out, engine.precision)
-        for t, o in zip(batch, out.permute(0, 2, 3, 1).numpy(), strict=True):
+        check_finite(out, backend.precision)
+        for t, o in zip(batch, out.transpose(0, 2, 3, 1), strict=True):
             blender.add(t, o)
         done += len(batch)
         stats.tiles += len(batch)
@@ -284,9 +220,9 @@ def restore_array(
     return result, stats
 
 
-def check_finite(out: torch.Tensor, precision: Precision) -> None:
+def check_finite(out: Batch, precision: Precision) -> None:
     """NaN/Inf would quantise to black pixels and look like success: fail the image instead."""
-    if bool(torch.isfinite(out).all()):
+    if bool(np.isfinite(out).all()):
         return
     hint = (
         "the weights may be damaged: try other weights"
@@ -297,7 +233,7 @@ def check_finite(out: torch.Tensor, precision: Precision) -> None:
 
 
 def _recover(
-    engine: Engine,
+    backend: Backend,
     batch: list[Tile],
     queue: deque[Tile],
     current: int,
@@ -323,14 +259,15 @@ def _recover(
         stats.oom_splits += 1
         stats.notes.append(f"out of memory at tile {current}, retrying at {smaller[0]}")
         return smaller[0], total - len(pending) + len(queue)
-    if engine.device.type != "cpu":
+    if backend.capabilities.can_fall_back:
         if warn is not None:
             warn(
-                f"{engine.device} ran out of memory even with {current}px tiles; continuing on the CPU"
+                f"{backend.device} ran out of memory even with {current}px tiles; continuing on the CPU"
             )
-        engine.to_cpu()
+        backend.fall_back()
         stats.fell_back_to_cpu = True
-        stats.device = "cpu"
+        stats.device = backend.device
+        stats.precision = backend.precision.value
         queue.extendleft(reversed(batch))
         return current, total
     raise OutOfMemoryError(

@@ -12,28 +12,29 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
+from mprnet_cli.backends.base import Batch
 from mprnet_cli.choices import Ensemble
 from mprnet_cli.errors import UsageError
 from mprnet_cli.pipeline import BatchFn
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Transform = Callable[[Batch], Batch]
 
 
 def _dihedral(k: int, mirror: bool) -> tuple[Transform, Transform]:
     """(forward, inverse) of: mirror left-right if asked, then rotate by k quarter turns."""
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: Batch) -> Batch:
         if mirror:
-            x = x.flip(-1)
-        return torch.rot90(x, k, dims=(-2, -1)) if k else x
+            x = np.flip(x, -1)
+        # Backends take C-contiguous batches: flips and rotations are views until here.
+        return np.ascontiguousarray(np.rot90(x, k, axes=(-2, -1)) if k else x)
 
-    def inverse(y: torch.Tensor) -> torch.Tensor:
+    def inverse(y: Batch) -> Batch:
         if k:
-            y = torch.rot90(y, -k, dims=(-2, -1))
-        return y.flip(-1) if mirror else y
+            y = np.rot90(y, -k, axes=(-2, -1))
+        return np.flip(y, -1) if mirror else y
 
     return forward, inverse
 
@@ -58,13 +59,13 @@ def self_ensemble(forward: BatchFn, mode: Ensemble) -> BatchFn:
         return forward
     pairs = ensemble_transforms(mode)
 
-    def averaged(batch: torch.Tensor) -> torch.Tensor:
-        total: torch.Tensor | None = None
+    def averaged(batch: Batch) -> Batch:
+        total: Batch | None = None
         for transform, inverse in pairs:
             out = inverse(forward(transform(batch)))
             total = out if total is None else total + out
         assert total is not None
-        return total / len(pairs)
+        return (total / np.float32(len(pairs))).astype(np.float32, copy=False)
 
     return averaged
 

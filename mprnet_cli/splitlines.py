@@ -27,14 +27,15 @@ from collections.abc import Iterable
 import numpy as np
 from numpy.typing import NDArray
 
+from mprnet_cli.backends.base import Backend
 from mprnet_cli.pipeline import (
     ALIGN,
     BatchFn,
-    Engine,
     Progress,
     RunStats,
     TileOptions,
     Warn,
+    auto_tile,
     restore_array,
 )
 from mprnet_cli.tiling import TilePlan, plan_tiles, round_up
@@ -100,7 +101,7 @@ def canvas_plan(height: int, width: int, tile: int, overlap: int) -> TilePlan:
 
 
 def restore_hiding_split_lines(
-    engine: Engine,
+    backend: Backend,
     rgb: NDArray[np.float32],
     options: TileOptions,
     *,
@@ -118,14 +119,19 @@ def restore_hiding_split_lines(
     h, w = rgb.shape[:2]
     tile = options.tile
     if tile is None:
-        tile = engine.auto_tile(round_up(h + PAD, ALIGN), round_up(w + PAD, ALIGN))
+        tile = auto_tile(backend, round_up(h + PAD, ALIGN), round_up(w + PAD, ALIGN))
     fixed = TileOptions(
         tile=tile, overlap=options.overlap, batch=options.batch, min_tile=options.min_tile
     )
     weights = pass_weights(h, w, canvas_plan(h, w, tile, options.overlap))
     out = np.zeros((h, w, 3), dtype=np.float32)
     acc = np.zeros((h, w), dtype=np.float32)
-    total = RunStats(tile_size=tile, device=str(engine.device))
+    total = RunStats(
+        tile_size=tile,
+        device=backend.device,
+        backend=backend.name,
+        precision=backend.precision.value,
+    )
     for k, (offset, weight) in enumerate(zip(pass_offsets(), weights, strict=True)):
         pad = ((offset, PAD - offset), (offset, PAD - offset), (0, 0))
         canvas = np.pad(rgb, pad, mode="reflect")
@@ -133,7 +139,7 @@ def restore_hiding_split_lines(
         if progress is not None:
             on_tiles = _pass_progress(progress, k)
         result, stats = restore_array(
-            engine, canvas, fixed, forward=forward, progress=on_tiles, warn=warn
+            backend, canvas, fixed, forward=forward, progress=on_tiles, warn=warn
         )
         _merge(total, stats)
         # Running weighted mean, as tiling.Blender: identical passes stay bit-identical.

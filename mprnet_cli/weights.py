@@ -207,8 +207,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _cache_root() -> Path:
-    """mprnet's own cache folder (small notes and imported files; downloads stay in HF's)."""
+def cache_root() -> Path:
+    """mprnet's own cache: `MPRNET_CACHE`, else `$XDG_CACHE_HOME/mprnet` or `~/.cache/mprnet`."""
     root = os.environ.get("MPRNET_CACHE")
     if root:
         return Path(root)
@@ -224,7 +224,7 @@ def _remembered(note: str, path: Path, compute: Callable[[], str]) -> str:
     file's size and mtime: any change to the file makes it computed again.
     """
     stat = path.stat()
-    store = _cache_root() / note
+    store = cache_root() / note
     key = str(path.resolve())
     stamp = [stat.st_size, stat.st_mtime_ns]
     db = _read_store(store)
@@ -427,7 +427,7 @@ def offline_error(task: Task) -> OfflineError:
 
 
 def _imports_path() -> Path:
-    return _cache_root() / "imported.json"
+    return cache_root() / "imported.json"
 
 
 def imported_file(task: Task) -> ResolvedWeights | None:
@@ -461,7 +461,7 @@ def import_file(task: Task, file: str | os.PathLike[str]) -> Path:
             f"{src}: its sha256 {sha[:12]}… matches none of the published {task.value} files "
             "the registry pins; fetch the file again"
         )
-    folder = _cache_root() / "imported" / task.value
+    folder = cache_root() / "imported" / task.value
     dest = folder / src.name
     tmp = folder / f".{src.name}.{os.getpid()}.tmp"
     try:

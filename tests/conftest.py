@@ -23,6 +23,10 @@ os.environ["HF_HOME"] = str(_SESSION_CACHE / "hf")
 os.environ["HF_HUB_CACHE"] = str(_SESSION_CACHE / "hf" / "hub")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["MPRNET_CACHE"] = str(_SESSION_CACHE / "mprnet")
+# Commands run in subprocesses get what `_plain_cpu` gives in-process tests: fp32 PyTorch,
+# whatever this CPU has (native bf16) and whether OpenVINO is installed.
+os.environ["MPRNET_BACKEND"] = "torch"
+os.environ["MPRNET_PRECISION"] = "fp32"
 
 TINY_CONFIG = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reduction=4)
 
@@ -40,6 +44,21 @@ def _isolated_caches(
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("MPRNET_REGISTRY", raising=False)
     monkeypatch.delenv("MPRNET_DEBUG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same defaults on every CPU: no native bf16 and no OpenVINO unless a test says so.
+
+    `--precision auto` and `--backend auto` follow the machine (bf16 on CPUs with native
+    bf16; OpenVINO where installed); tests of those rules mock the detection both ways,
+    and every other test gets fp32 PyTorch, as on an AVX2-only CPU without OpenVINO.
+    """
+    import mprnet_cli.backends as backends
+    import mprnet_cli.device as device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def _rgb(h: int = 20, w: int = 28, seed: int = 0) -> np.ndarray:
 
 def test_float_array_matches_the_pipeline(restorer: Restorer) -> None:
     rgb = _rgb()
-    expected, _ = restore_array(restorer.engine, rgb, TileOptions(tile=0))
+    expected, _ = restore_array(restorer.backend, rgb, TileOptions(tile=0))
     out = restorer.restore(rgb)
     assert out.dtype == np.float32 and out.shape == rgb.shape
     assert np.array_equal(out, expected)
@@ -108,7 +108,7 @@ def test_bad_inputs(restorer: Restorer) -> None:
 
 def test_pickle_reloads_the_weights(restorer: Restorer) -> None:
     clone = pickle.loads(pickle.dumps(restorer))
-    assert clone is not restorer and clone.engine is not restorer.engine
+    assert clone is not restorer and clone.backend is not restorer.backend
     rgb = _rgb(seed=4)
     assert np.array_equal(clone.restore(rgb), restorer.restore(rgb))
     assert len(pickle.dumps(restorer)) < 2000  # settings travel, not the weights
@@ -158,8 +158,14 @@ def test_non_rgb_network_is_refused(tmp_path: Path) -> None:
 
 
 def test_auto_precision_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mprnet_cli.device as device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
     assert choose_precision("cpu", Precision.AUTO) is Precision.FP32
     assert choose_precision("cpu", Precision.BF16) is Precision.BF16
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert choose_precision("cpu", Precision.AUTO) is Precision.BF16
+    assert choose_precision("cpu", Precision.FP32) is Precision.FP32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert choose_precision("cuda", Precision.AUTO) is Precision.BF16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
@@ -168,4 +174,5 @@ def test_auto_precision_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bundled_restorer_uses_estimated_memory(tiny_checkpoint: Path) -> None:
     r = Restorer(weights=tiny_checkpoint, device="cpu")
-    assert r.engine.bytes_per_pixel is not None and r.engine.bytes_per_pixel > 0
+    cost = r.backend.capabilities.bytes_per_pixel
+    assert cost is not None and cost > 0

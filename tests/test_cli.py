@@ -193,6 +193,7 @@ def test_e2e_json_lines_exit_code_and_messages(tree_run: tuple[Path, Any]) -> No
         r = by_input[source]
         assert (r["status"], r["output"], r["error"]) == ("ok", output, None), r
         assert r["device"] == "cpu" and r["tiles"] == 1 and r["seconds"] > 0
+        assert (r["backend"], r["precision"]) == ("torch", "fp32")  # pinned by conftest
     assert (by_input["tree/photo.jpg"]["width"], by_input["tree/photo.jpg"]["height"]) == (24, 32)
     for bad, words in [("tree/sub dir/broken.jpg", "truncated"), ("tree/sub dir/bomb.png", "MP")]:
         assert by_input[bad]["status"] == "failed"
@@ -488,6 +489,7 @@ def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> N
     [
         ("--model", ["auto", "published", "bundled"]),
         ("--precision", ["auto", "fp32", "bf16", "fp16"]),
+        ("--backend", ["auto", "torch", "openvino"]),
         ("--device", ["auto", "cpu", "cuda", "mps"]),
     ],
 )

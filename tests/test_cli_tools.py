@@ -157,16 +157,17 @@ def test_eval_tiles_only_for_memory(
     photos: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The paper's protocol restores whole images: no speed-minded CPU tiles in eval."""
-    from mprnet_cli.pipeline import Engine
+    import mprnet_cli.pipeline as pipeline
+    from mprnet_cli.backends import Backend
 
     seen: list[tuple[int | None, int | None]] = []
-    auto_tile = Engine.auto_tile
+    auto_tile = pipeline.auto_tile
 
-    def spy(self: Engine, height: int, width: int) -> int:
-        seen.append((self.speed_tile, self.one_pass_side))
-        return auto_tile(self, height, width)
+    def spy(backend: Backend, height: int, width: int) -> int:
+        seen.append((backend.capabilities.max_tile, backend.capabilities.one_pass_side))
+        return auto_tile(backend, height, width)
 
-    monkeypatch.setattr(Engine, "auto_tile", spy)
+    monkeypatch.setattr(pipeline, "auto_tile", spy)
     code, _, err = evaluate(
         "denoise", photos, tiny_checkpoint, "--target", str(photos), "--quiet", "--limit", "1"
     )
@@ -311,3 +312,27 @@ def test_json_into_a_closed_pipe_is_one_line_not_a_bug(tmp_path: Path) -> None:
         "mprnet: error: stdout was closed before all JSON lines were written"
     )
     assert "bug" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_bench_default_mode_is_what_a_restore_runs(
+    monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
+) -> None:
+    """`default` resolves backend and precision exactly as `mprnet derain` does here."""
+    import mprnet_cli.device as device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.delenv("MPRNET_BACKEND")  # set for subprocesses by conftest
+    monkeypatch.delenv("MPRNET_PRECISION")
+    args = ["bench", "derain", "--size", "16x16", "--repeat", "1", "--device", "cpu", "--json"]
+    code, out, err = invoke(*args, "--modes", "reference,default")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["mode"], r["backend"], r["precision"]) for r in rows] == [
+        ("reference", "torch", "fp32"),
+        ("default", "torch", "bf16" if fast_bf16 else "fp32"),
+    ]
+    assert rows[1]["speedup_vs_reference"] > 0
+    code, out, err = invoke(*args)  # no --modes: default alone (with the reference)
+    assert code == 0, err
+    assert [json.loads(line)["mode"] for line in out.splitlines()] == ["reference", "default"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import mprnet_cli.backends.torch as torch_backend
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
-from mprnet_cli.pipeline import Engine, TileOptions, _reflect_index, restore_array
+from mprnet_cli.pipeline import TileOptions, _reflect_index, auto_tile, restore_array
 from tests.conftest import tiny_model
 
 
@@ -44,7 +48,7 @@ def image(h: int, w: int, seed: int = 0) -> np.ndarray:
 def test_identity_is_exact_for_any_size(shape: tuple[int, int], tile: int) -> None:
     rgb = image(*shape)
     out, stats = restore_array(
-        Engine(Identity(), torch.device("cpu")), rgb, TileOptions(tile=tile, overlap=8)
+        TorchBackend(Identity(), torch.device("cpu")), rgb, TileOptions(tile=tile, overlap=8)
     )
     assert out.shape == rgb.shape and out.dtype == np.float32
     assert np.array_equal(out, rgb)
@@ -66,7 +70,7 @@ def test_output_is_clipped_to_unit_range() -> None:
             return [x * 3 - 1]
 
     out, _ = restore_array(
-        Engine(Overshoot(), torch.device("cpu")), image(16, 16), TileOptions(tile=0)
+        TorchBackend(Overshoot(), torch.device("cpu")), image(16, 16), TileOptions(tile=0)
     )
     assert out.min() >= 0.0 and out.max() <= 1.0
 
@@ -74,7 +78,7 @@ def test_output_is_clipped_to_unit_range() -> None:
 def test_progress_reports_every_tile() -> None:
     seen: list[tuple[int, int]] = []
     restore_array(
-        Engine(Identity(), torch.device("cpu")),
+        TorchBackend(Identity(), torch.device("cpu")),
         image(64, 64),
         TileOptions(tile=32, overlap=8),
         progress=lambda d, t: seen.append((d, t)),
@@ -85,7 +89,9 @@ def test_progress_reports_every_tile() -> None:
 def test_tile_batch_groups_tiles() -> None:
     model = Recording()
     restore_array(
-        Engine(model, torch.device("cpu")), image(64, 64), TileOptions(tile=32, overlap=8, batch=4)
+        TorchBackend(model, torch.device("cpu")),
+        image(64, 64),
+        TileOptions(tile=32, overlap=8, batch=4),
     )
     assert [c[0] for c in model.calls] == [4, 4, 1]
 
@@ -95,7 +101,7 @@ def test_oom_halves_the_tile_and_keeps_finished_tiles() -> None:
     rgb = image(128, 128)
     warnings: list[str] = []
     out, stats = restore_array(
-        Engine(model, torch.device("cpu")),
+        TorchBackend(model, torch.device("cpu")),
         rgb,
         TileOptions(tile=64, overlap=16, min_tile=16),
         warn=warnings.append,
@@ -127,7 +133,7 @@ def test_oom_continues_from_the_failed_tile_only() -> None:
     model = FailOnce()
     rgb = image(64, 160)  # three 64px tiles across
     out, stats = restore_array(
-        Engine(model, torch.device("cpu")), rgb, TileOptions(tile=64, overlap=16, min_tile=16)
+        TorchBackend(model, torch.device("cpu")), rgb, TileOptions(tile=64, overlap=16, min_tile=16)
     )
     assert np.array_equal(out, rgb)
     full = [s for s in model.shapes if s[-1] == 64]
@@ -139,7 +145,7 @@ def test_oom_below_minimum_on_cpu_is_a_clear_error() -> None:
     model = Recording(max_pixels=10)
     with pytest.raises(OutOfMemoryError, match="not enough memory"):
         restore_array(
-            Engine(model, torch.device("cpu")),
+            TorchBackend(model, torch.device("cpu")),
             image(64, 64),
             TileOptions(tile=32, overlap=8, min_tile=16),
         )
@@ -148,19 +154,22 @@ def test_oom_below_minimum_on_cpu_is_a_clear_error() -> None:
 def test_oom_on_gpu_falls_back_to_cpu_with_one_warning() -> None:
     model = Recording(max_pixels=10)
 
-    class FakeGpu(Engine):
+    class FakeGpu(TorchBackend):
         """Claims to be a GPU; moving to the CPU lifts the memory limit."""
 
-        def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        def run(self, batch: torch.Tensor) -> torch.Tensor:
             out: torch.Tensor = self.model(batch)[0]
             return out
 
-        def to_cpu(self) -> None:
-            self.device = torch.device("cpu")
+        def fall_back(self) -> None:
+            self.torch_device = torch.device("cpu")
+            self.capabilities = self._capabilities()
             model.max_pixels = None
 
     engine = FakeGpu(model, torch.device("cpu"))
-    engine.device = torch.device("cuda")
+    engine.torch_device = torch.device("cuda")
+    engine.capabilities = engine._capabilities()
+    assert engine.capabilities.can_fall_back
     warnings: list[str] = []
     rgb = image(64, 64)
     out, stats = restore_array(
@@ -175,7 +184,7 @@ def test_runtime_oom_message_is_recognised() -> None:
     model = Recording(max_pixels=40 * 40, oom=RuntimeError)
     rgb = image(64, 64)
     out, stats = restore_array(
-        Engine(model, torch.device("cpu")), rgb, TileOptions(tile=64, overlap=8, min_tile=16)
+        TorchBackend(model, torch.device("cpu")), rgb, TileOptions(tile=64, overlap=8, min_tile=16)
     )
     assert np.array_equal(out, rgb) and stats.oom_splits == 1
 
@@ -186,7 +195,9 @@ def test_other_errors_propagate() -> None:
             raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        restore_array(Engine(Broken(), torch.device("cpu")), image(16, 16), TileOptions(tile=0))
+        restore_array(
+            TorchBackend(Broken(), torch.device("cpu")), image(16, 16), TileOptions(tile=0)
+        )
 
 
 def test_tiles_blend_without_seams_for_a_local_network() -> None:
@@ -205,7 +216,7 @@ def test_tiles_blend_without_seams_for_a_local_network() -> None:
         def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
             return [torch.sigmoid(net(x))]
 
-    engine = Engine(Local(), torch.device("cpu"))
+    engine = TorchBackend(Local(), torch.device("cpu"))
     rgb = image(96, 136, seed=3)
     whole, _ = restore_array(engine, rgb, TileOptions(tile=0))
     tiled, stats = restore_array(engine, rgb, TileOptions(tile=48, overlap=24))
@@ -221,7 +232,7 @@ def test_matches_reference_demo_processing() -> None:
     model = tiny_model()
     rgb = image(21, 30, seed=5)
     out, _ = restore_array(
-        Engine(model, torch.device("cpu"), channels_last=False), rgb, TileOptions(tile=0)
+        TorchBackend(model, torch.device("cpu"), channels_last=False), rgb, TileOptions(tile=0)
     )
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
     padded = torch.nn.functional.pad(x, (0, 2, 0, 3), mode="reflect")
@@ -242,40 +253,39 @@ def test_tile_options_validation() -> None:
 def test_auto_tile_is_one_pass_when_the_image_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     import mprnet_cli.pipeline as pipeline
 
-    engine = Engine(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
+    engine = TorchBackend(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
     engine.ignore_speed_limits()  # as on a GPU: the memory rule alone
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 10 * 2**30)
-    assert engine.auto_tile(2000, 3000) == 0  # 6 GB needed < 7 GB budget
-    assert engine.auto_tile(3000, 4000) == pipeline.MAX_AUTO_TILE  # 12 GB: tiles, capped
+    monkeypatch.setattr(torch_backend, "available_memory", lambda device: 10 * 2**30)
+    assert auto_tile(engine, 2000, 3000) == 0  # 6 GB needed < 7 GB budget
+    assert auto_tile(engine, 3000, 4000) == pipeline.MAX_AUTO_TILE  # 12 GB: tiles, capped
     # With 4 GiB free: the largest aligned square within 70% of it.
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 4 * 2**30)
-    side = engine.auto_tile(3000, 4000)
+    monkeypatch.setattr(torch_backend, "available_memory", lambda device: 4 * 2**30)
+    side = auto_tile(engine, 3000, 4000)
     assert side % 8 == 0 and side * side * 1000 <= 0.7 * 4 * 2**30 < (side + 8) ** 2 * 1000
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**20)
-    assert engine.auto_tile(3000, 4000) == pipeline.MIN_TILE  # never below the minimum
+    monkeypatch.setattr(torch_backend, "available_memory", lambda device: 2**20)
+    assert auto_tile(engine, 3000, 4000) == pipeline.MIN_TILE  # never below the minimum
 
 
 def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import mprnet_cli.pipeline as pipeline
 
-    engine = Engine(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
-    cap, one_pass = pipeline.CPU_AUTO_TILE, pipeline.CPU_ONE_PASS_SIDE
-    assert (engine.speed_tile, engine.one_pass_side) == (cap, one_pass)
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
-    assert engine.auto_tile(one_pass, one_pass) == 0  # small images: one pass
-    assert engine.auto_tile(one_pass + 8, 64) == cap  # plenty of memory, yet tiles
-    assert engine.auto_tile(3000, 4000) == cap
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2**28)
-    assert engine.auto_tile(3000, 4000) < cap  # memory still rules below the cap
+    engine = TorchBackend(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
+    cap, one_pass = torch_backend.CPU_AUTO_TILE, torch_backend.CPU_ONE_PASS_SIDE
+    assert (engine.capabilities.max_tile, engine.capabilities.one_pass_side) == (cap, one_pass)
+    monkeypatch.setattr(torch_backend, "available_memory", lambda device: 100 * 2**30)
+    assert auto_tile(engine, one_pass, one_pass) == 0  # small images: one pass
+    assert auto_tile(engine, one_pass + 8, 64) == cap  # plenty of memory, yet tiles
+    assert auto_tile(engine, 3000, 4000) == cap
+    monkeypatch.setattr(torch_backend, "available_memory", lambda device: 2**28)
+    assert auto_tile(engine, 3000, 4000) < cap  # memory still rules below the cap
     # The whole pipeline follows it: a wide image on the CPU is cut into tiles.
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 100 * 2**30)
+    monkeypatch.setattr(torch_backend, "available_memory", lambda device: 100 * 2**30)
     rgb = np.random.default_rng(0).random((64, one_pass + 64, 3), dtype=np.float32)
     out, stats = restore_array(engine, rgb)
     assert stats.tiles == 2 and np.array_equal(out, rgb)
     engine.ignore_speed_limits()  # e.g. `mprnet eval`: whole images when they fit
-    assert engine.auto_tile(3000, 4000) == 0
+    assert auto_tile(engine, 3000, 4000) == 0
     out, stats = restore_array(engine, rgb)
     assert stats.tiles == 1
 
@@ -302,19 +312,24 @@ def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
     for precision in (Precision.BF16, Precision.FP16):
-        engine = Engine(Identity(), torch.device("cpu"), precision)
-        engine.to_cpu()
+        engine = TorchBackend(Identity(), torch.device("cpu"), precision)
+        engine.fall_back()
         assert engine.precision is Precision.FP32
-    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
-    engine = Engine(Identity(), torch.device("cpu"), Precision.BF16)
-    engine.to_cpu()
-    assert engine.precision is Precision.BF16
-    # `auto` means on the CPU after a fallback what it means there from the start: fp32.
-    engine = Engine(Identity(), torch.device("cpu"), Precision.AUTO)
+    # `auto` means on the CPU after a fallback what it means there from the start.
+    engine = TorchBackend(Identity(), torch.device("cpu"), Precision.AUTO)
     assert engine.precision is Precision.FP32
     engine.precision = Precision.BF16  # as `auto` chose on a CUDA GPU
-    engine.to_cpu()
+    engine.fall_back()
     assert engine.precision is Precision.FP32
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    engine = TorchBackend(Identity(), torch.device("cpu"), Precision.BF16)
+    engine.fall_back()
+    assert engine.precision is Precision.BF16
+    engine = TorchBackend(Identity(), torch.device("cpu"), Precision.AUTO)
+    assert engine.precision is Precision.BF16
+    engine.precision = Precision.FP32
+    engine.fall_back()
+    assert engine.precision is Precision.BF16
 
 
 def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
@@ -323,7 +338,7 @@ def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
 
     model = tiny_model()
     gpu_figure = pipeline.estimate_bytes_per_pixel(model.config, Precision.BF16, "cuda")
-    engine = Engine(
+    engine = TorchBackend(
         model,
         torch.device("cpu"),
         Precision.BF16,
@@ -331,12 +346,15 @@ def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
             model.config, precision, device
         ),
     )
-    engine.bytes_per_pixel = gpu_figure  # as it was on the GPU
-    engine.speed_tile = engine.one_pass_side = None
-    engine.to_cpu()
+    # as it was on the GPU
+    engine.capabilities = dataclasses.replace(
+        engine.capabilities, bytes_per_pixel=gpu_figure, max_tile=None, one_pass_side=None
+    )
+    engine.fall_back()
     cpu_figure = pipeline.estimate_bytes_per_pixel(model.config, engine.precision, "cpu")
-    assert engine.bytes_per_pixel == cpu_figure > gpu_figure
-    assert engine.speed_tile == pipeline.CPU_AUTO_TILE
+    assert engine.capabilities.bytes_per_pixel == cpu_figure > gpu_figure
+    assert engine.capabilities.max_tile == torch_backend.CPU_AUTO_TILE
+    assert not engine.capabilities.can_fall_back
 
 
 class _Poison(nn.Module):
@@ -355,8 +373,8 @@ class _Poison(nn.Module):
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_network_output_fails_the_image(value: float) -> None:
     """NaN would quantise to black and look like success (the audit's NaN checkpoint)."""
-    engine = Engine(_Poison(value), torch.device("cpu"))
+    engine = TorchBackend(_Poison(value), torch.device("cpu"))
     with pytest.raises(NonFiniteOutputError, match="NaN or infinite"):
         restore_array(engine, image(40, 40), TileOptions(tile=16, overlap=8))
-    finite = Engine(_Poison(0.5), torch.device("cpu"))
+    finite = TorchBackend(_Poison(0.5), torch.device("cpu"))
     restore_array(finite, image(40, 40), TileOptions(tile=16, overlap=8))

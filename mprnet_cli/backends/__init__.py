@@ -1,0 +1,92 @@
+"""Inference engines behind one protocol, and the small registry that picks one.
+
+`create` turns a `BackendChoice` into a running backend: `auto` takes the fastest
+one measured for the device (README, speed table), and an engine that is missing
+or cannot convert the network gives way to PyTorch with one notice line. This
+module imports neither torch nor openvino; each engine's module imports its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mprnet_cli.backends.base import Backend, Capabilities
+from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.errors import BackendError, UsageError
+
+__all__ = ["Backend", "BackendSpec", "Capabilities", "choose", "create"]
+
+Notify = Callable[[str], None]
+MemoryCost = Callable[[str, Precision], float]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What any backend needs to run one network."""
+
+    model: Any  # torch.nn.Module, in float32 on the CPU (Any: no torch import here)
+    device: Any  # torch.device
+    precision: Precision = Precision.AUTO
+    memory: MemoryCost | None = None
+    compile: bool = False
+
+
+def _torch(spec: BackendSpec, notify: Notify | None) -> Backend:
+    from mprnet_cli.backends.torch import TorchBackend
+
+    return TorchBackend(
+        spec.model, spec.device, spec.precision, memory=spec.memory, compile=spec.compile
+    )
+
+
+def _openvino(spec: BackendSpec, notify: Notify | None) -> Backend:
+    from mprnet_cli.backends.openvino import OpenVinoBackend
+
+    return OpenVinoBackend.create(spec, notify=notify)
+
+
+REGISTRY: dict[BackendChoice, Callable[[BackendSpec, Notify | None], Backend]] = {
+    BackendChoice.TORCH: _torch,
+    BackendChoice.OPENVINO: _openvino,
+}
+
+
+def openvino_installed() -> bool:
+    """Whether the openvino package can be imported (without importing it: ~0.3 s)."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # a broken or blocked install
+        return False
+
+
+def choose(choice: BackendChoice, device_type: str, *, compile: bool = False) -> BackendChoice:
+    """What `--backend auto` means: OpenVINO on the CPU where it is installed (faster than
+    PyTorch there in both precisions, README speed table), PyTorch on GPUs and with --compile."""
+    if choice is not BackendChoice.AUTO:
+        return choice
+    if device_type == "cpu" and not compile and openvino_installed():
+        return BackendChoice.OPENVINO
+    return BackendChoice.TORCH
+
+
+def create(choice: BackendChoice, spec: BackendSpec, notify: Notify | None = None) -> Backend:
+    """Build the chosen backend; one that cannot run here falls back to PyTorch with a notice."""
+    device_type = str(getattr(spec.device, "type", spec.device))
+    chosen = choose(choice, device_type, compile=spec.compile)
+    if chosen is BackendChoice.OPENVINO:
+        if device_type != "cpu":
+            raise UsageError(
+                f"--backend openvino runs on the CPU, not {spec.device}; use --device cpu "
+                "or --backend torch"
+            )
+        if spec.compile:
+            raise UsageError("--compile is a PyTorch option; use --backend torch with it")
+    try:
+        return REGISTRY[chosen](spec, notify)
+    except BackendError as exc:
+        if notify is not None:
+            notify(f"{exc}; using PyTorch instead")
+        return _torch(spec, notify)

@@ -1,0 +1,315 @@
+"""The backend seam: registry and auto rules, native-bf16 detection, the OpenVINO backend."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mprnet_cli.backends as backends
+import mprnet_cli.device as device
+from mprnet_cli.backends import BackendSpec, Capabilities, choose, create
+from mprnet_cli.backends.base import Batch
+from mprnet_cli.backends.torch import TorchBackend
+from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.errors import BackendError, OutOfMemoryError, UsageError
+from mprnet_cli.metrics import psnr
+from mprnet_cli.pipeline import TileOptions, restore_array
+from tests.conftest import tiny_model
+
+
+def image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+class NumpyBackend:
+    """A backend with no torch at all: halves the image, and fails above a pixel budget."""
+
+    name = "numpy"
+    device = "cpu"
+    precision = Precision.FP32
+
+    class FullError(Exception):
+        pass
+
+    def __init__(self, max_pixels: int | None = None) -> None:
+        self.capabilities = Capabilities(align=16, max_tile=None, can_fall_back=False)
+        self.max_pixels = max_pixels
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, batch: Batch) -> Batch:
+        assert isinstance(batch, np.ndarray) and batch.dtype == np.float32
+        self.shapes.append(batch.shape)
+        if self.max_pixels is not None and batch.shape[2] * batch.shape[3] > self.max_pixels:
+            raise self.FullError()
+        return batch * 0.5
+
+    def free_memory(self) -> int:
+        return 1 << 30
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.FullError)
+
+    def release_memory(self) -> None:
+        pass
+
+    def fall_back(self) -> None:
+        raise AssertionError("never called: can_fall_back is False")
+
+    def ignore_speed_limits(self) -> None:
+        pass
+
+
+def test_the_pipeline_runs_any_backend_on_its_alignment_and_recovery() -> None:
+    rgb = image(37, 50)
+    backend = NumpyBackend()
+    out, stats = restore_array(backend, rgb, TileOptions(tile=0))
+    assert np.array_equal(out, rgb * 0.5)
+    assert backend.shapes == [(1, 3, 48, 64)]  # padded to the backend's alignment (16)
+    assert (stats.backend, stats.precision, stats.device) == ("numpy", "fp32", "cpu")
+    # Its own out-of-memory signal drives the tile recovery.
+    backend = NumpyBackend(max_pixels=40 * 40)
+    out, stats = restore_array(backend, image(64, 64), TileOptions(tile=64, overlap=8, min_tile=16))
+    assert np.allclose(out, image(64, 64) * 0.5) and stats.oom_splits == 1
+    backend = NumpyBackend(max_pixels=8)
+    with pytest.raises(OutOfMemoryError, match="on the CPU"):
+        restore_array(backend, image(64, 64), TileOptions(tile=32, overlap=8, min_tile=16))
+
+
+def test_torch_backend_takes_numpy_or_tensors() -> None:
+    backend = TorchBackend(tiny_model(), torch.device("cpu"))
+    x = np.random.default_rng(0).random((2, 3, 16, 24), dtype=np.float32)
+    out = backend(x)
+    assert isinstance(out, np.ndarray) and out.shape == x.shape and out.dtype == np.float32
+    assert np.array_equal(backend(torch.from_numpy(x)).numpy(), out)
+
+
+# --------------------------------------------------------------------------- native bf16
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_precision_follows_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path, fast: bool
+) -> None:
+    from mprnet_cli.api import Restorer
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast)
+    r = Restorer(weights=tiny_checkpoint, device="cpu", backend="torch")
+    expected = Precision.BF16 if fast else Precision.FP32
+    assert r.precision is expected and r.backend.precision is expected
+    _, stats = r.restore_rgb(image(24, 32))
+    assert stats.precision == expected.value
+    # An explicit precision wins either way.
+    assert Restorer(weights=tiny_checkpoint, device="cpu", precision="fp32").precision is (
+        Precision.FP32
+    )
+
+
+def _psnr_vs_fp32(model: torch.nn.Module, rgb: np.ndarray) -> float:
+    outs = {}
+    for precision in (Precision.FP32, Precision.BF16):
+        backend = TorchBackend(model, torch.device("cpu"), precision)
+        outs[precision], _ = restore_array(backend, rgb, TileOptions(tile=0))
+    return psnr(outs[Precision.BF16], outs[Precision.FP32], 1.0)
+
+
+def _photo_crop(side: int) -> np.ndarray:
+    from mprnet_cli.imageio import read_image
+
+    rgb = read_image(Path(__file__).resolve().parent.parent / "samples" / "bythewater-rain.png").rgb
+    h, w = rgb.shape[:2]
+    return np.ascontiguousarray(rgb[(h - side) // 2 :][:side, (w - side) // 2 :][:, :side])
+
+
+@pytest.mark.parametrize("task", ["derain", "deblur", "denoise"])
+def test_bf16_stays_within_45_db_of_fp32_with_the_bundled_weights(task: str) -> None:
+    """The bar `--precision auto` must clear before it may pick bf16 (issue 11)."""
+    from mprnet_cli.model.checkpoint import build_model, read_checkpoint
+    from mprnet_cli.weights import bundled_path, registry
+
+    bundled = registry()[task].bundled  # type: ignore[index]
+    assert bundled is not None
+    torch.set_num_threads(1)
+    model = build_model(read_checkpoint(bundled_path(bundled)))
+    assert _psnr_vs_fp32(model, _photo_crop(48)) >= 45
+
+
+def test_bf16_stays_within_45_db_of_fp32_at_a_published_width() -> None:
+    from mprnet_cli.model.network import MPRNet
+    from mprnet_cli.weights import published_configs
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = MPRNet(published_configs()["derain"]).eval()
+    assert _psnr_vs_fp32(model, _photo_crop(32)) >= 45
+
+
+# --------------------------------------------------------------------------- registry rules
+
+
+def test_auto_backend_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.OPENVINO
+    assert choose(BackendChoice.AUTO, "cpu", compile=True) is BackendChoice.TORCH
+    assert choose(BackendChoice.AUTO, "cuda") is BackendChoice.TORCH
+    assert choose(BackendChoice.TORCH, "cpu") is BackendChoice.TORCH
+    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.TORCH
+    assert choose(BackendChoice.OPENVINO, "cpu") is BackendChoice.OPENVINO
+
+
+def test_openvino_on_a_gpu_or_with_compile_is_a_usage_error() -> None:
+    spec = BackendSpec(tiny_model(), torch.device("cuda"))
+    with pytest.raises(UsageError, match="--device cpu"):
+        create(BackendChoice.OPENVINO, spec)
+    spec = BackendSpec(tiny_model(), torch.device("cpu"), compile=True)
+    with pytest.raises(UsageError, match="--backend torch"):
+        create(BackendChoice.OPENVINO, spec)
+
+
+def test_unusable_openvino_falls_back_to_torch_with_one_notice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def missing(spec: BackendSpec, notify: object) -> object:
+        raise BackendError("OpenVINO is not usable (ImportError: no module); install it")
+
+    monkeypatch.setitem(backends.REGISTRY, BackendChoice.OPENVINO, missing)
+    notes: list[str] = []
+    backend = create(
+        BackendChoice.OPENVINO, BackendSpec(tiny_model(), torch.device("cpu")), notes.append
+    )
+    assert isinstance(backend, TorchBackend)
+    assert len(notes) == 1 and "using PyTorch instead" in notes[0] and "\n" not in notes[0]
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+ov_module = pytest.importorskip("openvino", reason="OpenVINO is a test dependency (.ci/run)")
+
+
+@pytest.fixture(scope="module")
+def converted_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny network converted once (the slow part) into a cache folder tests copy."""
+    from mprnet_cli.backends import openvino as ovb
+
+    root = tmp_path_factory.mktemp("ov-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MPRNET_CACHE", str(root))
+    torch.set_num_threads(1)
+    try:
+        ovb.load_or_export(tiny_model())
+        yield root
+    finally:
+        mp.undo()
+
+
+@pytest.fixture()
+def ov_cache(converted_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "mprnet-cache"
+    shutil.copytree(converted_cache, root)
+    monkeypatch.setenv("MPRNET_CACHE", str(root))
+    return root
+
+
+def test_openvino_matches_torch_at_odd_non_square_sizes(ov_cache: Path) -> None:
+    """fp32: equal to PyTorch within float32 rounding (1e-4 on [0, 1] outputs) at sizes
+    other than the export example, so the split points follow the input."""
+    from mprnet_cli.backends.openvino import OpenVinoBackend
+
+    model = tiny_model()
+    ov = OpenVinoBackend.create(BackendSpec(model, torch.device("cpu"), Precision.FP32))
+    ref = TorchBackend(model, torch.device("cpu"), Precision.FP32)
+    for h, w in [(37, 61), (100, 44), (130, 75), (17, 200), (9, 40), (5, 30)]:
+        rgb = image(h, w, seed=h)
+        a, stats = restore_array(ov, rgb, TileOptions(tile=0))
+        b, _ = restore_array(ref, rgb, TileOptions(tile=0))
+        assert stats.backend == "openvino"
+        assert np.abs(a - b).max() <= 1e-4, (h, w)
+    assert not ov._compiled  # each shape once: the dynamic model ran them all
+    # Tiles in batches run too (one image at a time inside the backend); their shape
+    # comes back, so a static model is compiled for it and gives the same values.
+    rgb = image(80, 96)
+    a, _ = restore_array(ov, rgb, TileOptions(tile=48, overlap=16, batch=3))
+    b, _ = restore_array(ref, rgb, TileOptions(tile=48, overlap=16, batch=3))
+    assert np.abs(a - b).max() <= 1e-4
+    assert list(ov._compiled) == [(1, 3, 48, 48)]
+
+
+def test_openvino_bf16_hint(ov_cache: Path) -> None:
+    from mprnet_cli.backends.openvino import OpenVinoBackend
+
+    model = tiny_model()
+    ov = OpenVinoBackend.create(BackendSpec(model, torch.device("cpu"), Precision.BF16))
+    assert ov.precision is Precision.BF16
+    rgb = image(40, 56)
+    a, _ = restore_array(ov, rgb, TileOptions(tile=0))
+    b, _ = restore_array(TorchBackend(model, torch.device("cpu")), rgb, TileOptions(tile=0))
+    assert psnr(a, b, 1.0) >= 40  # bf16 rounding on a random network, on any CPU
+    with pytest.raises(UsageError, match="fp32 or bf16"):
+        OpenVinoBackend.create(BackendSpec(model, torch.device("cpu"), Precision.FP16))
+
+
+def test_openvino_cache_is_keyed_by_weights_and_reused(
+    ov_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mprnet_cli.backends import openvino as ovb
+
+    folders = list((ov_cache / "openvino").iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.xml").is_file()
+    assert ov_module.get_version().split("-")[0] in folders[0].name
+    assert ovb.weights_key(tiny_model(seed=0)) != ovb.weights_key(tiny_model(seed=1))
+
+    def no_export(model: object) -> object:
+        raise AssertionError("converted again instead of reading the cache")
+
+    monkeypatch.setattr(ovb, "export", no_export)
+    notes: list[str] = []
+    ovb.load_or_export(tiny_model(), notes.append)
+    assert notes == []  # read back, nothing announced
+
+
+def test_failed_conversion_falls_back_to_torch_with_one_notice(
+    ov_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mprnet_cli.backends import openvino as ovb
+
+    def broken(model: object) -> object:
+        raise RuntimeError("Graphs differed across invocations\nmore detail")
+
+    monkeypatch.setattr(ovb, "export", broken)
+    notes: list[str] = []
+    spec = BackendSpec(tiny_model(seed=3), torch.device("cpu"))  # not in the cache
+    backend = create(BackendChoice.OPENVINO, spec, notes.append)
+    assert isinstance(backend, TorchBackend)
+    assert notes[0].startswith("converting")
+    assert len(notes) == 2 and "could not convert" in notes[1] and "\n" not in notes[1]
+
+
+def test_cli_backend_openvino(
+    ov_cache: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mprnet_cli.cli import app
+
+    src = tmp_path / "in.png"
+    Image.fromarray((image(30, 44) * 255).astype(np.uint8)).save(src)
+    args = ["denoise", str(src), "-w", str(tiny_checkpoint), "--json", "--precision", "fp32"]
+    result = CliRunner().invoke(
+        app, [*args, "--backend", "openvino", "-o", str(tmp_path / "a.png")]
+    )
+    assert result.exit_code == 0, result.output
+    assert '"backend": "openvino", "precision": "fp32"' in result.stdout
+    result = CliRunner().invoke(app, [*args, "--backend", "torch", "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.output
+    a = np.asarray(Image.open(tmp_path / "a.png"), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "b.png"), dtype=np.int16)
+    assert np.abs(a - b).max() <= 1  # 8-bit rounding of values equal within 1e-4
