@@ -53,10 +53,11 @@ import torch
 from benchlib import host_info, measured_at
 from numpy.typing import NDArray
 
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.imageio import read_image
 from mprnet_cli.metrics import line_contrast, line_steps, shifted_difference
 from mprnet_cli.model import MPRNet, build_model, read_checkpoint
-from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import TileOptions, restore_array
 from mprnet_cli.splitlines import canvas_plan, pass_offsets, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
 from mprnet_cli.tiling import TilePlan, plan_tiles, round_up
@@ -105,7 +106,7 @@ def network(name: str) -> MPRNet:
 
 
 def restore(
-    engine: Engine, x: FloatImage, tile: int, overlap: int, hidden: bool
+    engine: TorchBackend, x: FloatImage, tile: int, overlap: int, hidden: bool
 ) -> tuple[FloatImage, float]:
     options = TileOptions(tile=tile, overlap=overlap)
     t0 = time.perf_counter()
@@ -115,7 +116,7 @@ def restore(
 
 
 def measure_one(
-    engine: Engine, degraded: FloatImage, crop: tuple[int, int], tile: int, overlap: int
+    engine: TorchBackend, degraded: FloatImage, crop: tuple[int, int], tile: int, overlap: int
 ) -> dict[str, Any]:
     # Crops never exceed the degraded image (deblurring's 'valid' blur makes it smaller).
     h = min(crop[0], (degraded.shape[0] - SHIFT) // 8 * 8)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         random = name.startswith("random")
         crop = tuple(int(v) for v in (args.random_crop if random else args.crop).split("x"))
         tile = args.random_tile if random else args.tile
-        engine = Engine(network(name), torch.device("cpu"))
+        engine = TorchBackend(network(name), torch.device("cpu"))
         degradation = parse_degradation(DEGRADE[task], kernels_dir=args.kernels)
         for index, photo in enumerate(photos[: args.random_count if random else args.count]):
             degraded, _ = degradation(read_image(photo).rgb, index)

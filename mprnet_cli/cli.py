@@ -668,6 +668,10 @@ def _ray_results(
         tile_overlap=opts["tile_overlap"],
         tile_batch=opts["tile_batch"],
         threads=threads,
+        backend=opts["backend"],
+        strength=opts["strength"],
+        ensemble=opts["ensemble"],
+        hide_split_lines=opts["hide_split_lines"],
     )
     results: Generator[Result, None, None] = ray_runner.restore_files(
         jobs,

@@ -202,6 +202,19 @@ def test_file_uris_work_like_paths(tmp_path: Path, checkpoint: Path, ray_cluster
     assert len(tree_files(tmp_path / "uri")) == 3
 
 
+def test_quality_options_reach_the_actors(tmp_path: Path, checkpoint: Path, ray_cluster: str) -> None:
+    """--strength and --ensemble change the output, and the Ray engine applies them too."""
+    for i in range(2):
+        save_png(tmp_path / "in" / f"{i}.png", size=24)
+    args = ["denoise", "in", "-w", checkpoint, *FAST, "--strength", "0.5", "--ensemble", "2"]
+    plain = invoke("denoise", "in", "-w", checkpoint, *FAST, "-o", "plain", cwd=tmp_path)
+    local = invoke(*args, "-o", "local", cwd=tmp_path)
+    distributed = invoke(*args, "-o", "ray", *RAY, cwd=tmp_path)
+    assert plain.exit_code == local.exit_code == distributed.exit_code == 0, distributed.stderr
+    assert tree_files(tmp_path / "ray") == tree_files(tmp_path / "local")
+    assert tree_files(tmp_path / "local") != tree_files(tmp_path / "plain")
+
+
 def test_object_store_uris_are_a_clear_usage_error(tmp_path: Path) -> None:
     result = invoke("derain", "s3://bucket/photos", *RAY, cwd=tmp_path)
     assert result.exit_code == 2

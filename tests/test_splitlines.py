@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from mprnet_cli import splitlines
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.metrics import line_contrast, line_steps, shifted_difference
-from mprnet_cli.pipeline import Engine, TileOptions, restore_array
+from mprnet_cli.pipeline import TileOptions, restore_array
 from mprnet_cli.splitlines import (
     canvas_plan,
     line_weight,
@@ -46,8 +47,8 @@ class _SplitArtefact(nn.Module):
         return [out]
 
 
-def _engine(module: nn.Module) -> Engine:
-    return Engine(module, torch.device("cpu"), channels_last=False)
+def _engine(module: nn.Module) -> TorchBackend:
+    return TorchBackend(module, torch.device("cpu"), channels_last=False)
 
 
 def test_lines_of_one_pass_and_of_tiles() -> None:

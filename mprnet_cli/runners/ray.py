@@ -57,7 +57,7 @@ import ray
 import ray.data
 import ray.exceptions
 
-from mprnet_cli.choices import ModelChoice, OutputFormat, Precision
+from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, OutputFormat, Precision
 from mprnet_cli.errors import (
     ClusterError,
     InputError,
@@ -98,6 +98,7 @@ from mprnet_cli.jobs import (
     skipped_at_write,
     unexpected,
 )
+from mprnet_cli.quality import check_ensemble, check_strength
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.tasks import Task
 
@@ -134,6 +135,10 @@ class NetworkSettings:
     tile_batch: int = 1
     compile: bool = False
     threads: int | None = None  # torch threads per actor (None: the actor's CPUs)
+    backend: BackendChoice = BackendChoice.AUTO
+    strength: float = 1.0
+    ensemble: Ensemble = Ensemble.OFF
+    hide_split_lines: bool = False
 
 
 #: Builds the restorer inside an actor from the weights file it was shipped (a test seam and
@@ -155,6 +160,10 @@ def default_restorer(settings: NetworkSettings, weights: Path) -> RestorerLike:
         tile_overlap=settings.tile_overlap,
         tile_batch=settings.tile_batch,
         compile=settings.compile,
+        backend=settings.backend,
+        strength=settings.strength,
+        ensemble=settings.ensemble,
+        hide_split_lines=settings.hide_split_lines,
         quiet=True,
     )
 
@@ -820,6 +829,10 @@ def restore_dataset(
     tile_overlap: int = 32,
     tile_batch: int = 1,
     threads: int | None = None,
+    backend: BackendChoice | str = BackendChoice.AUTO,
+    strength: float = 1.0,
+    ensemble: Ensemble | int | str = Ensemble.OFF,
+    hide_split_lines: bool = False,
     fmt: OutputFormat | str = OutputFormat.SAME,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -850,6 +863,10 @@ def restore_dataset(
             tile_overlap,
             tile_batch,
             threads=threads,
+            backend=BackendChoice(backend),
+            strength=check_strength(strength),
+            ensemble=check_ensemble(ensemble),
+            hide_split_lines=hide_split_lines,
         )
         model_choice = ModelChoice(model)
     except ValueError as exc:
