@@ -308,7 +308,7 @@ def test_blur_kernel_file_valid_shapes_and_alignment(tmp_path: Path) -> None:
 
 
 def levin_dir(tmp_path: Path) -> Path:
-    """Stand-ins of the Levin09 kernels' sizes (tests never read ../shared)."""
+    """Stand-ins of the Levin09 kernels' sizes (tests read only what the repository holds)."""
     for i, size in enumerate((19, 17, 15, 27, 13, 21, 23, 23), start=1):
         np.save(tmp_path / f"kernel_{i}.npy", np.ones((size, size), np.float32))
     return tmp_path
