@@ -14,11 +14,7 @@
   EXIF. So 16-bit RGB(A) PNG pixels are compressed by OpenCV (gray+alpha, which OpenCV cannot
   write, by a numpy Paeth filter here) with our iCCP/pHYs/eXIf chunks added, and all TIFF
   output comes from a small writer on top of Pillow's IFD serializer. The rest is Pillow.
-  Libraries checked for these two writers (2026-11): `tifffile` 2026.3.3 writes 16-bit,
-  alpha, ICC, DPI and Deflate+predictor losslessly but refuses the EXIF sub-IFD pointer
-  (tag 34665: "not writing extratag"), so EXIF would be lost; `pypng` 0.20220715 writes
-  16-bit gray+alpha but no iCCP/eXIf chunks, so it would replace only the 30-line Paeth
-  filter. Neither keeps every guarantee or pays for a dependency.
+  Libraries were tried for both (issue 15); why ours stays is said at each writer.
 * `write_image` encodes fully in memory, then writes atomically (`atomic.py`).
 """
 
@@ -184,6 +180,8 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+# Ours: no library writes 16-bit colour PNG with iCCP/eXIf (Pillow: no 16-bit colour; OpenCV
+# and pypng 0.20220715: no such chunks), so our chunks go into OpenCV's output.
 def png16_bytes(
     pixels: npt.NDArray[Any],
     *,
@@ -216,7 +214,7 @@ def png16_bytes(
         encoded = buf.tobytes()
         return encoded[:33] + b"".join(meta) + encoded[33:]
     header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4}[c], 0, 0, 0)
-    idat = _png_paeth_zlib(pixels)
+    idat = png_paeth_zlib(pixels)
     step = 1 << 20
     return b"".join(
         [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header), *meta]
@@ -225,7 +223,8 @@ def png16_bytes(
     )
 
 
-def _png_paeth_zlib(pixels: npt.NDArray[Any]) -> bytes:
+# Ours, not pypng: it would replace only these 30 lines (the chunks stay ours): not worth a dependency.
+def png_paeth_zlib(pixels: npt.NDArray[Any]) -> bytes:
     """PNG IDAT payload of 16-bit (H, W, C) samples, every row Paeth-filtered.
 
     Encoding Paeth only looks at unfiltered neighbours, so it vectorises over whole blocks.
@@ -257,6 +256,7 @@ def _png_paeth_zlib(pixels: npt.NDArray[Any]) -> bytes:
     return b"".join(parts)
 
 
+# Ours, not tifffile: tifffile 2026.3.3 refuses the EXIF/GPS sub-IFD pointers (34665/34853).
 def tiff_bytes(
     pixels: npt.NDArray[Any],
     *,
