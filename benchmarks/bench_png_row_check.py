@@ -1,4 +1,4 @@
-"""What the truncated-PNG row check (`imageio._png_rows_complete`) adds to decoding a PNG.
+"""What the truncated-PNG row check (`imageio.decode.png_rows_complete`) adds to decoding a PNG.
 
 Why: `read_image` now inflates a PNG's IDAT stream once more before decoding, to refuse
 files whose complete zlib stream holds fewer rows than the header declares (Pillow would
@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from mprnet_cli import imageio as mio
+from mprnet_cli.imageio.decode import png_rows_complete
 
 
 def photo_like_png(width: int, height: int) -> bytes:
@@ -45,7 +46,7 @@ def main() -> None:
         check, decode = [], []
         for _ in range(args.rounds):
             start = time.perf_counter()
-            assert mio._png_rows_complete(io.BytesIO(data))
+            assert png_rows_complete(io.BytesIO(data))
             check.append(time.perf_counter() - start)
             start = time.perf_counter()
             mio.read_image(data, max_pixels=None)

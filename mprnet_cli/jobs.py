@@ -75,6 +75,7 @@ from mprnet_cli.imageio import (
     extension_for,
     format_from_suffix,
     output_notes,
+    predict_format,
     resolve_format,
     temp_target,
 )
@@ -363,44 +364,6 @@ def output_name(job: Job, suffix: str, fmt: OutputFormat) -> str:
     return f"{job.stem}{suffix}{ext}"
 
 
-_MAGIC: Final = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "TIFF"),
-    (b"MM\x00+", "TIFF"),
-)
-
-
-def _sniff_container(path: Path) -> str | None:
-    """Pillow's format name for the file's magic bytes ("OTHER" when none of ours), None if unreadable."""
-    try:
-        with path.open("rb") as fp:
-            head = fp.read(16)
-    except OSError:
-        return None
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return next((name for magic, name in _MAGIC if head.startswith(magic)), "OTHER")
-
-
-def _probe_info(container: str) -> ImageInfo:
-    # `same` depends on the container alone: JPEG and WebP inputs always decode to 8-bit
-    # colour, and PNG/TIFF hold any result (imageio's module docstring). The run re-resolves
-    # after decoding anyway; this only lets existing outputs be skipped without a decode.
-    return ImageInfo(
-        format=container,
-        mode="RGB",
-        bit_depth=8,
-        grayscale=False,
-        has_alpha=False,
-        icc_profile=None,
-        exif=None,
-        dpi=None,
-    )
-
-
 @dataclass(frozen=True)
 class OutputPlan:
     """Where each job's output goes and in which format (`format` may be SAME)."""
@@ -435,12 +398,9 @@ class OutputPlan:
             return None
         if self.destination is Destination.FILE:
             return self.path
-        fmt = self.format
-        if fmt is OutputFormat.SAME:
-            container = _sniff_container(job.source)
-            if container is None:
-                return None
-            fmt = resolve_format(OutputFormat.SAME, _probe_info(container))
+        fmt = predict_format(job.source, self.format)
+        if fmt is None:
+            return None
         target = self.target(job, fmt)
         return target if isinstance(target, Path) else None
 

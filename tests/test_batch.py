@@ -686,7 +686,7 @@ def test_a_folder_that_refuses_files_fails_its_jobs_before_restoring(
     def refuse(folder: Path, name: str) -> Any:
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(mio, "_create_temp", refuse)
+    monkeypatch.setattr("mprnet_cli.imageio.atomic.create_temp", refuse)
     fake = Fake()
     results = run(["a.png", "b.png"], "out", restorer=fake)
     assert fake.calls == 0

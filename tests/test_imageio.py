@@ -29,6 +29,8 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 from mprnet_cli import imageio as mio
 from mprnet_cli.errors import InputError, OutputError, OutputExistsError, UsageError
 from mprnet_cli.imageio import DecodedImage, ImageInfo, OutputFormat
+from mprnet_cli.imageio import decode as mio_decode
+from mprnet_cli.imageio import encode as mio_encode
 
 RNG = np.random.default_rng(1234)
 MAKE, MODEL, TAKEN = "Canon", "EOS R5", "2024:05:06 07:08:09"
@@ -460,7 +462,7 @@ def test_orientation_matches_exif_transpose_on_both_decoders(orientation: int) -
 def test_16bit_tiff_orientation_is_applied(orientation: int) -> None:
     """OpenCV ignores TIFF orientation with IMREAD_UNCHANGED; we apply it ourselves."""
     src = rand16(5, 7)
-    tiff = mio._tiff_bytes(src, icc=None, exif=make_exif(orientation), dpi=None)
+    tiff = mio_encode.tiff_bytes(src, icc=None, exif=make_exif(orientation), dpi=None)
     with Image.open(io.BytesIO(tiff)) as im:
         assert im.tag_v2.get(0x0112) == orientation
         expected8 = np.asarray(ImageOps.exif_transpose(im))  # Pillow's idea, at 8 bits
@@ -563,7 +565,7 @@ def test_decode_warnings_are_taken_only_from_the_decoding_thread(
     jpeg = pil_bytes(
         Image.fromarray(rand8(8, 8)), "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f"
     )
-    real_decode = mio._open_and_decode
+    real_decode = mio_decode.open_and_decode
     decoding, go_on = threading.Event(), threading.Event()
 
     def paused_decode(*args: Any) -> DecodedImage:
@@ -573,7 +575,7 @@ def test_decode_warnings_are_taken_only_from_the_decoding_thread(
         assert go_on.wait(10)
         return decoded
 
-    monkeypatch.setattr(mio, "_open_and_decode", paused_decode)
+    monkeypatch.setattr(mio_decode, "open_and_decode", paused_decode)
     before = (warnings.warn, warnings.showwarning)
     box: list[DecodedImage] = []
     with warnings.catch_warnings(record=True) as seen:
@@ -620,7 +622,7 @@ def test_tiff_writer_survives_exif_pillow_cannot_serialise(monkeypatch: pytest.M
     def broken(exif: bytes, ifd: Any) -> None:
         ifd[0x9999] = object()  # what an unserialisable vendor tag looks like to Pillow
 
-    monkeypatch.setattr(mio, "_exif_into_ifd", broken)
+    monkeypatch.setattr(mio_encode, "exif_into_ifd", broken)
     data = mio.encode_image(np.zeros((3, 3, 3), np.float32), info_for(exif=make_exif()), "tiff")  # type: ignore[arg-type]
     assert Image.open(io.BytesIO(data)).size == (3, 3)
 
@@ -684,6 +686,40 @@ def test_mpo_camera_jpeg_reads_as_jpeg() -> None:
         decoded.info.format == "JPEG" and decoded.info.frame_count == 1 and not decoded.info.notes
     )
     assert mio.resolve_format(OutputFormat.SAME, decoded.info) is OutputFormat.JPEG
+
+
+def _predict_cases() -> dict[str, bytes]:
+    gray = Image.fromarray(rand8(6, 5, 1))
+    rgba = Image.fromarray(rand8(6, 5, 4))
+    frames = [Image.fromarray(rand8(8, 8)), Image.fromarray(rand8(8, 8))]
+    return {
+        "gray.jpg": pil_bytes(gray, "JPEG"),
+        "camera.jpg": pil_bytes(frames[0], "MPO", save_all=True, append_images=frames[1:]),
+        "deep.png": raw_png16(rand16(6, 5, 2)),
+        "rgba.webp": pil_bytes(rgba, "WEBP", lossless=True),
+        "deep.tif": cv2_bytes(rand16(6, 5, 4), ".tiff"),
+        "big.tif": pil_bytes(rgba, "TIFF", big_tiff=True),
+        "x.bmp": pil_bytes(gray, "BMP"),
+        "x.gif": pil_bytes(gray, "GIF"),
+        "a_png.jpg": pil_bytes(rgba, "PNG"),  # the content decides, not the name
+    }
+
+
+@pytest.mark.parametrize("name", list(_predict_cases()))
+def test_predicted_format_is_the_one_chosen_after_decoding(tmp_path: Path, name: str) -> None:
+    """Batch runs skip existing outputs before decoding: the prediction must not differ."""
+    path = tmp_path / name
+    path.write_bytes(_predict_cases()[name])
+    decoded = mio.read_image(path)
+    chosen = mio.resolve_format(OutputFormat.SAME, decoded.info)
+    assert mio.predict_format(path, OutputFormat.SAME) is chosen
+    assert mio.predict_format(path, OutputFormat.WEBP) is OutputFormat.WEBP  # explicit wins
+
+
+def test_predicted_format_of_an_unreadable_file_is_unknown(tmp_path: Path) -> None:
+    assert mio.predict_format(tmp_path / "missing.png", OutputFormat.SAME) is None
+    assert mio.predict_format(tmp_path, OutputFormat.SAME) is None  # a folder
+    assert mio.predict_format(tmp_path / "missing.png", OutputFormat.TIFF) is OutputFormat.TIFF
 
 
 def test_extensions_and_suffixes() -> None:
@@ -908,7 +944,7 @@ def test_failure_while_encoding_leaves_nothing(
     def boom(*args: object, **kwargs: object) -> bytes:
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(mio, "_pillow_bytes", boom)
+    monkeypatch.setattr(mio_encode, "encode_image", boom)
     with pytest.raises(RuntimeError, match="exploded"):
         mio.write_image(
             tmp_path / "out.png", np.zeros((2, 2, 3), np.float32), info_for(), OutputFormat.PNG

@@ -1,0 +1,80 @@
+"""Image I/O: decode for the network, encode the restored result as the same kind of file.
+
+Photographers expect the output to be the input, only cleaner: same format, bit depth,
+grayscale-ness, alpha, orientation, ICC profile, EXIF and DPI. The network only sees
+float32 RGB in [0, 1]; everything else is carried in `ImageInfo` and restored by the writer.
+No torch here: this layer is used by `mprnet --help`-fast code paths and by tests.
+
+One job per module, each documenting its rules:
+
+* `pixels.py`: `ImageInfo`, `DecodedImage`, quantisation and the float <-> integer formula.
+* `formats.py`: the extensions we read, the formats we write, what `same` resolves to.
+* `decode.py`: `read_image` (modes, 16-bit via OpenCV, size limit, broken input).
+* `metadata.py`: EXIF, ICC, DPI and orientation.
+* `encode.py`: `encode_image`, `write_image`, `output_notes` and our PNG/TIFF writers.
+* `atomic.py`: temporary files and atomic writes.
+* `warnings_capture.py`: Pillow's decode warnings as per-image notes.
+"""
+
+from __future__ import annotations
+
+from mprnet_cli.choices import OutputFormat
+from mprnet_cli.imageio.atomic import (
+    check_writable_folder,
+    temp_target,
+    write_bytes_atomic,
+)
+from mprnet_cli.imageio.decode import DEFAULT_MAX_PIXELS, read_image
+from mprnet_cli.imageio.encode import (
+    DEFAULT_JPEG_QUALITY,
+    encode_image,
+    output_notes,
+    write_image,
+)
+from mprnet_cli.imageio.formats import (
+    IMAGE_EXTENSIONS,
+    extension_for,
+    format_from_suffix,
+    list_images,
+    predict_format,
+    resolve_format,
+)
+from mprnet_cli.imageio.pixels import (
+    DecodedImage,
+    FloatArray,
+    ImageInfo,
+    UIntArray,
+    in_uint16_range,
+    in_unit_range,
+    to_uint8,
+    to_uint16,
+    unit_rgb,
+)
+
+__all__ = [
+    "DEFAULT_JPEG_QUALITY",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "DecodedImage",
+    "FloatArray",
+    "ImageInfo",
+    "OutputFormat",
+    "UIntArray",
+    "check_writable_folder",
+    "encode_image",
+    "extension_for",
+    "format_from_suffix",
+    "in_uint16_range",
+    "in_unit_range",
+    "list_images",
+    "output_notes",
+    "predict_format",
+    "read_image",
+    "resolve_format",
+    "temp_target",
+    "to_uint8",
+    "to_uint16",
+    "unit_rgb",
+    "write_bytes_atomic",
+    "write_image",
+]
