@@ -607,7 +607,14 @@ def restored(
 
 def skipped_at_write(done: Result) -> Result:
     """The output appeared between the check and the write (another process): not ours."""
-    return dataclasses.replace(done, status=Status.SKIPPED, seconds=None, device=None, backend=None, precision=None, tiles=None
+    return dataclasses.replace(
+        done,
+        status=Status.SKIPPED,
+        seconds=None,
+        device=None,
+        backend=None,
+        precision=None,
+        tiles=None,
     )
 
 

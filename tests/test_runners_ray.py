@@ -202,7 +202,9 @@ def test_file_uris_work_like_paths(tmp_path: Path, checkpoint: Path, ray_cluster
     assert len(tree_files(tmp_path / "uri")) == 3
 
 
-def test_quality_options_reach_the_actors(tmp_path: Path, checkpoint: Path, ray_cluster: str) -> None:
+def test_quality_options_reach_the_actors(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str
+) -> None:
     """--strength and --ensemble change the output, and the Ray engine applies them too."""
     for i in range(2):
         save_png(tmp_path / "in" / f"{i}.png", size=24)
