@@ -394,8 +394,18 @@ def test_dataset_entry_point_restores_bytes_and_fails_rows_alone(
             {"name": "b", "bytes": good[1]},
         ]
     )
+    # Explicit engine and precision: `auto` is resolved by each actor on its own CPU (the
+    # test process's feature mocks do not reach Ray workers).
     out = ray_runner.restore_dataset(
-        ds, "derain", weights=checkpoint, device="cpu", tile=0, threads=1, label_column="name"
+        ds,
+        "derain",
+        weights=checkpoint,
+        device="cpu",
+        backend="torch",
+        precision="fp32",
+        tile=0,
+        threads=1,
+        label_column="name",
     )
     rows = {r["name"]: r for r in out.take_all()}
     assert set(rows) == {"a", "junk", "b"}

@@ -263,6 +263,8 @@ class _Restored:
     device: str
     tiles: int
     notes: tuple[str, ...]
+    backend: str | None = None
+    precision: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -283,6 +285,8 @@ class _Written:
     tiles: int | None = None
     notes: tuple[str, ...] = ()
     fmt: OutputFormat | None = None
+    backend: str | None = None
+    precision: str | None = None
     data: bytes | None = field(default=None, repr=False)  # the encoded file (Dataset path)
 
 
@@ -421,6 +425,8 @@ class _Network:
             stats.device,
             stats.tiles,
             notes,
+            backend=stats.backend,
+            precision=stats.precision,
         )
 
 
@@ -453,6 +459,8 @@ def _finish(item: Any, write: Callable[[_Restored], bytes | None]) -> _Written:
         notes=item.notes,
         fmt=item.fmt,
         data=data,
+        backend=item.backend,
+        precision=item.precision,
     )
 
 
@@ -784,6 +792,8 @@ class _FileRun:
             written.notes,
             seconds=written.seconds,
             device=written.device,
+            backend=written.backend,
+            precision=written.precision,
             tiles=written.tiles,
             width=written.width,
             height=written.height,
