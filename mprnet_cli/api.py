@@ -27,7 +27,6 @@ from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.pipeline import (
-    DEFAULT_OVERLAP,
     Progress,
     RunStats,
     TileOptions,
@@ -38,6 +37,7 @@ from mprnet_cli.pipeline import (
 from mprnet_cli.quality import apply_strength, check_ensemble, check_strength, self_ensemble
 from mprnet_cli.splitlines import restore_hiding_split_lines
 from mprnet_cli.tasks import Task
+from mprnet_cli.tiling import DEFAULT_OVERLAP
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
@@ -62,9 +62,13 @@ class Restorer:
         strength: float = 1.0,
         ensemble: Ensemble | int | str = Ensemble.OFF,
         hide_split_lines: bool = False,
+        tile_for_speed: bool = True,
         notify: Callable[[str], None] | None = None,
         quiet: bool = False,
     ) -> None:
+        """`tile_for_speed=False` tiles only where memory demands it (whole images when
+        they fit), so results do not depend on the device's speed-minded tile choice:
+        what evaluation protocols need."""
         try:
             self.task = Task(task) if task is not None else None
             model_choice = ModelChoice(model)
@@ -89,6 +93,7 @@ class Restorer:
             "strength": self.strength,
             "ensemble": self.ensemble,
             "hide_split_lines": hide_split_lines,
+            "tile_for_speed": tile_for_speed,
             "quiet": quiet,
         }
         self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
@@ -115,6 +120,8 @@ class Restorer:
             compile=compile,
         )
         self.backend: Backend = create(backend_choice, spec, notify=None if quiet else notify)
+        if not tile_for_speed:
+            self.backend.ignore_speed_limits()
 
     def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
         """Measured cost when this is a registry network on a measured device, else the estimate."""

@@ -25,7 +25,17 @@ from mprnet_cli.backends.base import Backend, Batch
 from mprnet_cli.choices import Precision
 from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
 from mprnet_cli.model.config import MPRNetConfig
-from mprnet_cli.tiling import Blender, Tile, plan_region, plan_tiles, round_up, shrink_tile
+from mprnet_cli.tiling import (
+    ALIGN,
+    DEFAULT_OVERLAP,
+    Blender,
+    Tile,
+    plan_region,
+    plan_tiles,
+    round_up,
+    shrink_tile,
+    valid_tile,
+)
 
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]
@@ -33,8 +43,6 @@ Warn = Callable[[str], None]
 # wrapper around one such as quality.self_ensemble).
 BatchFn = Callable[[Batch], Batch]
 
-ALIGN = 8
-DEFAULT_OVERLAP = 32
 MIN_TILE = 64
 MAX_AUTO_TILE = 2048
 DEFAULT_TILE = 512  # when a backend cannot price its memory
@@ -50,7 +58,7 @@ class TileOptions:
     min_tile: int = MIN_TILE
 
     def __post_init__(self) -> None:
-        if self.tile is not None and self.tile != 0 and (self.tile < ALIGN or self.tile % ALIGN):
+        if self.tile is not None and not valid_tile(self.tile):
             raise UsageError(
                 f"--tile must be 0, auto or a multiple of {ALIGN} (at least {ALIGN}), got {self.tile}"
             )

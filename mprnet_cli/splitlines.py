@@ -29,7 +29,6 @@ from numpy.typing import NDArray
 
 from mprnet_cli.backends.base import Backend
 from mprnet_cli.pipeline import (
-    ALIGN,
     BatchFn,
     Progress,
     RunStats,
@@ -38,7 +37,7 @@ from mprnet_cli.pipeline import (
     auto_tile,
     restore_array,
 )
-from mprnet_cli.tiling import TilePlan, plan_tiles, round_up
+from mprnet_cli.tiling import ALIGN, TilePlan, plan_tiles, round_up
 
 BAND = 12
 """Pixels each side of a line over which a pass's weight rises from ~0 to 1. The

@@ -24,9 +24,19 @@ __all__ = [
     "plan_tiles",
     "shrink_tile",
     "tile_window",
+    "valid_tile",
 ]
 
 FloatArray = npt.NDArray[np.float32]
+
+ALIGN = 8  # MPRNet down-samples three times: tile sides must be multiples of 2**3
+DEFAULT_OVERLAP = 32
+
+
+def valid_tile(tile: int, align: int = ALIGN) -> bool:
+    """The one tile-size rule (the CLI, `TileOptions` and the planner all ask here):
+    0 for one pass, else a multiple of `align` and at least `align`."""
+    return tile == 0 or (tile >= align and tile % align == 0)
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ def round_up(n: int, multiple: int) -> int:
 def _check_params(tile: int, overlap: int, align: int) -> None:
     if align < 1:
         raise ValueError(f"align must be >= 1, got {align}")
-    if tile != 0 and (tile < align or tile % align):
+    if not valid_tile(tile, align):
         raise ValueError(f"tile must be 0 (whole image) or a multiple of {align}, got {tile}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
@@ -114,7 +124,7 @@ def _axis_starts(size: int, tile: int, overlap: int, align: int) -> tuple[int, l
     return length, [*range(0, size - length, step), size - length]
 
 
-def plan_region(region: Tile, tile: int, overlap: int, align: int = 8) -> tuple[Tile, ...]:
+def plan_region(region: Tile, tile: int, overlap: int, align: int = ALIGN) -> tuple[Tile, ...]:
     """Tiles covering `region`, in absolute coordinates, row-major.
 
     Used to redo one failed tile with smaller tiles (out-of-memory recovery);
@@ -133,7 +143,7 @@ def plan_region(region: Tile, tile: int, overlap: int, align: int = 8) -> tuple[
     )
 
 
-def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 8) -> TilePlan:
+def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = ALIGN) -> TilePlan:
     """Plan equal-sized, `align`-aligned, overlapping tiles covering the image.
 
     Along each axis the tile length is at most `tile` (balanced: see
@@ -152,7 +162,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, align: int = 8)
     return TilePlan(height=height, width=width, tile=tile, overlap=overlap, tiles=tiles)
 
 
-def shrink_tile(tile: int, overlap: int, align: int = 8) -> tuple[int, int] | None:
+def shrink_tile(tile: int, overlap: int, align: int = ALIGN) -> tuple[int, int] | None:
     """Next smaller ``(tile, overlap)`` for out-of-memory recovery, or None at the bottom.
 
     Halving `tile` alone can break the plan rules (``24 // 2 = 12`` is not

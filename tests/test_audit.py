@@ -225,7 +225,7 @@ def test_terminal_runs_say_where_each_output_went(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FORCE_COLOR", "1")
-    monkeypatch.setattr("mprnet_cli.cli.progress_enabled", lambda quiet: True)
+    monkeypatch.setattr("mprnet_cli.cli.restore.progress_enabled", lambda quiet: True)
     save_png(tmp_path / "a.png", size=16)
     result = invoke("derain", "a.png", "-w", tiny_checkpoint, *FAST, cwd=tmp_path)
     assert result.exit_code == 0, result.output
@@ -277,11 +277,11 @@ def test_sigterm_outside_a_restore_keeps_its_exit_code(tmp_path: Path) -> None:
     """Typer turns a KeyboardInterrupt outside `errors_to_exit` into a silent 130."""
     script = (
         "import os, signal, sys\n"
-        "import mprnet_cli.cli as cli\n"
+        "import mprnet_cli.cli as cli, mprnet_cli.cli.weights as weights_cli\n"
         "def tasks(*args):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)  # delivered to this thread at once\n"
         "    raise AssertionError('SIGTERM did not stop the command')\n"
-        "cli._tasks = tasks\n"
+        "weights_cli.parse_tasks = tasks\n"
         "sys.argv = ['mprnet', 'weights', 'download', 'derain']\n"
         "cli.main()\n"
     )

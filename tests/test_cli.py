@@ -547,10 +547,11 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
 
             return 1.0 - rgb, RunStats(tiles=1, device="cpu", seconds=0.0)
 
-    import mprnet_cli.cli
+    import mprnet_cli.cli.output
+    import mprnet_cli.cli.restore
     from mprnet_cli import imageio
 
-    real_write, real_fail = imageio.write_image, mprnet_cli.cli.fail
+    real_write, real_fail = imageio.write_image, mprnet_cli.cli.output.fail
 
     def slow_write(*args: Any, **kwargs: Any) -> None:
         time.sleep(0.1)  # so that writes are still queued when the consumer stops
@@ -570,8 +571,8 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
 
     monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
     monkeypatch.setattr("mprnet_cli.batch.write_image", slow_write)
-    monkeypatch.setattr(mprnet_cli.cli, "_print_json", consumer_stops)
-    monkeypatch.setattr(mprnet_cli.cli, "fail", fail)
+    monkeypatch.setattr(mprnet_cli.cli.restore, "print_json", consumer_stops)
+    monkeypatch.setattr(mprnet_cli.cli.output, "fail", fail)
     result = invoke("derain", "in", "-o", "out", "--json", "--threads", "1", cwd=tmp_path)
     assert result.exit_code == (130 if stop == "ctrl-c" else 1), result.output
     assert at_report["threads"] == []
@@ -679,7 +680,7 @@ def test_progress_bars_never_touch_stdout(
 ) -> None:
     """With bars on (a terminal on stderr), --json lines still go to stdout, and only there."""
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats its stderr console as a terminal
-    monkeypatch.setattr("mprnet_cli.cli.progress_enabled", lambda quiet: True)
+    monkeypatch.setattr("mprnet_cli.cli.restore.progress_enabled", lambda quiet: True)
     save_png(tmp_path / "a.png", size=24)
     save_png(tmp_path / "b.png", size=24)
     result = invoke(
