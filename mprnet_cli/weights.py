@@ -1,5 +1,7 @@
 """Where weights come from: an explicit file, the Hub cache, a download, an import, the bundle.
 
+Kept whole (~620 lines): each source is verified as it is resolved, one chain read top to bottom.
+
 The registry (`weights/registry.json`) is data, not code, so pinning a new
 revision, adding a checksum or another mirror is a one-line change; it is also
 the one home of each published network's configuration. `MPRNET_REGISTRY`

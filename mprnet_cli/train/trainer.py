@@ -32,7 +32,7 @@ from mprnet_cli.model.checkpoint import state_dict_for_saving
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.tasks import Task
-from mprnet_cli.train.degrade import degrade
+from mprnet_cli.train.synthesis import degrade
 
 EDGE_WEIGHT = 0.05
 CHARBONNIER_EPS = 1e-3
@@ -423,4 +423,3 @@ def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads"
-
