@@ -31,7 +31,7 @@ from mprnet_cli.metrics import psnr
 from mprnet_cli.model import MPRNet
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.train.degrade import degrade
+from mprnet_cli.train.synthesis import degrade
 from mprnet_cli.weights import published_configs
 
 

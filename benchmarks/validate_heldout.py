@@ -20,7 +20,7 @@ from mprnet_cli.imageio import read_image, to_uint8
 from mprnet_cli.metrics import measure
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.train.degrade import (
+from mprnet_cli.train.synthesis import (
     add_gaussian_noise,
     add_poisson_gaussian_noise,
     random_blur,

@@ -108,7 +108,6 @@ class _Prepared:
     job: Job
     decoded: DecodedImage | None = None
     error: str | None = None
-    skip_decode: bool = False  # its predicted output exists: no decode was needed
     seconds: float = 0.0
 
 
@@ -177,7 +176,7 @@ class _Runner:
             return _Prepared(job, error=job.error)
         start = time.perf_counter()
         if predict and self.planner.exists_ahead(job):
-            return _Prepared(job, skip_decode=True)
+            return _Prepared(job)  # its predicted output exists: no decode was needed
         try:
             decoded = self._decode(job)
         except MprnetError as exc:
@@ -200,7 +199,7 @@ class _Runner:
         if prepared.error is not None:
             return _done(failed(job, prepared.error))
         decoded = prepared.decoded
-        if decoded is None:  # skip_decode: settle the predicted name with the usual checks
+        if decoded is None:  # not decoded (output predicted): settle the name with the usual checks
             predicted = self.plan.predict(job)
             if predicted is not None:
                 verdict = self.planner.check(job, predicted)

@@ -1,5 +1,7 @@
 """Where weights come from: an explicit file, the Hub cache, a download, an import, the bundle.
 
+Kept whole (~620 lines): each source is verified as it is resolved, one chain read top to bottom.
+
 The registry (`weights/registry.json`) is data, not code, so pinning a new
 revision, adding a checksum or another mirror is a one-line change; it is also
 the one home of each published network's configuration. `MPRNET_REGISTRY`
@@ -58,12 +60,6 @@ class Source(str, Enum):
 
 
 @dataclass(frozen=True)
-class Benchmark:
-    psnr: float
-    ssim: float
-
-
-@dataclass(frozen=True)
 class License:
     name: str
     url: str
@@ -78,7 +74,6 @@ class PublishedWeights:
     sources: tuple[HubFile, ...]
     license: License
     config: MPRNetConfig
-    benchmarks: Mapping[str, Benchmark] = field(default_factory=dict)
     # Measured peak bytes per input pixel, keyed "cpu_fp32", "cuda_bf16", ...
     memory_bytes_per_pixel: Mapping[str, float] = field(default_factory=dict)
 
@@ -92,7 +87,6 @@ class BundledWeights:
     sha256: str
     config: MPRNetConfig
     license: License
-    benchmarks: Mapping[str, Benchmark] = field(default_factory=dict)
     # One honest phrase from the model card, quoted when these stand in for the published ones.
     note: str = ""
 
@@ -112,7 +106,6 @@ class ResolvedWeights:
     source: Source
     task: Task | None
     config: MPRNetConfig | None = None
-    origin: str | None = None  # the Hub file or imported file it came from
 
 
 # --------------------------------------------------------------------------- registry
@@ -129,10 +122,6 @@ def weights_dir() -> Path:
 def registry_path() -> Path:
     override = os.environ.get("MPRNET_REGISTRY")
     return Path(override) if override else weights_dir() / "registry.json"
-
-
-def _benchmarks(data: Mapping[str, Any]) -> dict[str, Benchmark]:
-    return {name: Benchmark(float(v["psnr"]), float(v["ssim"])) for name, v in data.items()}
 
 
 def _hub_file(data: Mapping[str, Any]) -> HubFile:
@@ -162,7 +151,6 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
                 sources=tuple(_hub_file(s) for s in p["sources"]),
                 license=licenses[p["license"]],
                 config=MPRNetConfig.from_dict(p["config"]),
-                benchmarks=_benchmarks(p.get("benchmarks", {})),
                 memory_bytes_per_pixel={
                     k: float(v) for k, v in p.get("memory_bytes_per_pixel", {}).items()
                 },
@@ -178,7 +166,6 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
                     sha256=b["sha256"],
                     config=MPRNetConfig.from_dict(b["config"]),
                     license=licenses[b["license"]],
-                    benchmarks=_benchmarks(b.get("benchmarks", {})),
                     note=b.get("note", ""),
                 )
             out[task] = TaskWeights(task, published, bundled)
@@ -354,7 +341,7 @@ def find_cached(spec: PublishedWeights) -> ResolvedWeights | None:
             continue
         verify_file(path, hub_sha(path))
         if _source_problem(spec, source, path) is None:
-            return ResolvedWeights(path, Source.PUBLISHED, spec.task, spec.config, source.label)
+            return ResolvedWeights(path, Source.PUBLISHED, spec.task, spec.config)
     return imported_file(spec.task)
 
 
@@ -401,9 +388,7 @@ def download_published(
                     "check HF_HUB_CACHE and free space"
                 ) from exc
             if reason is None:
-                return ResolvedWeights(
-                    path, Source.PUBLISHED, spec.task, spec.config, hub_file.label
-                )
+                return ResolvedWeights(path, Source.PUBLISHED, spec.task, spec.config)
             tried.append(f"source {n} {hub_file.label}: {reason}")
             if notify:
                 more = "; trying the next source" if i + 1 < len(candidates) else ""
@@ -441,7 +426,7 @@ def imported_file(task: Task) -> ResolvedWeights | None:
     verify_file(path, record.get("sha256"))
     check_network(task, path, str(path))
     entry = registry()[task]
-    return ResolvedWeights(path, Source.IMPORTED, task, entry.published.config, record.get("from"))
+    return ResolvedWeights(path, Source.IMPORTED, task, entry.published.config)
 
 
 def import_file(task: Task, file: str | os.PathLike[str]) -> Path:
@@ -501,7 +486,7 @@ def _resolve_bundled(task: Task, entry: TaskWeights) -> ResolvedWeights:
             f"bundled weights {path} are missing; reinstall mprnet or use --weights FILE"
         )
     verify_file(path, entry.bundled.sha256)
-    return ResolvedWeights(path, Source.BUNDLED, task, entry.bundled.config, entry.bundled.file)
+    return ResolvedWeights(path, Source.BUNDLED, task, entry.bundled.config)
 
 
 def _resolve_published(

@@ -158,22 +158,53 @@ def test_non_rgb_network_is_refused(tmp_path: Path) -> None:
         Restorer(weights=path, device="cpu")
 
 
-def test_auto_precision_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_precision_on_the_cpu_runs_bf16_only_where_it_is_native(
+    monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path, native_bf16: bool
+) -> None:
+    """`auto` gives exactly the fp32 result on a CPU that would emulate bf16 (25x slower)
+    and the bf16 result where bf16 is native; an explicit choice wins either way."""
     import mprnet_cli.device as device
 
-    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
-    assert choose_precision("cpu", Precision.AUTO) is Precision.FP32
-    assert choose_precision("cpu", Precision.BF16) is Precision.BF16
-    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
-    assert choose_precision("cpu", Precision.AUTO) is Precision.BF16
-    assert choose_precision("cpu", Precision.FP32) is Precision.FP32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert choose_precision("cuda", Precision.AUTO) is Precision.BF16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert choose_precision("cuda", Precision.AUTO) is Precision.FP32
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native_bf16)
+    rgb = _rgb(16, 16)
+
+    def run(precision: str) -> np.ndarray:
+        return Restorer(weights=tiny_checkpoint, device="cpu", tile=0, precision=precision).restore(
+            rgb
+        )
+
+    fp32, bf16 = run("fp32"), run("bf16")
+    assert not np.array_equal(fp32, bf16)  # the two really differ, so the comparison below can fail
+    assert np.array_equal(run("auto"), bf16 if native_bf16 else fp32)
 
 
-def test_bundled_restorer_uses_estimated_memory(tiny_checkpoint: Path) -> None:
-    r = Restorer(weights=tiny_checkpoint, device="cpu")
-    cost = r.backend.capabilities.bytes_per_pixel
-    assert cost is not None and cost > 0
+@pytest.mark.parametrize("gpu_bf16", [False, True])
+def test_auto_precision_on_a_gpu_follows_its_bf16_support(
+    monkeypatch: pytest.MonkeyPatch, gpu_bf16: bool
+) -> None:
+    """No GPU here: the policy alone. bf16 where the GPU has it, else fp32 (never fp16)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
+    assert choose_precision("cuda", Precision.AUTO) is (
+        Precision.BF16 if gpu_bf16 else Precision.FP32
+    )
+    assert choose_precision("cuda", Precision.FP16) is Precision.FP16
+
+
+def test_custom_weights_get_tiles_sized_to_free_memory(
+    monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
+    """Weights the registry never measured are still priced (by the estimate that
+    test_pipeline checks against measurements), so less free memory means smaller tiles
+    that fit, not the blind 512-pixel default."""
+    import mprnet_cli.backends.torch as torch_backend
+    from mprnet_cli.pipeline import DEFAULT_TILE, MIN_TILE, auto_tile, estimate_bytes_per_pixel
+
+    r = Restorer(weights=tiny_checkpoint, device="cpu", precision="fp32")
+    cost = estimate_bytes_per_pixel(r.config, Precision.FP32, "cpu")
+    tiles = {}
+    for free in (2**26, 2**28):
+        monkeypatch.setattr(torch_backend, "available_memory", lambda device, free=free: free)
+        tiles[free] = auto_tile(r.backend, 3000, 4000)
+        assert tiles[free] ** 2 * cost <= 0.7 * free
+    assert MIN_TILE < tiles[2**26] < tiles[2**28] and DEFAULT_TILE not in tiles.values()

@@ -20,15 +20,16 @@ from hypothesis import strategies as st
 from mprnet_cli.errors import UsageError
 from mprnet_cli.tasks import Task
 from mprnet_cli.train import degrade as dg
+from mprnet_cli.train import synthesis as sy
 
 RandomFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 RANDOM_FNS: dict[str, RandomFn] = {
-    "noise": dg.random_noise,
-    "blur": dg.random_blur,
-    "rain": dg.random_rain,
-    "gaussian": lambda x, g: dg.add_gaussian_noise(x, 0.1, g),
-    "poisson": lambda x, g: dg.add_poisson_gaussian_noise(x, 0.01, 1e-4, g, linear=True),
+    "noise": sy.random_noise,
+    "blur": sy.random_blur,
+    "rain": sy.random_rain,
+    "gaussian": lambda x, g: sy.add_gaussian_noise(x, 0.1, g),
+    "poisson": lambda x, g: sy.add_poisson_gaussian_noise(x, 0.01, 1e-4, g, linear=True),
 }
 
 
@@ -78,27 +79,27 @@ def test_generator_convention_cpu_generator_any_device() -> None:
     """The numbers come from the generator's device, whatever x's device is."""
     x = batch()
     if torch.cuda.is_available():
-        y = dg.random_noise(x.cuda(), gen(3)).cpu()
-        assert torch.allclose(y, dg.random_noise(x, gen(3)), atol=1e-6)
+        y = sy.random_noise(x.cuda(), gen(3)).cpu()
+        assert torch.allclose(y, sy.random_noise(x, gen(3)), atol=1e-6)
     with pytest.raises(ValueError, match="batch"):
-        dg.random_noise(x[0], gen(3))
+        sy.random_noise(x[0], gen(3))
 
 
 @pytest.mark.parametrize("task", ["derain", "deblur", "denoise", Task.DENOISE])
 def test_degrade_dispatch(task: str) -> None:
     x = batch()
-    y = dg.degrade(task, x, gen(2))
+    y = sy.degrade(task, x, gen(2))
     assert y.shape == x.shape and not torch.equal(x, y)
     name = str(getattr(task, "value", task))
     by_task: dict[str, RandomFn] = {
-        "derain": dg.random_rain,
-        "deblur": dg.random_blur,
-        "denoise": dg.random_noise,
+        "derain": sy.random_rain,
+        "deblur": sy.random_blur,
+        "denoise": sy.random_noise,
     }
     expected = by_task[name](x, gen(2))
     assert torch.equal(y, expected)
     with pytest.raises(ValueError, match="unknown task"):
-        dg.degrade("dehaze", x, gen(2))
+        sy.degrade("dehaze", x, gen(2))
 
 
 # --------------------------------------------------------------------------- noise
@@ -107,7 +108,7 @@ def test_degrade_dispatch(task: str) -> None:
 def test_gaussian_noise_std_and_per_sample_sigma() -> None:
     x = torch.full((2, 3, 64, 64), 0.5)
     sigma = torch.tensor([0.05, 0.15])
-    y = dg.add_gaussian_noise(x, sigma, gen(0), clip=False)
+    y = sy.add_gaussian_noise(x, sigma, gen(0), clip=False)
     std = (y - x).flatten(1).std(dim=1)
     assert torch.allclose(std, sigma, rtol=0.03)
     assert abs(float((y - x).mean())) < 0.005
@@ -115,26 +116,26 @@ def test_gaussian_noise_std_and_per_sample_sigma() -> None:
 
 def test_gaussian_noise_clip_flag() -> None:
     x = torch.full((1, 3, 32, 32), 0.95)
-    assert float(dg.add_gaussian_noise(x, 0.2, gen(0), clip=False).max()) > 1.0
-    assert float(dg.add_gaussian_noise(x, 0.2, gen(0)).max()) <= 1.0
+    assert float(sy.add_gaussian_noise(x, 0.2, gen(0), clip=False).max()) > 1.0
+    assert float(sy.add_gaussian_noise(x, 0.2, gen(0)).max()) <= 1.0
 
 
 def test_poisson_gaussian_variance_grows_with_intensity() -> None:
     levels = torch.tensor([0.1, 0.4, 0.8]).reshape(3, 1, 1, 1)
     x = levels.expand(3, 3, 64, 64).contiguous()
     shot, read = 0.02, 1e-4
-    y = dg.add_poisson_gaussian_noise(x, shot, read, gen(0), clip=False)
+    y = sy.add_poisson_gaussian_noise(x, shot, read, gen(0), clip=False)
     var = (y - x).flatten(1).var(dim=1)
     assert var[0] < var[1] < var[2]
     assert torch.allclose(var, shot * levels.flatten() + read, rtol=0.08)
     # In linear light the noise also depends on intensity, and stays finite.
-    y_lin = dg.add_poisson_gaussian_noise(x, shot, read, gen(0), linear=True, clip=False)
+    y_lin = sy.add_poisson_gaussian_noise(x, shot, read, gen(0), linear=True, clip=False)
     assert torch.isfinite(y_lin).all() and float((y_lin - x).abs().mean()) > 0.01
 
 
 def test_random_noise_levels_cover_the_range() -> None:
     x = torch.full((64, 3, 16, 16), 0.5)
-    y = dg.random_noise(x, gen(0), p_poisson=0.0, clip=False)
+    y = sy.random_noise(x, gen(0), p_poisson=0.0, clip=False)
     std = (y - x).flatten(1).std(dim=1)
     assert float(std.max()) <= 50 / 255 * 1.2
     assert float(std.max()) > 35 / 255 and float(std.min()) < 10 / 255
@@ -142,24 +143,24 @@ def test_random_noise_levels_cover_the_range() -> None:
 
 def test_channel_correlation() -> None:
     n = torch.randn((1, 3, 128, 128), generator=gen(0))
-    c = dg._correlate_channels(n, torch.tensor([0.5]))
+    c = sy._correlate_channels(n, torch.tensor([0.5]))
     flat = c[0].flatten(1)
     corr = torch.corrcoef(flat)
     assert torch.allclose(flat.std(dim=1), torch.ones(3), atol=0.03)
     assert torch.allclose(corr[0, 1], torch.tensor(0.5), atol=0.03)
-    assert torch.equal(dg._correlate_channels(n, torch.tensor([0.0])), n)
+    assert torch.equal(sy._correlate_channels(n, torch.tensor([0.0])), n)
 
 
 def test_srgb_round_trip() -> None:
     x = torch.linspace(0, 1, 101)
-    assert torch.allclose(dg.linear_to_srgb(dg.srgb_to_linear(x)), x, atol=1e-5)
+    assert torch.allclose(sy.linear_to_srgb(sy.srgb_to_linear(x)), x, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- blur
 
 
 def test_motion_kernels_are_normalised_and_varied() -> None:
-    k = dg.random_motion_kernels(32, 31, gen(0))
+    k = sy.random_motion_kernels(32, 31, gen(0))
     assert k.shape == (32, 31, 31) and k.dtype == torch.float32
     assert float(k.min()) >= 0.0
     assert torch.allclose(k.sum(dim=(1, 2)), torch.ones(32), atol=1e-5)
@@ -167,16 +168,16 @@ def test_motion_kernels_are_normalised_and_varied() -> None:
     rows, cols = mask.any(dim=2).float(), mask.any(dim=1).float()
     extent = torch.maximum(rows.sum(dim=1), cols.sum(dim=1))  # bounding-box side
     assert int(extent.min()) <= 4 and int(extent.max()) >= 24  # near-points to long paths
-    assert torch.equal(k, dg.random_motion_kernels(32, 31, gen(0)))
+    assert torch.equal(k, sy.random_motion_kernels(32, 31, gen(0)))
     with pytest.raises(ValueError, match="odd"):
-        dg.random_motion_kernels(1, 30, gen(0))
+        sy.random_motion_kernels(1, 30, gen(0))
 
 
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 4), half=st.integers(0, 12), seed=st.integers(0, 2**31))
 def test_motion_kernels_centred_property(n: int, half: int, seed: int) -> None:
     size = 2 * half + 1
-    k = dg.random_motion_kernels(n, size, gen(seed)).double()
+    k = sy.random_motion_kernels(n, size, gen(seed)).double()
     assert torch.allclose(k.sum(dim=(1, 2)), torch.ones(n, dtype=torch.float64), atol=1e-5)
     grid = torch.arange(size, dtype=torch.float64)
     cy = (k.sum(dim=2) * grid).sum(dim=1)
@@ -189,12 +190,12 @@ def test_blur_with_delta_is_identity() -> None:
     x = batch()
     delta = torch.zeros(2, 7, 7)
     delta[:, 3, 3] = 1.0
-    assert torch.allclose(dg.blur(x, delta), x, atol=1e-6)
+    assert torch.allclose(sy.blur(x, delta), x, atol=1e-6)
 
 
 def test_blur_box_kernel_matches_hand_computation() -> None:
     x = batch(b=1, size=16)
-    y = dg.blur(x, torch.full((3, 3), 1 / 9))
+    y = sy.blur(x, torch.full((3, 3), 1 / 9))
     padded = np.pad(x[0].numpy(), ((0, 0), (1, 1), (1, 1)), mode="reflect")
     expected = np.zeros_like(x[0].numpy())
     for dy in range(3):
@@ -209,19 +210,19 @@ def test_blur_is_a_convolution_not_a_correlation() -> None:
     x[0, 0, 4, 4] = 1.0
     k = torch.zeros(3, 3)
     k[1, 2] = 1.0
-    y = dg.blur(x, k)
+    y = sy.blur(x, k)
     assert float(y[0, 0, 4, 5]) == 1.0
-    valid = dg.blur(x, k, mode="valid")
+    valid = sy.blur(x, k, mode="valid")
     assert valid.shape == (1, 1, 7, 7) and float(valid[0, 0, 3, 4]) == 1.0
 
 
 def test_blur_per_sample_kernels() -> None:
     x = batch()
-    k = dg.random_motion_kernels(2, 9, gen(4))
-    y = dg.blur(x, k)
-    assert torch.allclose(y[1:], dg.blur(x[1:], k[1:]), atol=1e-6)
+    k = sy.random_motion_kernels(2, 9, gen(4))
+    y = sy.blur(x, k)
+    assert torch.allclose(y[1:], sy.blur(x[1:], k[1:]), atol=1e-6)
     with pytest.raises(ValueError, match="kernels"):
-        dg.blur(x, torch.ones(3, 5, 5) / 25)
+        sy.blur(x, torch.ones(3, 5, 5) / 25)
 
 
 # --------------------------------------------------------------------------- rain
@@ -230,7 +231,7 @@ def test_blur_per_sample_kernels() -> None:
 def test_rain_streaks_follow_their_angle() -> None:
     angle = 20.0
     n = 2
-    layer = dg.rain_streaks(
+    layer = sy.rain_streaks(
         96,
         96,
         torch.full((n,), angle),
@@ -252,19 +253,19 @@ def test_rain_streaks_follow_their_angle() -> None:
 
 def test_rain_only_brightens_and_is_mostly_bright_structure() -> None:
     x = batch(b=4)
-    cfg = dg.RainConfig(p_screen=0.0, p_haze=0.0)
-    y = dg.random_rain(x, gen(5), cfg)
+    cfg = sy.RainConfig(p_screen=0.0, p_haze=0.0)
+    y = sy.random_rain(x, gen(5), cfg)
     assert float((y - x).min()) >= -1e-6
     added = (y - x).mean(dim=1)
     assert float((added > 0.05).float().mean()) < 0.5  # sparse streaks, not a wash
-    y_screen = dg.random_rain(x, gen(5), dg.RainConfig(p_screen=1.0, p_haze=1.0))
+    y_screen = sy.random_rain(x, gen(5), sy.RainConfig(p_screen=1.0, p_haze=1.0))
     assert float((y_screen - x).min()) >= -1e-6
 
 
 def test_rain_presets_differ_in_amount() -> None:
     x = batch(b=4, size=96)
-    light = (dg.random_rain(x, gen(1), dg.LIGHT_RAIN) - x).mean()
-    heavy = (dg.random_rain(x, gen(1), dg.HEAVY_RAIN) - x).mean()
+    light = (sy.random_rain(x, gen(1), sy.LIGHT_RAIN) - x).mean()
+    heavy = (sy.random_rain(x, gen(1), sy.HEAVY_RAIN) - x).mean()
     assert float(heavy) > 2 * float(light) > 0
 
 

@@ -17,7 +17,6 @@ from mprnet_cli.model import (
     MPRNetConfig,
     build_model,
     detect_config,
-    load_model,
     read_checkpoint,
 )
 from mprnet_cli.model.checkpoint import state_dict_for_saving
@@ -141,7 +140,7 @@ def _outputs(model: MPRNet) -> torch.Tensor:
 
 
 def test_published_format_loads(tiny_checkpoint: Path) -> None:
-    model = load_model(tiny_checkpoint)
+    model = build_model(read_checkpoint(tiny_checkpoint))
     assert model.config == TINY_CONFIG
     torch.testing.assert_close(_outputs(model), _outputs(tiny_model()), rtol=0, atol=0)
 
@@ -149,7 +148,9 @@ def test_published_format_loads(tiny_checkpoint: Path) -> None:
 def test_bare_state_dict_loads(tmp_path: Path) -> None:
     path = tmp_path / "bare.pt"
     torch.save(tiny_model().state_dict(), path)
-    torch.testing.assert_close(_outputs(load_model(path)), _outputs(tiny_model()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _outputs(build_model(read_checkpoint(path))), _outputs(tiny_model()), rtol=0, atol=0
+    )
 
 
 def test_legacy_non_zip_format_loads(tmp_path: Path) -> None:
@@ -157,7 +158,7 @@ def test_legacy_non_zip_format_loads(tmp_path: Path) -> None:
     torch.save(
         {"state_dict": tiny_model().state_dict()}, path, _use_new_zipfile_serialization=False
     )
-    assert load_model(path).config == TINY_CONFIG
+    assert build_model(read_checkpoint(path)).config == TINY_CONFIG
 
 
 def test_safetensors_loads_with_metadata(tmp_path: Path) -> None:
@@ -265,7 +266,7 @@ def test_missing_and_extra_tensors_are_named(tmp_path: Path) -> None:
     path = tmp_path / "broken.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="missing 1 tensors"):
-        load_model(path)
+        build_model(read_checkpoint(path))
 
 
 def test_reduction_detection_picks_the_named_ratio() -> None:
@@ -288,7 +289,7 @@ def test_weights_holding_non_finite_values_are_refused(tmp_path: Path, value: fl
     path = tmp_path / "broken.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"NaN or infinite values \(e\.g\. tail\.weight\)"):
-        load_model(path)
+        build_model(read_checkpoint(path))
 
 
 def test_a_folder_is_not_a_weights_file(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The network, its configuration and checkpoint reading."""
 
-from mprnet_cli.model.checkpoint import Checkpoint, build_model, load_model, read_checkpoint
+from mprnet_cli.model.checkpoint import Checkpoint, build_model, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig, detect_config
 from mprnet_cli.model.network import MPRNet
 
@@ -10,6 +10,5 @@ __all__ = [
     "MPRNetConfig",
     "build_model",
     "detect_config",
-    "load_model",
     "read_checkpoint",
 ]

@@ -204,11 +204,6 @@ def build_model(checkpoint: Checkpoint) -> MPRNet:
     return model.eval()
 
 
-def load_model(path: str | Path) -> MPRNet:
-    """Read a weights file and build its network."""
-    return build_model(read_checkpoint(path))
-
-
 def state_dict_for_saving(model: MPRNet) -> dict[str, Tensor]:
     """A state dict with no shared storage (safetensors refuses aliased tensors)."""
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

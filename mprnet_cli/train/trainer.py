@@ -32,7 +32,7 @@ from mprnet_cli.model.checkpoint import state_dict_for_saving
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.tasks import Task
-from mprnet_cli.train.degrade import degrade
+from mprnet_cli.train.synthesis import degrade
 
 EDGE_WEIGHT = 0.05
 CHARBONNIER_EPS = 1e-3
@@ -168,7 +168,6 @@ class CropSampler:
         self.images = [images[i].to(device) for i in usable]
         self.targets = [targets[i].to(device) for i in usable] if targets is not None else None
         self.crop = crop
-        self.device = device
         # Larger images are sampled more often: every pixel equally likely.
         areas = torch.tensor([float(im.shape[1] * im.shape[2]) for im in self.images])
         self.weights = areas / areas.sum()
@@ -352,7 +351,7 @@ class Trainer:
         """Fit the cosine schedule to --max-minutes once the step time is known."""
         assert self.s.max_seconds is not None
         remaining = self.s.max_seconds - elapsed
-        per_step = elapsed / max(steps_done, 1)
+        per_step = elapsed / steps_done
         # Validation and checkpoints cost a little: keep 3% in reserve.
         self.state.total_steps = self.state.step + max(1, int(0.97 * remaining / per_step))
 
@@ -377,7 +376,7 @@ class Trainer:
                 self._calibrate(now - started, 30)
             rate = window_steps * s.batch / max(now - window_start, 1e-9)
             if progress is not None:
-                progress(self.state.step, self.state.total_steps or 0, loss_avg, rate)
+                progress(self.state.step, self.state.total_steps, loss_avg, rate)
             if now - window_start > 30:
                 window_start, window_steps = now, 0
             out_of_time = s.max_seconds is not None and now - started >= s.max_seconds
