@@ -556,11 +556,10 @@ def _restore(
         from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
 
         device_spec(restorer_options["device"])
-        if cluster is not None:  # file:// URIs are paths to the Ray engine
-            from mprnet_cli.runners import load_ray
+        from mprnet_cli.locations import engine_paths, location
 
-            inputs = [load_ray().local_path(arg) for arg in inputs]
-            output = None if output is None else load_ray().local_path(output)
+        # file:// URIs are paths; object-store URIs are for the Ray engine only
+        inputs, output = engine_paths(inputs, output, ray=cluster is not None)
         if json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
         tile, overlap = restorer_options["tile"], explicit_overlap
@@ -570,7 +569,7 @@ def _restore(
                 f"(e.g. --tile-overlap {min(32, tile // 4)})"
             )
         name_suffix = f"_{task.past_tense}" if suffix is None else suffix
-        exclude = Path(output) if output not in (None, "-") else None
+        exclude = location(output) if output not in (None, "-") else None
         expansion = expand_inputs(inputs, recursive=recursive, suffix=name_suffix, exclude=exclude)
         for warning in expansion.warnings:
             say(f"mprnet: warning: {warning}", quiet=quiet)
