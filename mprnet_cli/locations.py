@@ -90,7 +90,15 @@ def _filesystem(scheme: str, netloc: str) -> tuple[pyarrow.fs.FileSystem, str]:
     S3 objects smaller than a part (10 MB) are written with one PutObject
     (`allow_delayed_open`); larger ones with a multipart upload, which S3 also makes
     visible only when complete."""
-    import pyarrow.fs
+    try:
+        import pyarrow.fs
+    except ImportError:
+        from mprnet_cli.runners import RAY_EXTRA
+
+        raise UsageError(
+            f"{scheme}:// URIs need pyarrow (with Ray Data), which is not installed; run: "
+            f"{RAY_EXTRA}"
+        ) from None
 
     uri = f"{scheme}://{netloc}/"
     if scheme == "s3":
@@ -181,9 +189,9 @@ class StorePath:
         """ "file", "dir" (an object prefix or the bucket), or "other" (none there).
 
         Raises `InputError` when the store cannot be asked (credentials, network)."""
+        filesystem, path = self._where()  # first: says what to install if pyarrow is missing
         import pyarrow.fs
 
-        filesystem, path = self._where()
         try:
             info = filesystem.get_file_info(path)
         except OSError as exc:
@@ -194,9 +202,9 @@ class StorePath:
 
     def listing(self, recursive: bool) -> list[tuple[StorePath, Kind]]:
         """The objects (and, for folder semantics, the prefixes) below this one."""
+        filesystem, path = self._where()  # first: says what to install if pyarrow is missing
         import pyarrow.fs
 
-        filesystem, path = self._where()
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(path, recursive=recursive))
         base = PurePosixPath(path)
         found: list[tuple[StorePath, Kind]] = []

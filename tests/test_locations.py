@@ -3,6 +3,7 @@ tests/test_runners_ray.py runs them against a local S3 stand-in)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -10,7 +11,14 @@ import pytest
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import OutputFormat
 from mprnet_cli.jobs import Destination, Job, OutputPlan, output_name
-from mprnet_cli.locations import StorePath, _matches, engine_paths, location, pattern_root
+from mprnet_cli.locations import (
+    StorePath,
+    _filesystem,
+    _matches,
+    engine_paths,
+    location,
+    pattern_root,
+)
 
 
 def test_engine_paths_map_file_uris_and_keep_paths() -> None:
@@ -82,3 +90,15 @@ def test_pattern_root_is_the_fixed_leading_folders() -> None:
     assert pattern_root("s3://bkt/in/sub/*.png") == "s3://bkt/in/sub"
     assert pattern_root("s3://bkt/**/x*.png") == "s3://bkt/"
     assert pattern_root("gs://bkt/a/b?/c.png") == "gs://bkt/a"
+
+
+def test_a_missing_pyarrow_is_a_usage_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _filesystem.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyarrow.fs", None)  # `import pyarrow.fs` fails
+    try:
+        with pytest.raises(UsageError, match=r"mprnet-cli\[ray\]"):
+            StorePath.parse("s3://b/x.png").kind()
+    finally:
+        _filesystem.cache_clear()
