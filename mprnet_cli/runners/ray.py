@@ -31,6 +31,10 @@ The pipeline (`restore_files` for the CLI, `restore_dataset` for a Ray Dataset):
   started), reports the outputs its workers finished that it had not heard of, then
   removes the temporary files of the writes it had not heard back from.
 * Results stream to the driver as encode tasks finish: not in input order.
+* INPUT and -o may be object-store URIs (`mprnet_cli.locations.StorePath`): the driver
+  lists and plans them with the same planner; decode tasks read each object through
+  pyarrow.fs, encode tasks write each output in one request (no temporary objects).
+  Credentials come from each node's own environment.
 """
 
 from __future__ import annotations
