@@ -36,7 +36,13 @@ import numpy as np
 import numpy.typing as npt
 
 from mprnet_cli._stdio import write_stdout
-from mprnet_cli.errors import MprnetError, OutputError, OutputExistsError, describe_os_error
+from mprnet_cli.errors import (
+    MprnetError,
+    OutputError,
+    OutputExistsError,
+    UsageError,
+    describe_os_error,
+)
 from mprnet_cli.imageio import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MAX_PIXELS,
@@ -75,6 +81,7 @@ from mprnet_cli.jobs import (
     skipped_at_write,
     unexpected,
 )
+from mprnet_cli.locations import StorePath
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -189,6 +196,7 @@ class _Runner:
         if job.source is None:
             stream = self.stdin if self.stdin is not None else sys.stdin.buffer
             return read_image(stream.read(), name=job.display, max_pixels=self.max_pixels)
+        assert isinstance(job.source, Path)  # run_batch refuses object-store jobs
         return read_image(job.source, name=job.label, max_pixels=self.max_pixels)
 
     # -- main thread
@@ -401,6 +409,11 @@ def run_batch(
     """
     if prefetch < 0 or pending < 0:
         raise ValueError("prefetch and pending must be >= 0")
+    if isinstance(plan.path, StorePath) or any(isinstance(j.source, StorePath) for j in jobs):
+        raise UsageError(
+            "object-store URIs (s3://, gs://, abfs://) are read and written by --engine ray; "
+            "add --engine ray"
+        )
     runner = _Runner(
         restorer,
         plan,

@@ -21,6 +21,9 @@ Inputs (`expand_inputs`)
   here with `glob.glob(recursive=True)` (so `**` works) when the shell did not; its matches
   are filtered like a folder's files, and folders it matches are scanned like folders.
 * Duplicates (same real path) are dropped; order is argument order, then sorted paths.
+* An object-store URI (`s3://`, `gs://`, `abfs://`: a `locations.StorePath`) follows the
+  same rules: a prefix is a folder, `-r` descends, globs are matched segment by segment,
+  the same extension filter. Only the Ray engine reads and writes them.
 
 Outputs (`plan_outputs`, `OutputPlan`)
 --------------------------------------
@@ -59,7 +62,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
@@ -79,6 +82,7 @@ from mprnet_cli.imageio import (
     resolve_format,
     temp_target,
 )
+from mprnet_cli.locations import StorePath, Where, glob_store, is_uri, location, walk_order
 
 if TYPE_CHECKING:
     from mprnet_cli.pipeline import RunStats
@@ -127,8 +131,8 @@ STALE_TEMP_SECONDS: Final = 600.0
 class Job:
     """One input. `source` None is stdin; `error` set means it failed before it started."""
 
-    source: Path | None
-    root: Path | None = None  # the folder it was found under: mirrored below -o DIR
+    source: Where | None
+    root: Where | None = None  # the folder it was found under: mirrored below -o DIR
     explicit: bool = True  # named by the user (not found in a folder or by a glob)
     error: str | None = None
     label_override: str | None = None  # what to call it when there is no source
@@ -150,13 +154,13 @@ class Job:
         return "stdin" if self.source is None else self.source.stem
 
     @property
-    def relative(self) -> Path:
+    def relative(self) -> PurePath:
         """The source below its root: the sub-path that `-o DIR` reproduces."""
         if self.source is None:
             return Path(self.stem)
         if self.root is not None:
             try:
-                return self.source.relative_to(self.root)
+                return self.source.relative_to(self.root)  # type: ignore[arg-type]
             except ValueError:
                 pass
         return Path(self.source.name)
@@ -172,7 +176,7 @@ class Expansion:
 
 
 def _is_pattern(arg: str) -> bool:
-    return any(c in _GLOB_CHARS for c in arg) and not os.path.lexists(arg)
+    return any(c in _GLOB_CHARS for c in arg) and (is_uri(arg) or not os.path.lexists(arg))
 
 
 def _pattern_root(pattern: str) -> Path:
@@ -186,7 +190,9 @@ def _pattern_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path()
 
 
-def _key(path: Path) -> str:
+def _key(path: Where) -> str:
+    if isinstance(path, StorePath):
+        return str(path)
     return os.path.normcase(os.path.realpath(path))
 
 
@@ -197,8 +203,10 @@ def _why_not(exc: OSError) -> str:
     return f"cannot read ({exc.strerror or exc})"
 
 
-def _kind(path: Path) -> str | OSError:
+def _kind(path: Where) -> str | OSError:
     """ "dir", "file" or "other" (missing included), or the error that prevented looking."""
+    if isinstance(path, StorePath):
+        return path.kind()
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -216,18 +224,23 @@ class _Scanner:
     Entries it cannot look at (an unreadable subfolder, a broken link named like an image)
     are skipped with a line in `warnings`, never silently."""
 
-    def __init__(self, recursive: bool, suffix: str, exclude: Path | None) -> None:
+    def __init__(self, recursive: bool, suffix: str, exclude: Where | None) -> None:
         self.recursive = recursive
         self.suffix = suffix
         self.exclude = _key(exclude) if exclude is not None else None
         self.warnings: list[str] = []
 
-    def wanted(self, path: Path) -> bool:
+    def named(self, path: Where) -> bool:
+        """The name rules alone: an image's extension, not hidden, not one of our outputs."""
         name = path.name
         if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
             return False
-        if self.suffix and path.stem.endswith(self.suffix):
-            return False  # one of our outputs: a rerun resumes instead of restoring it
+        # one of our outputs: a rerun resumes instead of restoring it
+        return not (self.suffix and path.stem.endswith(self.suffix))
+
+    def wanted(self, path: Path) -> bool:
+        if not self.named(path):
+            return False
         kind = _kind(path)
         if isinstance(kind, OSError):
             self.warnings.append(f"{path}: skipped: {_why_not(kind)}")
@@ -236,8 +249,10 @@ class _Scanner:
             self.warnings.append(f"{path}: skipped: a broken symbolic link")
         return kind == "file"
 
-    def folder(self, folder: Path, root: Path) -> list[Job]:
+    def folder(self, folder: Where, root: Where) -> list[Job]:
         """The folder's images; a folder that cannot be listed at all is one failed job."""
+        if isinstance(folder, StorePath):
+            return self.prefix(folder, root)
         jobs: list[Job] = []
         unreadable: list[OSError] = []
 
@@ -266,13 +281,30 @@ class _Scanner:
             return [Job(folder, error=f"cannot list this folder: {_why_not(unreadable[0])}")]
         return jobs
 
+    def prefix(self, folder: StorePath, root: Where) -> list[Job]:
+        """`folder` for an object store: one listing; hidden and excluded prefixes left out."""
+        try:
+            found = folder.listing(self.recursive)
+        except OSError as exc:
+            return [Job(folder, error=f"cannot list this folder: {_why_not(exc)}")]
+        excluded = str(self.exclude) + "/" if self.exclude is not None else None
+        files = [
+            p
+            for p, kind in found
+            if kind == "file"
+            and self.named(p)
+            and not any(d.startswith(".") for d in p.relative_to(folder).parts[:-1])
+            and (excluded is None or not str(p).startswith(excluded))
+        ]
+        return [Job(p, root=root, explicit=False) for p in walk_order(files, folder)]
+
 
 def expand_inputs(
     args: Sequence[str],
     *,
     recursive: bool = False,
     suffix: str = "",
-    exclude: Path | None = None,
+    exclude: Where | None = None,
 ) -> Expansion:
     """Files, folders, globs and `-` -> deduplicated jobs (see the module docstring).
 
@@ -303,7 +335,7 @@ def expand_inputs(
             add([Job(None)])
             single_file = True
             continue
-        path = Path(arg)
+        path = location(arg)
         kind = _kind(path)
         if isinstance(kind, OSError):  # e.g. inside a folder we may not enter
             add([Job(path, root=path.parent, error=_why_not(kind))])
@@ -317,6 +349,8 @@ def expand_inputs(
         elif not _is_pattern(arg):
             add([Job(path, root=path.parent)])
             single_file = len(args) == 1
+        elif isinstance(path, StorePath):
+            add(_store_matches(arg, scanner))
         else:
             root = _pattern_root(arg)
             matched: list[Job] = []
@@ -331,6 +365,21 @@ def expand_inputs(
                 matched = [Job(None, error="no image files match this pattern", label_override=arg)]
             add(matched)
     return Expansion(jobs, single_file, tuple(dict.fromkeys(scanner.warnings)))
+
+
+def _store_matches(pattern: str, scanner: _Scanner) -> list[Job]:
+    """A glob over an object store: matching objects, and matching prefixes as folders."""
+    try:
+        root, found = glob_store(pattern)
+    except OSError as exc:
+        return [Job(None, error=f"cannot list: {_why_not(exc)}", label_override=pattern)]
+    matched: list[Job] = []
+    for path, kind in found:
+        if kind == "dir":
+            matched.extend(scanner.prefix(path, root))
+        elif scanner.named(path):
+            matched.append(Job(path, root=root, explicit=False))
+    return matched or [Job(None, error="no image files match this pattern", label_override=pattern)]
 
 
 # --------------------------------------------------------------------------- outputs
@@ -354,7 +403,7 @@ class _Stdout:
 
 
 STDOUT: Final = _Stdout()
-Target = Path | _Stdout
+Target = Path | StorePath | _Stdout
 
 
 def output_name(job: Job, suffix: str, fmt: OutputFormat) -> str:
@@ -369,7 +418,7 @@ class OutputPlan:
     """Where each job's output goes and in which format (`format` may be SAME)."""
 
     destination: Destination
-    path: Path | None = None  # the folder (DIRECTORY) or file (FILE)
+    path: Where | None = None  # the folder (DIRECTORY) or file (FILE)
     suffix: str = ""
     format: OutputFormat = OutputFormat.SAME
 
@@ -392,17 +441,18 @@ class OutputPlan:
         fmt = resolve_format(self.format, info)
         return self.target(job, fmt), fmt
 
-    def predict(self, job: Job) -> Path | None:
+    def predict(self, job: Job) -> Where | None:
         """The output path before decoding, when it can be known for certain; else None."""
-        if self.destination is Destination.STDOUT or job.source is None:
+        source = job.source
+        if self.destination is Destination.STDOUT or source is None:
             return None
         if self.destination is Destination.FILE:
             return self.path
-        fmt = predict_format(job.source, self.format)
+        fmt = predict_format(source.head if isinstance(source, StorePath) else source, self.format)
         if fmt is None:
             return None
         target = self.target(job, fmt)
-        return target if isinstance(target, Path) else None
+        return None if isinstance(target, _Stdout) else target
 
 
 def plan_outputs(
@@ -424,10 +474,10 @@ def plan_outputs(
         if not expansion.single_file:
             raise UsageError("-o - (stdout) takes exactly one input file or - (stdin)")
         return OutputPlan(Destination.STDOUT, suffix=suffix, format=fmt)
-    path = Path(output)
+    path = location(output)
     as_folder = output.endswith(("/", os.sep)) or path.is_dir()
     if expansion.single_file and not as_folder:
-        wanted = format_from_suffix(path)
+        wanted = format_from_suffix(path.name)
         if wanted is None and path.suffix:
             raise UsageError(
                 f"-o {output}: cannot write {path.suffix} files; use .png, .jpg, .webp or .tif"
@@ -668,7 +718,7 @@ class Screened:
     """A job the planner let through, with the output it is to write (claimed)."""
 
     job: Job
-    target: Path | None  # None: not predictable (unreadable file); decoding will say why
+    target: Where | None  # None: not predictable (unreadable file); decoding will say why
 
 
 @dataclass
@@ -683,6 +733,7 @@ class Planner:
     _inputs: set[str] = field(default_factory=set)
     _folders: dict[str, str | None] = field(default_factory=dict)  # folder -> why unwritable
     _sweeper: _TempSweeper = field(init=False)
+    _listed: dict[StorePath, dict[StorePath, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._inputs = {
@@ -700,25 +751,19 @@ class Planner:
         predicted = self.plan.predict(job)
         return predicted is not None and predicted.exists() and _key(predicted) != _key(source)
 
-    def check(self, job: Job, target: Path) -> Result | None:
+    def check(self, job: Job, target: Where) -> Result | None:
         """Collisions, input == output and existing outputs; None when the job may write.
 
         Claims `target` for `job` (a later job with the same output fails), and removes the
         stale temporary files a killed run left for it.
         """
         key = _key(target)
+        if isinstance(target, StorePath):
+            return self._check_object(job, target, key)
         self._sweeper.sweep(target)
-        earlier = self._claims.get(key)
-        if earlier is not None:
-            return failed(
-                job,
-                f"its output {target} is also the output of {earlier}; use -o with "
-                "separate folders or --suffix to tell them apart",
-                target,
-            )
-        self._claims[key] = job.label
-        if job.source is not None and key == _key(job.source):
-            return failed(job, "the output would replace the input; change --suffix or -o", target)
+        verdict = self._claim(job, target, key)
+        if verdict is not None:
+            return verdict
         if target.is_dir():
             return failed(job, f"the output {target} is a folder", target)
         if target.exists() and not target.is_file():
@@ -730,6 +775,24 @@ class Planner:
             )
         if not self.overwrite and os.path.lexists(target):
             return Result(job.label, str(target), Status.SKIPPED)
+        return self._another_input(job, target, key)
+
+    def _claim(self, job: Job, target: Where, key: str) -> Result | None:
+        """Claim `target` for `job`; the failure when another job or the input holds it."""
+        earlier = self._claims.get(key)
+        if earlier is not None:
+            return failed(
+                job,
+                f"its output {target} is also the output of {earlier}; use -o with "
+                "separate folders or --suffix to tell them apart",
+                target,
+            )
+        self._claims[key] = job.label
+        if job.source is not None and key == _key(job.source):
+            return failed(job, "the output would replace the input; change --suffix or -o", target)
+        return None
+
+    def _another_input(self, job: Job, target: Where, key: str) -> Result | None:
         if key in self._inputs:
             return failed(
                 job,
@@ -738,14 +801,40 @@ class Planner:
             )
         return None
 
-    def release(self, target: Path) -> None:
+    def _check_object(self, job: Job, target: StorePath, key: str) -> Result | None:
+        """`check` for an object store: no temp objects to sweep, no special files; each
+        output prefix is listed once (not one request per output)."""
+        verdict = self._claim(job, target, key)
+        if verdict is not None:
+            return verdict
+        folder = target.parent
+        if folder not in self._listed:
+            try:
+                self._listed[folder] = dict(folder.listing(recursive=False))
+            except FileNotFoundError:
+                self._listed[folder] = {}
+            except OSError as exc:
+                return failed(job, f"cannot list {folder}: {_why_not(exc)}", target)
+        kind = self._listed[folder].get(target)
+        if kind == "dir":
+            return failed(job, f"the output {target} is a folder", target)
+        if kind == "file" and not self.overwrite:
+            return Result(job.label, str(target), Status.SKIPPED)
+        return self._another_input(job, target, key)
+
+    def release(self, target: Where) -> None:
         """Forget a claim (the runner claims the settled name again after decoding)."""
         self._claims.pop(_key(target), None)
 
-    def folder_problem(self, folder: Path) -> str | None:
+    def folder_problem(self, folder: Where) -> str | None:
         """Why nothing can be written in `folder` (checked once per folder), else None."""
+        if isinstance(folder, StorePath):  # prefixes need no creating: the bucket must exist
+            folder = folder.bucket
         key = _key(folder)
         if key not in self._folders:
+            if isinstance(folder, StorePath):
+                self._folders[key] = folder.problem()
+                return self._folders[key]
             try:
                 check_writable_folder(folder, create=self.plan.destination is Destination.DIRECTORY)
                 self._folders[key] = None

@@ -135,7 +135,10 @@ def make_tree(root: Path) -> None:
     sub.mkdir()
     Image.fromarray(rand(s, s, 3)).save(sub / "café ☕.png")
     data = (root / "photo.jpg").read_bytes()
-    (sub / "broken.jpg").write_bytes(data[: len(data) // 2])
+    # Cut halfway through the compressed pixels, never inside the headers: the file must
+    # read as a truncated JPEG whatever size the shared random generator's pixels compress to.
+    pixels = data.index(b"\xff\xda")
+    (sub / "broken.jpg").write_bytes(data[: pixels + (len(data) - pixels) // 2])
     (sub / "bomb.png").write_bytes(png_claiming(40000, 40000))  # 1600 MP in 100 bytes
 
 

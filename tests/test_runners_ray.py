@@ -60,13 +60,34 @@ RAY = ["--engine", "ray"]
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[str]:
-    """One local Ray for the session; its workers import this checkout (not an installed copy)."""
+def s3_env() -> Iterator[dict[str, str]]:
+    """A local S3 stand-in (moto) on 127.0.0.1, and the environment that points pyarrow
+    and boto3 at it (AWS_ENDPOINT_URL, dummy credentials): what a user's shell would hold."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_env: dict[str, str]) -> Iterator[str]:
+    """One local Ray for the session; its workers import this checkout (not an installed copy)
+    and hold the S3 stand-in's environment, as a cluster's nodes hold their credentials."""
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **s3_env}},
     )
     try:
         yield ray.get_runtime_context().gcs_address
@@ -217,10 +238,88 @@ def test_quality_options_reach_the_actors(
     assert tree_files(tmp_path / "local") != tree_files(tmp_path / "plain")
 
 
-def test_object_store_uris_are_a_clear_usage_error(tmp_path: Path) -> None:
-    result = invoke("derain", "s3://bucket/photos", *RAY, cwd=tmp_path)
-    assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and "s3:// is not supported yet" in result.stderr
+def test_object_store_uris_with_the_local_engine_are_a_clear_usage_error(tmp_path: Path) -> None:
+    for args in (["s3://bucket/photos"], ["in.png", "-o", "gs://bucket/out/"]):
+        result = invoke("derain", *args, cwd=tmp_path)
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "--engine ray" in result.stderr
+
+
+# --------------------------------------------------------------------------- object stores
+
+
+def bucket_files(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {
+        o["Key"].removeprefix(prefix): s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in listed
+    }
+
+
+@pytest.fixture
+def s3(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A boto3 client of the stand-in; the test's own environment (the driver's) points at it."""
+    import boto3
+
+    for name, value in s3_env.items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("s3")
+
+
+def test_object_store_uris_restore_like_local_files_skip_and_overwrite(
+    mixed_runs: tuple[Path, Any, Any], checkpoint: Path, s3: Any
+) -> None:
+    """A bucket holding the 22-image tree: `s3://` in and out gives the local engine's files
+    byte for byte, the corrupt objects fail alone (exit 1), a rerun skips everything
+    without weights, and --overwrite rewrites; no temporary object is ever left."""
+    work, _, distributed = mixed_runs
+    s3.create_bucket(Bucket="photos")
+    tree = work / "tree"
+    for path in sorted(p for p in tree.rglob("*") if p.is_file()):
+        s3.put_object(
+            Bucket="photos", Key=f"tree/{path.relative_to(tree).as_posix()}", Body=path.read_bytes()
+        )
+    args = ["derain", "--json", "-w", checkpoint, *FAST, *RAY]
+    run = invoke(*args, "s3://photos/tree", "-r", "-o", "s3://photos/out", cwd=work)
+    assert run.exit_code == 1, run.stderr
+    expected = tree_files(work / "local")
+    assert bucket_files(s3, "photos", "out/") == expected
+    want = records(distributed.stdout)  # the same run on local files
+    for r in want:
+        r["input"] = "s3://photos/" + r["input"]
+        r["warnings"] = ["s3://photos/" + w for w in r["warnings"]]  # each names its input
+        if r["output"]:
+            r["output"] = "s3://photos/out" + r["output"].removeprefix("ray")
+    assert records(run.stdout) == want
+    assert run.stderr.strip().splitlines()[-1] == "20 restored, 0 skipped, 2 failed"
+    inputs = {f"tree/{k}" for k in tree_files(tree)}
+    assert set(bucket_files(s3, "photos", "")) == inputs | {f"out/{k}" for k in expected}
+
+    # Every output of the top folder exists: skipped without weights (none.pth is absent).
+    again = invoke(
+        "derain",
+        "s3://photos/tree",
+        "-o",
+        "s3://photos/out",
+        "--json",
+        "-w",
+        work / "none.pth",
+        *RAY,
+        cwd=work,
+    )
+    assert again.exit_code == 0, again.stderr
+    assert [r["status"] for r in records(again.stdout)] == ["skipped"] * 16
+
+    # A glob; one output spoiled: skipped without --overwrite, rewritten with it.
+    s3.put_object(Bucket="photos", Key="out/gray16_derained.png", Body=b"stale")
+    glob = ["s3://photos/tree/gray*", "-o", "s3://photos/out"]
+    kept = invoke(*args, *glob, cwd=work)
+    assert kept.exit_code == 0, kept.stderr
+    assert [r["status"] for r in records(kept.stdout)] == ["skipped"] * 4
+    redo = invoke(*args, *glob, "--overwrite", cwd=work)
+    assert redo.exit_code == 0, redo.stderr
+    assert [r["status"] for r in records(redo.stdout)] == ["ok"] * 4
+    assert bucket_files(s3, "photos", "out/") == expected
 
 
 def test_stdin_and_stdout_need_the_local_engine(tmp_path: Path, ray_cluster: str) -> None:
@@ -462,14 +561,6 @@ def test_cluster_plan_refuses_contradictions_and_pools_that_cannot_start(
 ) -> None:
     with pytest.raises(MprnetError, match=message):
         ray_runner.cluster_plan(resources, settings, device)
-
-
-def test_local_path_maps_file_uris_and_keeps_paths() -> None:
-    assert ray_runner.local_path("photos/a b.png") == "photos/a b.png"
-    assert ray_runner.local_path("file:///data/a%20b/x.png") == "/data/a b/x.png"
-    assert ray_runner.local_path("file:///data/out/") == "/data/out/"
-    with pytest.raises(UsageError, match="gs://"):
-        ray_runner.local_path("gs://bucket/x.png")
 
 
 def test_jobs_are_files_only() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Generator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -207,18 +206,16 @@ def _restore(
         from mprnet_cli.batch import run_batch
         from mprnet_cli.errors import UsageError
         from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
+        from mprnet_cli.locations import engine_paths, location
 
         device_spec(network.device)
-        if cluster is not None:  # file:// URIs are paths to the Ray engine
-            from mprnet_cli.runners import load_ray
-
-            inputs = [load_ray().local_path(arg) for arg in inputs]
-            output = None if output is None else load_ray().local_path(output)
+        # file:// URIs are paths; object-store URIs are for the Ray engine only
+        inputs, output = engine_paths(inputs, output, ray=cluster is not None)
         if batch.json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
         network.check()
         name_suffix = f"_{task.past_tense}" if batch.suffix is None else batch.suffix
-        exclude = Path(output) if output not in (None, "-") else None
+        exclude = location(output) if output not in (None, "-") else None
         expansion = expand_inputs(
             inputs, recursive=batch.recursive, suffix=name_suffix, exclude=exclude
         )

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -95,19 +96,25 @@ def container_of(head: bytes) -> str | None:
     return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
 
 
-def predict_format(path: Path, requested: OutputFormat) -> OutputFormat | None:
+def predict_format(
+    path: Path | Callable[[int], bytes], requested: OutputFormat
+) -> OutputFormat | None:
     """The format `resolve_format` will choose for this file, without decoding it.
 
     A file's own container always holds what it decodes to (JPEG: 8-bit, no alpha; WebP:
     8-bit colour; PNG and TIFF: anything), so `same` needs only the magic bytes. None when
-    the file cannot be read; the run reports that when it decodes.
+    the file cannot be read; the run reports that when it decodes. `path` may instead be
+    a function returning the first N bytes (an object in a store).
     """
     requested = OutputFormat(requested)
     if requested is not OutputFormat.SAME:
         return requested
     try:
-        with path.open("rb") as fp:
-            head = fp.read(16)
+        if callable(path):
+            head = path(16)
+        else:
+            with path.open("rb") as fp:
+                head = fp.read(16)
     except OSError:
         return None
     return _FORMAT_OF_PILLOW.get(container_of(head) or "", OutputFormat.PNG)

@@ -31,6 +31,10 @@ The pipeline (`restore_files` for the CLI, `restore_dataset` for a Ray Dataset):
   started), reports the outputs its workers finished that it had not heard of, then
   removes the temporary files of the writes it had not heard back from.
 * Results stream to the driver as encode tasks finish: not in input order.
+* INPUT and -o may be object-store URIs (`mprnet_cli.locations.StorePath`): the driver
+  lists and plans them with the same planner; decode tasks read each object through
+  pyarrow.fs, encode tasks write each output in one request (no temporary objects).
+  Credentials come from each node's own environment.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ import logging
 import math
 import os
 import pickle
-import re
 import signal
 import tempfile
 import threading
@@ -98,6 +101,7 @@ from mprnet_cli.jobs import (
     skipped_at_write,
     unexpected,
 )
+from mprnet_cli.locations import StorePath, Where, location
 from mprnet_cli.quality import check_ensemble, check_strength
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.tasks import Task
@@ -110,7 +114,6 @@ __all__ = [
     "NetworkSettings",
     "RestorerFactory",
     "cluster_plan",
-    "local_path",
     "restore_dataset",
     "restore_files",
 ]
@@ -282,11 +285,11 @@ class _Written:
     height: int | None = None
     seconds: float | None = None
     device: str | None = None
+    backend: str | None = None
+    precision: str | None = None
     tiles: int | None = None
     notes: tuple[str, ...] = ()
     fmt: OutputFormat | None = None
-    backend: str | None = None
-    precision: str | None = None
     data: bytes | None = field(default=None, repr=False)  # the encoded file (Dataset path)
 
 
@@ -328,13 +331,17 @@ def _decode(source: Path | bytes, label: str, fmt: OutputFormat, max_pixels: int
 
 def _job_of(row: dict[str, Any]) -> Job:
     root = row["root"]
-    return Job(Path(row["source"]), root=Path(root) if root else None)
+    return Job(location(row["source"]), root=location(root) if root else None)
 
 
 @contextlib.contextmanager
-def _in_folder(folder: str) -> Iterator[None]:
+def _in_folder(folder: str, where: Where | None = None) -> Iterator[None]:
     """Run a file task in the driver's working directory, so relative INPUTs and -o mean
-    on every node what they meant on the driver (and messages name files the same way)."""
+    on every node what they meant on the driver (and messages name files the same way).
+    An object in a store (`where`) needs no folder: nothing changes."""
+    if isinstance(where, StorePath):
+        yield
+        return
     before = Path.cwd()
     try:
         os.chdir(folder)
@@ -354,12 +361,14 @@ def _decode_file(
 ) -> dict[str, Any]:
     """Ray task: read and decode one planned file; its output name must be the planned one."""
     job = _job_of(row)
-    assert job.source is not None
+    source = job.source
+    assert source is not None
     try:
-        with _in_folder(cwd):
-            item = _decode(job.source, job.label, plan.format, max_pixels)
+        with _in_folder(cwd, source):
+            data = source.read_bytes() if isinstance(source, StorePath) else source
+            item = _decode(data, job.label, plan.format, max_pixels)
     except InputError as exc:
-        item = _Failed(str(exc))
+        item = _Failed(reason(exc, job.label))
     if isinstance(item, _Decoded):
         settled = plan.target(job, item.fmt)
         if str(settled) != row["target"]:
@@ -455,22 +464,32 @@ def _finish(item: Any, write: Callable[[_Restored], bytes | None]) -> _Written:
         height=height,
         seconds=item.seconds + time.perf_counter() - start,
         device=item.device,
+        backend=item.backend,
+        precision=item.precision,
         tiles=item.tiles,
         notes=item.notes,
         fmt=item.fmt,
         data=data,
-        backend=item.backend,
-        precision=item.precision,
     )
 
 
 def _write_file(
     row: dict[str, Any], *, plan: OutputPlan, jpeg_quality: int, overwrite: bool, cwd: str
 ) -> dict[str, Any]:
-    """Ray task: encode one restored image and write it atomically to its planned name."""
-    target = Path(row["target"])
+    """Ray task: encode one restored image and write it atomically to its planned name
+    (an object: in one request, after checking it is still absent unless `overwrite`)."""
+    target = location(row["target"])
 
     def write(item: _Restored) -> None:
+        if isinstance(target, StorePath):
+            if not overwrite and target.exists():
+                raise OutputExistsError(f"{target} exists")
+            target.write_bytes(
+                encode_image(
+                    item.rgb, item.info, item.fmt, alpha=item.alpha, jpeg_quality=jpeg_quality
+                )
+            )
+            return
         if plan.destination is Destination.DIRECTORY:
             make_output_folder(target.parent)
         write_image(
@@ -485,39 +504,12 @@ def _write_file(
 
     item = _unpack(row[PAYLOAD])
     try:
-        with _in_folder(cwd):
+        with _in_folder(cwd, target):
             written = _finish(item, write)
     except InputError as exc:  # the folder is not there: fail the row, not the job
         size = item.size if isinstance(item, _Restored) else (None, None)
         written = _finish(_Failed(str(exc), *size), write)
     return {"index": row["index"], PAYLOAD: _pack(written)}
-
-
-# --------------------------------------------------------------------------- locations
-
-_URI: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def local_path(arg: str) -> str:
-    """An INPUT or -o as a local path: `file://` URIs through pyarrow, plain paths unchanged.
-
-    Object-store URIs (s3://, gs://, abfs://, ...) are refused with a usage error for now:
-    the planner's rules (claims, skip-existing, temp files) are written for file systems.
-    """
-    if not _URI.match(arg):
-        return arg
-    scheme = arg.split(":", 1)[0].lower()
-    if scheme == "file":
-        import pyarrow.fs
-
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(arg)
-        if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-            return str(path) + ("/" if arg.endswith("/") and not str(path).endswith("/") else "")
-    raise UsageError(
-        f"{arg}: {scheme}:// is not supported yet; --engine ray reads and writes local or "
-        "shared file systems (paths or file:// URIs): mount the bucket (e.g. s3fs, gcsfuse, "
-        "blobfuse2) on every node and give its path"
-    )
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -732,9 +724,7 @@ class _FileRun:
             if target is None:
                 continue
             try:
-                fresh = target.is_file() and (
-                    not self.overwrite or target.stat().st_mtime >= since - 1
-                )
+                fresh = target.is_file() and (not self.overwrite or _mtime(target) >= since - 1)
             except OSError:
                 fresh = False
             if fresh:
@@ -811,8 +801,8 @@ class _FileRun:
         out and never heard back from are touched, whatever their age.
         """
         by_folder: dict[Path, set[str]] = {}
-        for screened in self._pending.values():
-            if screened.target is not None:
+        for screened in self._pending.values():  # objects are written whole: no temp files
+            if isinstance(screened.target, Path):
                 by_folder.setdefault(screened.target.parent, set()).add(screened.target.name)
         for folder, names in by_folder.items():
             with contextlib.suppress(OSError), os.scandir(folder) as entries:
@@ -820,6 +810,13 @@ class _FileRun:
                     if temp_target(entry.name) in names:
                         with contextlib.suppress(OSError):
                             Path(entry.path).unlink()
+
+
+def _mtime(target: Where) -> float:
+    """When `target` was last written (0 when an object store does not say)."""
+    if isinstance(target, StorePath):
+        return target.mtime() or 0.0
+    return target.stat().st_mtime
 
 
 # --------------------------------------------------------------------------- datasets
