@@ -133,7 +133,6 @@ class Job:
 
     source: Where | None
     root: Where | None = None  # the folder it was found under: mirrored below -o DIR
-    explicit: bool = True  # named by the user (not found in a folder or by a glob)
     error: str | None = None
     label_override: str | None = None  # what to call it when there is no source
 
@@ -272,11 +271,7 @@ class _Scanner:
                 and not d.startswith(".")
                 and (self.exclude is None or _key(here / d) != self.exclude)
             )
-            jobs.extend(
-                Job(here / f, root=root, explicit=False)
-                for f in sorted(files)
-                if self.wanted(here / f)
-            )
+            jobs.extend(Job(here / f, root=root) for f in sorted(files) if self.wanted(here / f))
         if unreadable and not jobs:
             return [Job(folder, error=f"cannot list this folder: {_why_not(unreadable[0])}")]
         return jobs
@@ -296,7 +291,7 @@ class _Scanner:
             and not any(d.startswith(".") for d in p.relative_to(folder).parts[:-1])
             and (excluded is None or not str(p).startswith(excluded))
         ]
-        return [Job(p, root=root, explicit=False) for p in walk_order(files, folder)]
+        return [Job(p, root=root) for p in walk_order(files, folder)]
 
 
 def expand_inputs(
@@ -360,7 +355,7 @@ def expand_inputs(
                 if _kind(mpath) == "dir":
                     matched.extend(scanner.folder(mpath, root=root))
                 elif scanner.wanted(mpath):
-                    matched.append(Job(mpath, root=root, explicit=False))
+                    matched.append(Job(mpath, root=root))
             if not matched:
                 matched = [Job(None, error="no image files match this pattern", label_override=arg)]
             add(matched)
@@ -378,7 +373,7 @@ def _store_matches(pattern: str, scanner: _Scanner) -> list[Job]:
         if kind == "dir":
             matched.extend(scanner.prefix(path, root))
         elif scanner.named(path):
-            matched.append(Job(path, root=root, explicit=False))
+            matched.append(Job(path, root=root))
     return matched or [Job(None, error="no image files match this pattern", label_override=pattern)]
 
 

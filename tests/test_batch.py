@@ -138,7 +138,7 @@ def test_folder_gives_its_direct_images_sorted_and_recursion_adds_subfolders(cwd
         "in/sub/d.tif",
         "in/sub/deep/e.bmp",
     ]
-    assert all(j.root == Path("in") and not j.explicit for j in deep.jobs)
+    assert all(j.root == Path("in") for j in deep.jobs)
     assert deep.jobs[-1].relative == Path("sub/deep/e.bmp")
 
 
@@ -147,7 +147,7 @@ def test_explicit_files_are_always_attempted_and_duplicates_dropped(cwd: Path) -
     (cwd / "notes.txt").write_text("x")
     exp = expand_inputs(["a.png", "notes.txt", "missing.png", "./a.png", "."], suffix=SUFFIX)
     assert names(exp.jobs) == ["a.png", "notes.txt", "missing.png"]
-    assert all(j.explicit and j.error is None for j in exp.jobs)
+    assert all(j.error is None for j in exp.jobs)  # even notes.txt and missing.png
     assert expand_inputs(["a.png"], suffix=SUFFIX).single_file
     assert expand_inputs(["missing.png"], suffix=SUFFIX).single_file
 
@@ -177,7 +177,7 @@ def test_globs_are_expanded_when_the_shell_did_not(cwd: Path) -> None:
 
     literal = save(cwd / "q[1].png")  # exists: a name, not a pattern
     (job,) = expand_inputs([str(literal.name)], suffix=SUFFIX).jobs
-    assert job.source == Path("q[1].png") and job.explicit
+    assert job.source == Path("q[1].png") and job.error is None
 
 
 def test_empty_folder_and_stdin_rules(cwd: Path) -> None:
