@@ -91,7 +91,7 @@ def test_screen_lets_unpredictable_inputs_through_without_a_target(
     save(cwd / "a.png")
     p = planner(["a.png"], None)
     # What an unreadable file gives (a mock: root reads any file whatever its mode).
-    monkeypatch.setattr("mprnet_cli.jobs.predict_format", lambda path, fmt: None)
+    monkeypatch.setattr("mprnet_cli.jobs.outputs.predict_format", lambda path, fmt: None)
     assert p.screen(p.jobs[0]) == Screened(p.jobs[0], None)
 
 

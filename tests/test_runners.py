@@ -19,7 +19,8 @@ def test_engine_ray_without_ray_is_a_one_line_usage_error(
 ) -> None:
     save_png(tmp_path / "a.png")
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
-    monkeypatch.delitem(sys.modules, "mprnet_cli.runners.ray", raising=False)
+    for name in [m for m in sys.modules if m.split(".")[:3] == ["mprnet_cli", "runners", "ray"]]:
+        monkeypatch.delitem(sys.modules, name)  # the runner package and its modules
     result = invoke("derain", "a.png", "--engine", "ray", cwd=tmp_path)
     assert result.exit_code == 2
     assert result.stderr == (

@@ -1,0 +1,108 @@
+"""The job planner: INPUT arguments -> jobs, output names, and the per-job rules every runner applies.
+
+A runner (the threaded one in `mprnet_cli.batch`, the Ray one in `mprnet_cli.runners.ray`)
+is an executor: it decodes, restores and writes. What the inputs are, what each output is
+called, whether it may be written (collisions, input == output, an existing output without
+--overwrite, an unwritable folder), which temporary files a killed run left for it, and
+what its `Result` record says are decided here, once, so the runners cannot drift apart.
+No threads, no Ray, no torch, no messages: plain bookkeeping (and the file-system looks it
+needs). The `Planner` holds one run's state (claimed outputs, checked folders).
+
+Inputs (`expand_inputs`)
+------------------------
+* A file named explicitly is always attempted, whatever its extension (a missing one fails
+  with a clear message). `-` is stdin and must be the only INPUT.
+* A folder contributes its direct images; with `recursive` also those of its subfolders.
+  Images are recognised by extension (`IMAGE_EXTENSIONS`, case-insensitive). Hidden files and
+  folders (leading dot), the output folder, and files that look like our own outputs (stem
+  ending with the suffix) are left out, so that running the same command again resumes
+  instead of restoring the outputs.
+* An argument containing `*`, `?` or `[` that is not an existing path is a glob, expanded
+  here with `glob.glob(recursive=True)` (so `**` works) when the shell did not; its matches
+  are filtered like a folder's files, and folders it matches are scanned like folders.
+* Duplicates (same real path) are dropped; order is argument order, then sorted paths.
+* An object-store URI (`s3://`, `gs://`, `abfs://`: a `locations.StorePath`) follows the
+  same rules: a prefix is a folder, `-r` descends, globs are matched segment by segment,
+  the same extension filter. Only the Ray engine reads and writes them.
+
+Outputs (`plan_outputs`, `OutputPlan`)
+--------------------------------------
+* Names are `<stem><suffix><ext>`. `ext` comes from the written format; when that is the
+  input's own format the input's spelling is kept (`IMG_1.JPG` -> `IMG_1_derained.JPG`),
+  otherwise `.png`, `.jpg`, `.webp` or `.tif`.
+* No `-o`: next to each input. `-o DIR`: the tree of each input below the folder it was
+  found in (a folder argument, a glob's fixed leading folders, or a file's own folder) is
+  mirrored under DIR. `-o FILE` (one file or stdin INPUT only): exactly that name, its
+  format from its extension. `-o -`: stdout (one file or stdin INPUT only).
+* With `--format same` the name depends on the decoded image; it is predicted from the
+  file's magic bytes so existing outputs are skipped before decoding, and settled after.
+
+Rules per job (`Planner`)
+-------------------------
+* `check(job, target)`: the output is claimed by one job only (a second one fails naming
+  the first), never the input itself, another input, a folder or a special file; an
+  existing output is skipped unless --overwrite; temporary files a killed run left for it
+  are removed once `STALE_TEMP_SECONDS` old.
+* `folder_problem(folder)`: the output folder is created (-o DIR) and test-written once, so
+  an unwritable output fails before any restore time is spent.
+* `screen(job)`: the rules applied to the output predicted before decoding, for runners
+  that plan everything up front (Ray).
+"""
+
+from __future__ import annotations
+
+from mprnet_cli.imageio import IMAGE_EXTENSIONS
+from mprnet_cli.jobs.inputs import STDIN_ARG, Expansion, Job, expand_inputs
+from mprnet_cli.jobs.outputs import (
+    STDOUT,
+    Destination,
+    OutputPlan,
+    Target,
+    output_name,
+    plan_outputs,
+)
+from mprnet_cli.jobs.planner import STALE_TEMP_SECONDS, Planner, Screened, make_output_folder
+from mprnet_cli.jobs.records import (
+    JSON_FIELDS,
+    Callbacks,
+    RestorerLike,
+    Result,
+    Status,
+    failed,
+    failed_at_write,
+    image_notes,
+    reason,
+    restored,
+    skipped_at_write,
+    unexpected,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "JSON_FIELDS",
+    "STALE_TEMP_SECONDS",
+    "STDIN_ARG",
+    "STDOUT",
+    "Callbacks",
+    "Destination",
+    "Expansion",
+    "Job",
+    "OutputPlan",
+    "Planner",
+    "RestorerLike",
+    "Result",
+    "Screened",
+    "Status",
+    "Target",
+    "expand_inputs",
+    "failed",
+    "failed_at_write",
+    "image_notes",
+    "make_output_folder",
+    "output_name",
+    "plan_outputs",
+    "reason",
+    "restored",
+    "skipped_at_write",
+    "unexpected",
+]

@@ -1,0 +1,138 @@
+"""The Ray engine's settings and cluster plan: what each actor runs and how many fit.
+
+No ray import here: plain arithmetic over `ray.cluster_resources()`, tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.errors import ClusterError, UsageError
+from mprnet_cli.jobs import RestorerLike
+from mprnet_cli.runners import RaySettings
+from mprnet_cli.tasks import Task
+
+if TYPE_CHECKING:
+    from mprnet_cli.weights import ResolvedWeights
+
+PAYLOAD: Final = "payload"
+_TASKS_PER_ACTOR: Final = 2
+_MAX_BLOCKS: Final = 10_000
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """How each actor builds its network (the restore options other than the weights)."""
+
+    task: Task | None = None
+    device: str = "auto"
+    precision: Precision = Precision.AUTO
+    tile: int | None = None
+    tile_overlap: int = 32
+    tile_batch: int = 1
+    compile: bool = False
+    threads: int | None = None  # torch threads per actor (None: the actor's CPUs)
+    backend: BackendChoice = BackendChoice.AUTO
+    strength: float = 1.0
+    ensemble: Ensemble = Ensemble.OFF
+    hide_split_lines: bool = False
+
+
+#: Builds the restorer inside an actor from the weights file it was shipped (a test seam and
+#: the hook for custom restorers). Must be picklable: it travels to the actors.
+RestorerFactory = Callable[[NetworkSettings, Path], RestorerLike]
+
+
+def default_restorer(settings: NetworkSettings, weights: Path) -> RestorerLike:
+    """`mprnet_cli.api.Restorer` on the shipped file (it never resolves weights itself)."""
+    from mprnet_cli.api import Restorer
+
+    return Restorer(
+        settings.task,
+        weights=weights,
+        model=ModelChoice.AUTO,
+        device=settings.device,
+        precision=settings.precision,
+        tile=settings.tile,
+        tile_overlap=settings.tile_overlap,
+        tile_batch=settings.tile_batch,
+        compile=settings.compile,
+        backend=settings.backend,
+        strength=settings.strength,
+        ensemble=settings.ensemble,
+        hide_split_lines=settings.hide_split_lines,
+        quiet=True,
+    )
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """How many inference actors, and what each reserves."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+
+def cluster_plan(
+    resources: dict[str, float], settings: RaySettings, device: str = "auto"
+) -> ClusterPlan:
+    """Actors for a cluster's resources: one per GPU, else a quarter as many as CPUs.
+
+    On a CPU-only cluster each actor reserves an equal share of the CPUs left after one per
+    actor is kept for decoding and encoding (2 CPUs: one actor on one CPU, one CPU for I/O).
+    """
+    cpus = float(resources.get("CPU", 1.0))
+    gpus = float(resources.get("GPU", 0.0))
+    gpw = settings.gpus_per_worker
+    if gpw is None:
+        gpw = 1.0 if gpus >= 1 and device != "cpu" else 0.0
+    if gpw < 0:
+        raise UsageError("--gpus-per-worker must be 0 or more")
+    if gpw > 0 and device == "cpu":
+        raise UsageError("--gpus-per-worker and --device cpu contradict each other; drop one")
+    if gpw > 0:
+        workers = settings.workers or max(1, math.floor(gpus / gpw))
+        return _fits(ClusterPlan(workers, 1.0, gpw), cpus, gpus)
+    if device.startswith("cuda"):
+        raise UsageError(
+            f"--device {device} needs GPUs on the workers: give --gpus-per-worker (the cluster "
+            f"reports {gpus:g} GPUs)"
+        )
+    workers = settings.workers or max(1, int(cpus // 4))
+    per = max(1.0, float((cpus - workers) // workers))
+    return _fits(ClusterPlan(workers, per, 0.0), cpus, gpus)
+
+
+def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
+    """The pool must fit the cluster as it is, with a CPU left for decoding and encoding:
+    Ray Data would otherwise wait for actors that cannot start."""
+    need_gpus = plan.workers * plan.gpus_per_worker
+    if need_gpus > gpus:
+        raise ClusterError(
+            f"{plan.workers} network actors x {plan.gpus_per_worker:g} GPU need {need_gpus:g} "
+            f"GPUs; the cluster has {gpus:g}: lower --workers or --gpus-per-worker"
+        )
+    need_cpus = plan.workers * plan.cpus_per_worker + 1
+    if need_cpus > cpus:
+        each = "one" if plan.cpus_per_worker == 1 else f"{plan.cpus_per_worker:g}"
+        raise ClusterError(
+            f"{plan.workers} network actors need {need_cpus:g} CPUs ({each} each, plus one "
+            f"for decoding and encoding); the cluster has {cpus:g}: lower --workers"
+        )
+    return plan
+
+
+def _check_weights(resolved: ResolvedWeights) -> None:
+    """Fail on the driver, with the local engine's message, before any actor tries."""
+    from mprnet_cli.model.checkpoint import read_checkpoint
+
+    read_checkpoint(resolved.path)
