@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,27 @@ def tiny_model(seed: int = 0, config: MPRNetConfig = TINY_CONFIG) -> MPRNet:
     return model
 
 
-@pytest.fixture()
-def tiny_checkpoint(tmp_path: Path) -> Path:
-    """A tiny MPRNet saved in the published format ({'state_dict'}, 'module.' prefix)."""
-    model = tiny_model()
-    path = tmp_path / "tiny.pth"
-    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+def write_checkpoint(path: Path) -> Path:
+    """The tiny MPRNet saved in the published format ({'state_dict'}, 'module.' prefix)."""
+    state = {f"module.{k}": v for k, v in tiny_model().state_dict().items()}
     torch.save({"epoch": 1, "state_dict": state, "optimizer": {}}, path)
     return path
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    return write_checkpoint(tmp_path / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` written once per module (end-to-end modules share it)."""
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """In-process runs pass --threads 1, which is process-wide: put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import FAST, env, invoke, mprnet, temps, write_checkpoint
+from tests.test_cli import FAST, env, invoke, mprnet, temps
 
 
 def save_png(path: Path, size: int = 16) -> None:
@@ -33,11 +33,6 @@ def save_png(path: Path, size: int = 16) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(zlib.crc32(os.fsencode(path.name)))
     Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(path, "PNG")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

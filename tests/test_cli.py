@@ -17,14 +17,12 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
@@ -33,7 +31,6 @@ from mprnet_cli._entry import HELP_FILE
 from mprnet_cli.batch import JSON_FIELDS
 from mprnet_cli.cli import app, progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
-from tests.conftest import tiny_model
 
 RNG = np.random.default_rng(7)
 FAST = ["--tile", "0", "--threads", "1"]
@@ -66,12 +63,6 @@ def save_png(path: Path, size: int = 16) -> None:
     Image.fromarray(rand(size, size, 3)).save(path)
 
 
-def write_checkpoint(path: Path) -> Path:
-    state = {f"module.{k}": v for k, v in tiny_model().state_dict().items()}
-    torch.save({"state_dict": state}, path)
-    return path
-
-
 def env() -> dict[str, str]:
     out = dict(os.environ)
     out.pop("MPRNET_DEBUG", None)
@@ -95,19 +86,6 @@ def mprnet(*args: str | Path, cwd: Path, stdin: bytes | None = None, **kw: Any) 
 
 def temps(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads() -> Iterator[None]:
-    """In-process runs pass --threads 1, which is process-wide: put it back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
 # --------------------------------------------------------------------------- the tree

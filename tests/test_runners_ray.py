@@ -52,7 +52,6 @@ from tests.test_cli import (  # noqa: E402
     save_png,
     srgb_icc,
     temps,
-    write_checkpoint,
 )
 from tests.test_weights import REPO_ID, _checkpoint_bytes, hub_env, write_registry  # noqa: E402
 
@@ -93,19 +92,6 @@ def ray_cluster(s3_env: dict[str, str]) -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _torch_threads_restored() -> Iterator[None]:
-    """In-process runs pass --threads 1, which is process-wide: put it back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
 
 
 def make_mixed_tree(root: Path) -> None:
