@@ -34,7 +34,7 @@ from benchlib import host_info, measured_at
 from PIL import Image
 
 from mprnet_cli.api import Restorer
-from mprnet_cli.batch import Status, expand_inputs, plan_outputs, run_batch
+from mprnet_cli.runners.local import Status, expand_inputs, plan_outputs, run_batch
 from mprnet_cli.choices import ModelChoice
 from mprnet_cli.imageio import encode_image, read_image
 from mprnet_cli.runners import RaySettings

@@ -3,6 +3,8 @@
     >>> from mprnet_cli import Restorer
     >>> r = Restorer("derain", device="cpu")
     >>> clean = r.restore(rainy)          # numpy array or Pillow image, any size
+    >>> s = RestoreSettings(device="cpu", strength=0.8)   # or the settings, as one value
+    >>> r = Restorer("derain", settings=s)
 
 Weights are loaded once per Restorer. A Restorer pickles as its settings and
 reloads its weights on the other side, so it can be sent to worker processes.
@@ -20,7 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -34,10 +36,10 @@ from mprnet_cli.pipeline import (
     estimate_bytes_per_pixel,
     restore_array,
 )
-from mprnet_cli.quality import apply_strength, check_ensemble, check_strength, self_ensemble
+from mprnet_cli.quality import apply_strength, self_ensemble
+from mprnet_cli.settings import RestoreSettings, settings_of
 from mprnet_cli.splitlines import restore_hiding_split_lines
 from mprnet_cli.tasks import Task
-from mprnet_cli.tiling import DEFAULT_OVERLAP
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
@@ -49,61 +51,40 @@ class Restorer:
     def __init__(
         self,
         task: Task | str | None = None,
-        *,
         weights: str | os.PathLike[str] | None = None,
-        model: ModelChoice | str = ModelChoice.AUTO,
-        device: str = "auto",
-        precision: Precision | str = Precision.AUTO,
-        backend: BackendChoice | str = BackendChoice.AUTO,
-        tile: int | None = None,
-        tile_overlap: int = DEFAULT_OVERLAP,
-        tile_batch: int = 1,
-        compile: bool = False,
-        strength: float = 1.0,
-        ensemble: Ensemble | int | str = Ensemble.OFF,
-        hide_split_lines: bool = False,
-        tile_for_speed: bool = True,
+        settings: RestoreSettings | None = None,
+        *,
         notify: Callable[[str], None] | None = None,
         quiet: bool = False,
+        **options: Any,
     ) -> None:
-        """`tile_for_speed=False` tiles only where memory demands it (whole images when
+        """`settings` (default: `RestoreSettings()`) with `options` as keyword overrides of
+        its fields (`device="cpu"`, `tile=0`, ...); `weights` overrides `settings.weights`.
+
+        `tile_for_speed=False` tiles only where memory demands it (whole images when
         they fit), so results do not depend on the device's speed-minded tile choice:
         what evaluation protocols need."""
+        if weights is not None:
+            options["weights"] = weights
+        self.settings: RestoreSettings = settings_of(settings, **options)
         try:
             self.task = Task(task) if task is not None else None
-            model_choice = ModelChoice(model)
-            prec = Precision(precision)
-            backend_choice = BackendChoice(backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-        self.ensemble = check_ensemble(ensemble)
-        self.strength = check_strength(strength)
-        self.hide_split_lines = hide_split_lines
-        self._settings: dict[str, Any] = {
-            "task": self.task,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "model": model_choice,
-            "device": device,
-            "precision": prec,
-            "backend": backend_choice,
-            "tile": tile,
-            "tile_overlap": tile_overlap,
-            "tile_batch": tile_batch,
-            "compile": compile,
-            "strength": self.strength,
-            "ensemble": self.ensemble,
-            "hide_split_lines": hide_split_lines,
-            "tile_for_speed": tile_for_speed,
-            "quiet": quiet,
-        }
-        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
-        if backend_choice is BackendChoice.OPENVINO and device.strip().lower() == "auto":
+        self._quiet = quiet
+        s = self.settings
+        self.ensemble = s.ensemble
+        self.strength = s.strength
+        self.hide_split_lines = s.hide_split_lines
+        self.options = TileOptions(tile=s.tile, overlap=s.overlap, batch=s.tile_batch)
+        device = s.device
+        if s.backend is BackendChoice.OPENVINO and device == "auto":
             device = "cpu"  # OpenVINO runs on the CPU; auto must not pick a GPU for it
         self.device = resolve_device(device)
-        self.precision = choose_precision(self.device, prec)
+        self.precision = choose_precision(self.device, s.precision)
         check_precision(self.device, self.precision)
         self.resolved: ResolvedWeights = resolve(
-            self.task, weights=weights, model=model_choice, notify=notify, quiet=quiet
+            self.task, weights=s.weights, model=s.model, notify=notify, quiet=quiet
         )
         checkpoint = read_checkpoint(self.resolved.path)
         if (checkpoint.config.in_c, checkpoint.config.out_c) != (3, 3):
@@ -115,12 +96,12 @@ class Restorer:
         spec = BackendSpec(
             build_model(checkpoint),
             self.device,
-            prec,
+            s.precision,
             memory=self._bytes_per_pixel,
-            compile=compile,
+            compile=s.compile,
         )
-        self.backend: Backend = create(backend_choice, spec, notify=None if quiet else notify)
-        if not tile_for_speed:
+        self.backend: Backend = create(s.backend, spec, notify=None if quiet else notify)
+        if not s.tile_for_speed:
             self.backend.ignore_speed_limits()
 
     def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
@@ -134,7 +115,7 @@ class Restorer:
 
     # -- pickling: settings travel, weights are reloaded on the other side
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self._settings)
+        return {"task": self.task, "settings": self.settings, "quiet": self._quiet}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

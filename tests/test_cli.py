@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from mprnet_cli import __version__
 from mprnet_cli._entry import HELP_FILE
-from mprnet_cli.batch import JSON_FIELDS
+from mprnet_cli.runners.local import JSON_FIELDS
 from mprnet_cli.cli import app, progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
 
@@ -532,7 +532,7 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
     import mprnet_cli.cli.restore
     from mprnet_cli import imageio
 
-    real_write, real_fail = imageio.write_image, mprnet_cli.cli.output.fail
+    real_write, real_fail = imageio.write_file, mprnet_cli.cli.output.fail
     stopped = threading.Event()
     writes: list[str] = []
 
@@ -560,7 +560,7 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
         return real_fail(message, code)
 
     monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
-    monkeypatch.setattr("mprnet_cli.batch.write_image", held_write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", held_write)
     monkeypatch.setattr(mprnet_cli.cli.restore, "print_json", consumer_stops)
     monkeypatch.setattr(mprnet_cli.cli.output, "fail", fail)
     result = invoke("derain", "in", "-o", "out", "--json", "--threads", "1", cwd=tmp_path)

@@ -944,7 +944,7 @@ def test_failure_while_encoding_leaves_nothing(
     def boom(*args: object, **kwargs: object) -> bytes:
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(mio_encode, "encode_image", boom)
+    monkeypatch.setattr(mio_encode, "encode_pixels", boom)
     with pytest.raises(RuntimeError, match="exploded"):
         mio.write_image(
             tmp_path / "out.png", np.zeros((2, 2, 3), np.float32), info_for(), OutputFormat.PNG

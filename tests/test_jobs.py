@@ -1,6 +1,6 @@
 """Tests for mprnet_cli.jobs.Planner: the per-job rules both runners apply.
 
-Inputs and output names are tested through `mprnet_cli.batch` (tests/test_batch.py), which
+Inputs and output names are tested through `mprnet_cli.runners.local` (tests/test_runners_local.py), which
 re-exports them; these tests call the planner the way the Ray runner does: up front, from
 names alone.
 """

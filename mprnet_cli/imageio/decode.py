@@ -84,8 +84,8 @@ from mprnet_cli.imageio.pixels import (
     unit_rgb,
 )
 from mprnet_cli.imageio.warnings_capture import warnings_as_notes
+from mprnet_cli.settings import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS: Final = 16384 * 16384
 _STDIN_NAME: Final = "<stdin>"
 
 _PILLOW_LOCK = threading.Lock()

@@ -1,6 +1,6 @@
 """The job planner: INPUT arguments -> jobs, output names, and the per-job rules every runner applies.
 
-A runner (the threaded one in `mprnet_cli.batch`, the Ray one in `mprnet_cli.runners.ray`)
+A runner (the threaded one in `mprnet_cli.runners.local`, the Ray one in `mprnet_cli.runners.ray`)
 is an executor: it decodes, restores and writes. What the inputs are, what each output is
 called, whether it may be written (collisions, input == output, an existing output without
 --overwrite, an unwritable folder), which temporary files a killed run left for it, and

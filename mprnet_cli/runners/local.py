@@ -1,59 +1,42 @@
-"""The threaded local runner: decode ahead, restore, encode behind, over `mprnet_cli.jobs`.
+"""The local engine: decode ahead, restore, encode behind, on this machine's threads.
 
 No rich and no typer here (the CLI owns messages), and no torch at import time: a resumed
 run whose outputs all exist never imports torch or loads weights. What the jobs are and the
 rules each follows (names, skip, claims, stale temp files, records) live in
-`mprnet_cli.jobs`, shared with the Ray runner; the names are re-exported here.
+`mprnet_cli.jobs`, the per-image work in `mprnet_cli.runners.stages`, both shared with the
+Ray engine; the job names are re-exported here.
 
-The runner (`run_batch`)
-------------------------
+The runner (`run`, `run_batch`)
+-------------------------------
 One thread decodes ahead (`prefetch` images) and one encodes and writes behind (`pending`
 images) while the calling thread runs the network, so memory is bounded by a few images
-whatever the batch size. Results come back in input order. Before an image is restored its
-output folder is created and test-written (once per folder), so an unwritable `-o` fails
-each job without restore time. On KeyboardInterrupt (SIGTERM included: `errors.Terminated`)
-the queues are cancelled, a write already in progress finishes (writes are atomic: the
-output is complete or absent), and every result settled by then still reaches
-`Callbacks.finished`, so no output on disk goes unreported; temporary files left by a killed run are removed when a later run
-reaches the same output, once they are `STALE_TEMP_SECONDS` old (a younger one may be
-another mprnet process writing that output right now).
+whatever the batch size. Each result is reported (`Callbacks.finished`) by the thread that
+settled it, the moment its output is written (or its failure known), in input order: the
+writer thread settles every job, failures included, in turn. Callbacks never run two at a
+time. The generator yields the same results, in the same order, as the calling thread
+gets to them. Before an image is restored its output folder is created and test-written
+(once per folder), so an unwritable `-o` fails each job without restore time. On
+KeyboardInterrupt (SIGTERM included: `errors.Terminated`) the queues are cancelled, a write
+already in progress finishes (writes are atomic: the output is complete or absent) and is
+reported, so no output on disk goes unreported; temporary files left by a killed run are
+removed when a later run reaches the same output, once they are `STALE_TEMP_SECONDS` old
+(a younger one may be another mprnet process writing that output right now).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-import time
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from mprnet_cli._stdio import write_stdout
-from mprnet_cli.errors import (
-    MprnetError,
-    OutputError,
-    OutputExistsError,
-    UsageError,
-    describe_os_error,
-)
-from mprnet_cli.imageio import (
-    DEFAULT_JPEG_QUALITY,
-    DEFAULT_MAX_PIXELS,
-    DecodedImage,
-    ImageInfo,
-    OutputFormat,
-    UIntArray,
-    encode_image,
-    read_image,
-    write_image,
-)
+from mprnet_cli.errors import OutputError, UsageError, describe_os_error
 from mprnet_cli.jobs import (
     IMAGE_EXTENSIONS,
     JSON_FIELDS,
@@ -71,17 +54,16 @@ from mprnet_cli.jobs import (
     Target,
     expand_inputs,
     failed,
-    failed_at_write,
-    image_notes,
-    make_output_folder,
     output_name,
     plan_outputs,
-    reason,
-    restored,
-    skipped_at_write,
-    unexpected,
 )
 from mprnet_cli.locations import StorePath
+from mprnet_cli.runners import stages
+from mprnet_cli.settings import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
+from mprnet_cli.settings import RestoreSettings as RestoreSettings
+
+if TYPE_CHECKING:
+    from mprnet_cli.runners.base import RunRequest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -99,6 +81,7 @@ __all__ = [
     "expand_inputs",
     "output_name",
     "plan_outputs",
+    "run",
     "run_batch",
 ]
 
@@ -110,12 +93,10 @@ T = TypeVar("T")
 
 @dataclass
 class _Prepared:
-    """A job after the decode thread looked at it."""
+    """A job after the decode thread looked at it (`item` None: its output exists already)."""
 
     job: Job
-    decoded: DecodedImage | None = None
-    error: str | None = None
-    seconds: float = 0.0
+    item: stages.Decoded | stages.Failed | None = None
 
 
 class _Inline:
@@ -137,12 +118,6 @@ def _run_now(fn: Callable[..., T], /, *args: Any) -> Future[T]:
     return fut
 
 
-def _done(result: Result) -> Future[Result]:
-    fut: Future[Result] = Future()
-    fut.set_result(result)
-    return fut
-
-
 @dataclass
 class _Runner:
     restorer: RestorerLike | Callable[[], RestorerLike]
@@ -158,6 +133,7 @@ class _Runner:
     raise_unexpected: bool = False
     _loaded: RestorerLike | None = None
     _planner: Planner | None = None  # the run's claims and checks, made by `run`
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # one callback at a time
 
     # -- helpers
     def _get_restorer(self) -> RestorerLike:
@@ -172,132 +148,89 @@ class _Runner:
         assert self._planner is not None, "run() makes the planner"
         return self._planner
 
-    def _unexpected(self, exc: Exception, what: str) -> str:
-        if self.raise_unexpected:
-            raise exc
-        return unexpected(exc, what)
+    @property
+    def _bug(self) -> stages.Bug:
+        return stages.raise_bugs if self.raise_unexpected else stages.report_bugs
+
+    def _started(self, job: Job, width: int, height: int) -> None:
+        if self.callbacks.started is not None:
+            with self._lock:
+                self.callbacks.started(job, width, height)
+
+    def _tiles(self, done: int, total: int) -> None:
+        if self.callbacks.tiles is not None:
+            with self._lock:
+                self.callbacks.tiles(done, total)
+
+    def _emit(self, result: Result) -> Result:
+        """Report a settled result now (on the thread that settled it)."""
+        if self.callbacks.finished is not None:
+            with self._lock:
+                self.callbacks.finished(result)
+        return result
 
     # -- decode thread
     def _prepare(self, job: Job, *, predict: bool = True) -> _Prepared:
         if job.error is not None:
-            return _Prepared(job, error=job.error)
-        start = time.perf_counter()
+            return _Prepared(job, stages.Failed(job.error))
         if predict and self.planner.exists_ahead(job):
             return _Prepared(job)  # its predicted output exists: no decode was needed
-        try:
-            decoded = self._decode(job)
-        except MprnetError as exc:
-            return _Prepared(job, error=reason(exc, job.display))
-        except Exception as exc:
-            return _Prepared(job, error=self._unexpected(exc, "decoding"))
-        return _Prepared(job, decoded=decoded, seconds=time.perf_counter() - start)
-
-    def _decode(self, job: Job) -> DecodedImage:
         if job.source is None:
             stream = self.stdin if self.stdin is not None else sys.stdin.buffer
-            return read_image(stream.read(), name=job.display, max_pixels=self.max_pixels)
-        assert isinstance(job.source, Path)  # run_batch refuses object-store jobs
-        return read_image(job.source, name=job.label, max_pixels=self.max_pixels)
+            data: Path | bytes = stream.read()
+        else:
+            assert isinstance(job.source, Path)  # run_batch refuses object-store jobs
+            data = job.source
+        label = job.display if job.source is None else job.label
+        return _Prepared(
+            job, stages.decode(data, label, self.plan.format, self.max_pixels, bug=self._bug)
+        )
 
     # -- main thread
-    def _process(
-        self, prepared: _Prepared, encoder: ThreadPoolExecutor | _Inline
-    ) -> Future[Result]:
-        job = prepared.job
-        if prepared.error is not None:
-            return _done(failed(job, prepared.error))
-        decoded = prepared.decoded
-        if decoded is None:  # not decoded (output predicted): settle the name with the usual checks
+    def _process(self, prepared: _Prepared, writer: ThreadPoolExecutor | _Inline) -> Future[Result]:
+        """Restore one job and hand it to the writer, which settles every job in turn."""
+        job, item = prepared.job, prepared.item
+        if item is None:  # not decoded (output predicted): settle the name with the usual checks
             predicted = self.plan.predict(job)
             if predicted is not None:
                 verdict = self.planner.check(job, predicted)
                 if verdict is not None:
-                    return _done(verdict)
+                    return writer.submit(self._emit, verdict)
                 self.planner.release(predicted)  # claimed again below, once resolved
             # The output vanished since the decode thread looked: decode after all.
-            prepared = self._prepare(job, predict=False)
-            if prepared.decoded is None:
-                return _done(failed(job, prepared.error or "cannot decode"))
-            decoded = prepared.decoded
-        target, fmt = self.plan.resolve(job, decoded.info)
-        width, height = decoded.width, decoded.height
+            item = self._prepare(job, predict=False).item
+            assert item is not None
+        if isinstance(item, stages.Failed):
+            return writer.submit(self._emit, failed(job, item.error))
+        target = self.plan.target(job, item.fmt)
+        width, height = item.size
         if isinstance(target, Path):
             verdict = self.planner.check(job, target)
+            if verdict is None:
+                problem = self.planner.folder_problem(target.parent)
+                if problem is not None:
+                    verdict = failed(job, problem, target)
             if verdict is not None:
-                return _done(dataclasses.replace(verdict, width=width, height=height))
-
-            problem = self.planner.folder_problem(target.parent)
-            if problem is not None:
-                return _done(failed(job, problem, target, width=width, height=height))
-
+                sized = dataclasses.replace(verdict, width=width, height=height)
+                return writer.submit(self._emit, sized)
         restorer = self._get_restorer()
-        if self.callbacks.started is not None:
-            self.callbacks.started(job, decoded.width, decoded.height)
-        warned: list[str] = []
-        try:
-            clean, stats = restorer.restore_rgb(
-                decoded.rgb, progress=self.callbacks.tiles, warn=warned.append
-            )
-        except MprnetError as exc:
-            error = reason(exc, job.display)
-            return _done(failed(job, error, width=width, height=height))
-        except Exception as exc:
-            error = self._unexpected(exc, "restoring")
-            return _done(failed(job, error, width=width, height=height))
-        info, alpha = decoded.info, decoded.alpha
-        notes = image_notes(
-            info, fmt, has_alpha=alpha is not None, warned=warned, run_notes=stats.notes
-        )
-        done = restored(
-            job,
-            target,
-            notes,
-            seconds=prepared.seconds + stats.seconds,
-            device=stats.device,
-            backend=stats.backend,
-            precision=stats.precision,
-            tiles=stats.tiles,
-            width=width,
-            height=height,
-        )
-        return encoder.submit(self._write, done, target, fmt, clean, info, alpha)
+        self._started(job, width, height)
+        done = stages.restore(restorer, item, progress=self._tiles, bug=self._bug)
+        del item, prepared  # the decoded pixels go before the next restore
+        return writer.submit(self._write, job, target, done)
 
-    # -- encode thread
-    def _write(
-        self,
-        done: Result,
-        target: Target,
-        fmt: OutputFormat,
-        clean: npt.NDArray[np.float32],
-        info: ImageInfo,
-        alpha: UIntArray | None,
-    ) -> Result:
-        start = time.perf_counter()
-        label = done.input
-        try:
-            if isinstance(target, Path):
-                if self.plan.destination is Destination.DIRECTORY:
-                    make_output_folder(target.parent)
-                write_image(
-                    target,
-                    clean,
-                    info,
-                    fmt,
-                    alpha=alpha,
-                    jpeg_quality=self.jpeg_quality,
-                    overwrite=self.overwrite,
-                )
-            else:
-                data = encode_image(clean, info, fmt, alpha=alpha, jpeg_quality=self.jpeg_quality)
+    # -- writer thread
+    def _write(self, job: Job, target: Target, item: stages.Restored | stages.Failed) -> Result:
+        if isinstance(target, Path):
+            directory = self.plan.destination is Destination.DIRECTORY
+            sink = stages.sink_for(target, overwrite=self.overwrite, make_folder=directory)
+        else:
+
+            def sink(data: bytes) -> None:
                 _write_stdout(data, self.stdout)
-        except OutputExistsError:  # appeared since the check (another process): not ours
-            return skipped_at_write(done)
-        except MprnetError as exc:
-            return failed_at_write(done, reason(exc, label))
-        except Exception as exc:
-            return failed_at_write(done, self._unexpected(exc, "writing"))
-        seconds = (done.seconds or 0.0) + time.perf_counter() - start
-        return dataclasses.replace(done, seconds=seconds)
+
+        written = stages.write(item, sink, self.jpeg_quality, bug=self._bug)
+        return self._emit(stages.record(job, target, written))
 
     # -- the loop
     def run(self, jobs: Sequence[Job]) -> Generator[Result, None, None]:
@@ -307,7 +240,7 @@ class _Runner:
             if self.prefetch
             else _Inline()
         )
-        encoder: ThreadPoolExecutor | _Inline = (
+        writer: ThreadPoolExecutor | _Inline = (
             ThreadPoolExecutor(1, thread_name_prefix="mprnet-encode") if self.pending else _Inline()
         )
         todo = iter(jobs)
@@ -326,6 +259,9 @@ class _Runner:
                     else decoder.submit(self._prepare, job)
                 )
 
+        def restoring(fut: Future[Result]) -> bool:
+            return not fut.done()
+
         try:
             while True:
                 feed(1)
@@ -333,40 +269,19 @@ class _Runner:
                     break
                 prepared = ahead.popleft().result()
                 feed(self.prefetch)  # decode the next ones while this one is restored
-                outbox.append(self._process(prepared, encoder))
+                outbox.append(self._process(prepared, writer))
                 del prepared  # drop the decoded pixels before the next restore
-                while sum(not f.done() for f in outbox) > self.pending:
+                while sum(map(restoring, outbox)) > self.pending:
                     next(f for f in outbox if not f.done()).exception()
                 while outbox and outbox[0].done():
-                    yield self._emit(outbox.popleft().result())
+                    yield outbox.popleft().result()
             while outbox:
-                yield self._emit(outbox.popleft().result())
-        except BaseException:
-            # Ctrl-C, SIGTERM, a closed generator or an error: queued work is dropped, a
-            # write in progress completes, and every result that is settled by then (an
-            # output on disk above all) still reaches the `finished` callback.
-            self._shutdown(decoder, encoder)
-            self._emit_settled(outbox)
-            raise
+                yield outbox.popleft().result()
         finally:
-            self._shutdown(decoder, encoder)
-
-    @staticmethod
-    def _shutdown(*pools: ThreadPoolExecutor | _Inline) -> None:
-        for pool in pools:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _emit_settled(self, outbox: deque[Future[Result]]) -> None:
-        """Report the finished results nobody has seen yet; quietly, as we are unwinding."""
-        for fut in outbox:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                with contextlib.suppress(Exception):  # a broken reporter must not mask the cause
-                    self._emit(fut.result())
-
-    def _emit(self, result: Result) -> Result:
-        if self.callbacks.finished is not None:
-            self.callbacks.finished(result)
-        return result
+            # Ctrl-C, SIGTERM, a closed generator or an error: queued work is dropped, and a
+            # write in progress completes and reports itself before this returns.
+            for pool in (decoder, writer):
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_stdout(data: bytes, stream: BinaryIO | None) -> None:
@@ -428,3 +343,29 @@ def run_batch(
         raise_unexpected=raise_unexpected,
     )
     return runner.run(jobs)
+
+
+def run(request: RunRequest) -> Generator[Result, None, None]:
+    """The local engine behind the runner seam (`runners.base`): `run_batch` with the
+    request's settings; the weights load at the first job that needs the network."""
+    settings = request.settings
+
+    def load() -> RestorerLike:
+        from mprnet_cli.api import Restorer
+        from mprnet_cli.device import set_threads
+
+        set_threads(settings.threads)
+        return Restorer(request.task, settings=settings, notify=request.notify, quiet=request.quiet)
+
+    return run_batch(
+        request.jobs,
+        load,
+        request.plan,
+        overwrite=request.overwrite,
+        jpeg_quality=settings.jpeg_quality,
+        max_pixels=settings.max_pixels,
+        callbacks=request.callbacks,
+        stdin=request.stdin,
+        stdout=request.stdout,
+        raise_unexpected=request.raise_unexpected,
+    )

@@ -1,4 +1,4 @@
-"""Tests for mprnet_cli.batch: jobs from arguments, output names, and the overlapped runner.
+"""Tests for mprnet_cli.runners.local (the local engine): jobs from arguments, output names, and the overlapped runner.
 
 Most runner tests use a stand-in restorer (1 - x, instant) so that they test the batch
 logic, not the network; one test runs a tiny real MPRNet through `Restorer`.
@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from mprnet_cli import imageio as mio
-from mprnet_cli.batch import (
+from mprnet_cli.runners.local import (
     JSON_FIELDS,
     STALE_TEMP_SECONDS,
     Callbacks,
@@ -332,7 +332,7 @@ def test_rerun_skips_existing_outputs_without_decoding_or_loading_weights(
     mtimes = [p.stat().st_mtime_ns for p in sorted((cwd / "out").iterdir())]
 
     decodes: list[object] = []
-    monkeypatch.setattr("mprnet_cli.batch.read_image", lambda *a, **k: decodes.append(a))
+    monkeypatch.setattr("mprnet_cli.runners.stages.read_image", lambda *a, **k: decodes.append(a))
 
     def no_weights() -> Fake:
         raise AssertionError("weights loaded for a run with nothing to do")
@@ -443,7 +443,7 @@ def test_memory_stays_bounded_by_the_queues(cwd: Path, monkeypatch: pytest.Monke
     worst = {"ahead": 0, "behind": 0}
     bound = {"prefetch": 0, "pending": 0}
     moved = threading.Condition()
-    real_read, real_write = mio.read_image, mio.write_image
+    real_read, real_write = mio.read_image, mio.write_file
 
     def wait_until(ready: Callable[[], bool]) -> None:
         with moved:
@@ -471,8 +471,8 @@ def test_memory_stays_bounded_by_the_queues(cwd: Path, monkeypatch: pytest.Monke
             worst["behind"] = max(worst["behind"], counts["restored"] - counts["written"])
             moved.notify_all()
 
-    monkeypatch.setattr("mprnet_cli.batch.read_image", read)
-    monkeypatch.setattr("mprnet_cli.batch.write_image", write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.read_image", read)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", write)
     for prefetch, pending in [(1, 1), (2, 2)]:
         counts.update(decoded=0, restored=0, written=0)
         worst.update(ahead=0, behind=0)
@@ -490,7 +490,7 @@ def test_ctrl_c_lets_the_write_in_progress_finish_and_leaves_no_temp_files(
 ) -> None:
     for i in range(6):
         save(cwd / "in" / f"{i}.png", size=(8, 8))
-    real_write = mio.write_image
+    real_write = mio.write_file
     writes: list[int] = []
     second_write_started, interrupted = threading.Event(), threading.Event()
 
@@ -507,7 +507,7 @@ def test_ctrl_c_lets_the_write_in_progress_finish_and_leaves_no_temp_files(
             interrupted.set()
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("mprnet_cli.batch.write_image", slow_write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", slow_write)
     got: list[Result] = []
     with pytest.raises(KeyboardInterrupt):
         for result in run_batch(
@@ -603,7 +603,7 @@ def test_outputs_settled_when_interrupted_are_still_reported(
     for name in ("a.png", "b.png", "c.png"):
         save(cwd / "in" / name)
     writing, release = threading.Event(), threading.Event()
-    real_write = mio.write_image
+    real_write = mio.write_file
 
     def held_write(*args: Any, **kwargs: Any) -> None:
         writing.set()
@@ -616,7 +616,7 @@ def test_outputs_settled_when_interrupted_are_still_reported(
             release.set()
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("mprnet_cli.batch.write_image", held_write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", held_write)
     reported: list[Result] = []
     exp = expand_inputs(["in"], suffix=SUFFIX)
     plan = plan_outputs(exp, "out", suffix=SUFFIX)
