@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,25 @@ def test_records_at_write_keep_what_was_known() -> None:
         None,
         "cpu",
     )
+
+
+def test_screening_by_name_reads_no_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sniff=False` (the Ray driver) plans `--format same` from extensions alone; the output
+    a decode settles is screened by the same rules (`screen_settled`)."""
+    (tmp_path / "a.jpg").write_bytes(b"\x89PNG\r\n\x1a\n a PNG called .jpg")
+    (tmp_path / "b.tif").write_bytes(b"II*\x00")
+    (tmp_path / "b_x.tif").write_bytes(b"exists")
+    exp = expand_inputs([str(tmp_path)], suffix="_x")
+    plan = plan_outputs(exp, None, suffix="_x")
+    planner = Planner(plan, exp.jobs)
+
+    def no_reading(*a: Any, **k: Any) -> Any:
+        raise AssertionError("an input was read to plan its output")
+
+    monkeypatch.setattr("mprnet_cli.jobs.outputs.predict_format", no_reading)
+    a, b = (planner.screen(job, sniff=False) for job in exp.jobs)
+    assert isinstance(a, Screened) and a.target == tmp_path / "a_x.jpg"
+    assert isinstance(b, Result) and b.status is Status.SKIPPED
+    planner.release(tmp_path / "a_x.jpg")
+    settled = planner.screen_settled(a.job, tmp_path / "a_x.png")
+    assert isinstance(settled, Screened) and settled.target == tmp_path / "a_x.png"

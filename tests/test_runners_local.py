@@ -22,6 +22,9 @@ import pytest
 from PIL import Image
 
 from mprnet_cli import imageio as mio
+from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.imageio import OutputFormat, read_image
+from mprnet_cli.pipeline import RunStats
 from mprnet_cli.runners.local import (
     JSON_FIELDS,
     STALE_TEMP_SECONDS,
@@ -37,9 +40,6 @@ from mprnet_cli.runners.local import (
     plan_outputs,
     run_batch,
 )
-from mprnet_cli.errors import OutOfMemoryError, UsageError
-from mprnet_cli.imageio import OutputFormat, read_image
-from mprnet_cli.pipeline import RunStats
 
 SUFFIX = "_derained"
 
@@ -739,3 +739,40 @@ def test_special_files_are_never_replaced(cwd: Path) -> None:
     (result,) = run(["a.png"], "pipe.png", overwrite=True)
     assert result.status is Status.FAILED and "not a regular file" in (result.error or "")
     assert (cwd / "pipe.png").is_fifo()
+
+
+# --------------------------------------------------------------------------- truthful progress
+
+
+def test_each_result_is_reported_when_its_output_is_written(cwd: Path) -> None:
+    """Image 1's record reaches `finished` while image 2 is still being restored (it used to
+    wait for the next image to finish), and no record comes before its file exists."""
+    for name in ("a.png", "b.png", "c.png"):
+        save(cwd / "in" / name)
+    reported: list[tuple[str, bool]] = []
+    first = threading.Event()
+
+    def finished(result: Result) -> None:
+        reported.append((result.input, Path(result.output or "").is_file()))
+        first.set()
+
+    def on_call(n: int) -> None:
+        if n == 2:  # image 2's restore waits for image 1's record: it cannot come after
+            assert first.wait(10), "image 1 was reported only after image 2 was restored"
+
+    results = run(["in"], "out", restorer=Fake(on_call), callbacks=Callbacks(finished=finished))
+    assert [r.status for r in results] == [Status.OK] * 3
+    assert reported == [(f"in/{n}.png", True) for n in "abc"]  # in order, each file on disk
+
+
+def test_failures_are_reported_in_input_order_between_the_writes(cwd: Path) -> None:
+    save(cwd / "a.png")
+    (cwd / "b.png").write_bytes(b"not an image")
+    save(cwd / "c.png")
+    reported: list[str] = []
+    results = run(
+        ["a.png", "b.png", "c.png"],
+        callbacks=Callbacks(finished=lambda r: reported.append(r.input)),
+    )
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK]
+    assert reported == ["a.png", "b.png", "c.png"] == [r.input for r in results]

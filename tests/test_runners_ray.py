@@ -37,6 +37,7 @@ from mprnet_cli.jobs import (  # noqa: E402
 )
 from mprnet_cli.runners import RaySettings  # noqa: E402
 from mprnet_cli.runners import ray as ray_runner  # noqa: E402
+from mprnet_cli.settings import RestoreSettings  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
 from mprnet_cli.weights import resolve  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
@@ -207,6 +208,38 @@ def test_file_uris_work_like_paths(tmp_path: Path, checkpoint: Path, ray_cluster
     assert local.exit_code == 0 and uri.exit_code == 0, uri.stderr
     assert tree_files(tmp_path / "uri") == tree_files(tmp_path / "plain")
     assert len(tree_files(tmp_path / "uri")) == 3
+
+
+def test_format_same_is_settled_by_decoding_never_by_reading_on_the_driver(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names plan the outputs; a file whose content is not what its extension says (a PNG
+    called .jpg, a JPEG called .png) is decoded, screened again under its real output
+    name and restored like locally. The driver reads no input's bytes to plan."""
+    save_png(tmp_path / "in" / "plain.png", size=20)
+    Image.fromarray(rand(20, 20, 3)).save(tmp_path / "in" / "png_inside.jpg", "PNG")
+    Image.fromarray(rand(16, 24, 3)).save(tmp_path / "in" / "jpeg_inside.png", "JPEG", quality=90)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "jpeg_inside_x.jpg").write_bytes(b"exists: skipped, not rewritten")
+    args = ["denoise", "in", "--json", "--suffix", "_x", "-w", checkpoint, *FAST]
+    local = invoke(*args, "-o", "local", cwd=tmp_path)
+    assert local.exit_code == 0, local.stderr
+    (tmp_path / "local" / "jpeg_inside_x.jpg").write_bytes(b"exists: skipped, not rewritten")
+
+    def no_reading(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the driver read an input to plan its output")
+
+    monkeypatch.setattr("mprnet_cli.jobs.outputs.predict_format", no_reading)
+    distributed = invoke(*args, "-o", "ray", *RAY, cwd=tmp_path)
+    assert distributed.exit_code == 0, distributed.stderr
+    assert tree_files(tmp_path / "ray") == tree_files(tmp_path / "local")
+    assert sorted(tree_files(tmp_path / "ray")) == [
+        "jpeg_inside_x.jpg",
+        "plain_x.png",
+        "png_inside_x.png",
+    ]
+    statuses = {Path(r["input"]).name: r["status"] for r in records(distributed.stdout)}
+    assert statuses == {"plain.png": "ok", "png_inside.jpg": "ok", "jpeg_inside.png": "skipped"}
 
 
 def test_quality_options_reach_the_actors(
@@ -417,8 +450,8 @@ class CrashOnce:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __call__(self, settings: ray_runner.NetworkSettings, weights: Path) -> Any:
-        real = ray_runner.default_restorer(settings, weights)
+    def __call__(self, task: Task | None, settings: RestoreSettings, weights: Path) -> Any:
+        real = ray_runner.default_restorer(task, settings, weights)
         marker = self.marker
 
         class Crashing:
@@ -447,8 +480,9 @@ def test_a_killed_actor_is_replaced_and_no_output_is_lost_or_duplicated(
             exp.jobs,
             plan,
             weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
-            network=ray_runner.NetworkSettings(Task.DERAIN, device="cpu", tile=0, threads=1),
-            settings=RaySettings(workers=1),
+            task=Task.DERAIN,
+            settings=RestoreSettings(device="cpu", tile=0, threads=1),
+            cluster=RaySettings(workers=1),
             factory=CrashOnce(marker),
         )
     )
@@ -530,6 +564,8 @@ def test_cluster_plan_sizes_the_actor_pool(
 ) -> None:
     plan = ray_runner.cluster_plan(resources, settings, device)
     assert (plan.workers, plan.cpus_per_worker, plan.gpus_per_worker) == want
+    # the pool grows from one actor to `workers`; --workers fixes its size
+    assert plan.min_workers == (want[0] if settings.workers else 1)
 
 
 @pytest.mark.parametrize(
@@ -556,7 +592,6 @@ def test_jobs_are_files_only() -> None:
             [Job(None)],
             plan,
             weights=lambda: None,  # type: ignore[arg-type, return-value]
-            network=ray_runner.NetworkSettings(),
         )
 
 
@@ -567,11 +602,10 @@ def unfinished_run(tmp_path: Path, out: Path, **kw: Any) -> Any:
         jobs,
         plan_outputs(expand_inputs(["x.png"]), str(out), suffix="_x"),
         weights=lambda: None,  # type: ignore[arg-type, return-value]
-        network=ray_runner.NetworkSettings(),
-        settings=RaySettings(),
+        task=None,
+        settings=RestoreSettings(),
+        cluster=RaySettings(),
         overwrite=False,
-        jpeg_quality=95,
-        max_pixels=None,
         callbacks=ray_runner.Callbacks(**kw),
         factory=ray_runner.default_restorer,
     )

@@ -195,17 +195,23 @@ class Planner:
                 self._folders[key] = str(exc)
         return self._folders[key]
 
-    def screen(self, job: Job) -> Result | Screened:
+    def screen(self, job: Job, *, sniff: bool = True) -> Result | Screened:
         """A job's fate from its name alone: its record (failed, skipped) or its claimed target.
 
         A job whose output cannot be predicted (its file is unreadable) goes through with
-        no target; decoding it reports why.
+        no target; decoding it reports why. `sniff` False: the output's format is guessed
+        from the input's extension instead of its first bytes (no read per input); the
+        runner's decode stage settles it and comes back to `screen_settled` if it differs.
         """
         if job.error is not None:
             return failed(job, job.error)
-        predicted = self.plan.predict(job)
+        predicted = self.plan.predict(job) if sniff else self.plan.guess(job)
         if predicted is None:
             return Screened(job, None)
+        return self.screen_settled(job, predicted)
+
+    def screen_settled(self, job: Job, predicted: Where) -> Result | Screened:
+        """`screen` for an output already known (decoded, or predicted)."""
         verdict = self.check(job, predicted)
         if verdict is not None:
             return verdict

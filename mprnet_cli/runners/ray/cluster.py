@@ -74,7 +74,7 @@ class _Network:
             return [(planned, self._one(item)) for planned, item in payload]
         return self._one(payload)
 
-    def _one(self, item: stages.Item) -> stages.Item:
+    def _one(self, item: Any) -> Any:
         """Restore one image and quantise it as it will be stored: integers travel back."""
         if isinstance(item, stages.Decoded):
             return stages.quantize(stages.restore(self.restorer, item))

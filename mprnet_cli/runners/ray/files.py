@@ -8,7 +8,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,7 @@ from mprnet_cli.jobs import (
     Screened,
     Status,
 )
-from mprnet_cli.locations import StorePath, Where
+from mprnet_cli.locations import StorePath, Where, location
 from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners.ray.cluster import (
     _connect,
@@ -46,7 +46,14 @@ from mprnet_cli.runners.ray.plan import (
     cluster_plan,
     default_restorer,
 )
-from mprnet_cli.runners.ray.stages import Planned, _decode_chunk, _pack, _unpack, _write_chunk
+from mprnet_cli.runners.ray.stages import (
+    Planned,
+    Retarget,
+    _decode_chunk,
+    _pack,
+    _unpack,
+    _write_chunk,
+)
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 
@@ -127,6 +134,8 @@ class _FileRun:
     factory: RestorerFactory
     _pending: dict[int, Screened] = field(default_factory=dict)
     _chunks: list[bytes] = field(default_factory=list)
+    _planner: Planner | None = None
+    _retargeted: list[tuple[int, str]] = field(default_factory=list)
 
     def _emit(self, result: Result) -> Result:
         if self.callbacks.finished is not None:
@@ -134,20 +143,11 @@ class _FileRun:
         return result
 
     def run(self) -> Generator[Result, None, None]:
-        planner = Planner(self.plan, self.jobs, overwrite=self.overwrite)
-        chunker = _Chunker()
-        for index, job in enumerate(self.jobs):
-            verdict = planner.screen(job)
-            if isinstance(verdict, Result):
-                yield self._emit(verdict)
-                continue
-            self._pending[index] = verdict
-            full = chunker.add(_planned(index, verdict), _size(job.source))
-            if full is not None:
-                self._chunks.append(full)
-        last = chunker.take()
-        if last is not None:
-            self._chunks.append(last)
+        planner = self._planner = Planner(self.plan, self.jobs, overwrite=self.overwrite)
+        # Names only: no input is read on the driver (`--format same` is settled by decoding)
+        yield from self._plan(
+            (index, planner.screen(job, sniff=False)) for index, job in enumerate(self.jobs)
+        )
         if not self._pending:
             return  # everything skipped or failed early: no weights, no Ray
         resolved = self.weights()
@@ -156,7 +156,11 @@ class _FileRun:
         since = time.time()
         stopped = False
         try:
-            yield from self._stream(resolved)
+            yield from self._stream(resolved, retarget=True)
+            if self._retargeted:  # decoded as another format than their names said: again
+                yield from self._plan(self._replanned())
+                if self._chunks:
+                    yield from self._stream(resolved, retarget=False)
         except BaseException:
             # Ctrl-C, SIGTERM, a closed generator or an error: stop the workers first, then
             # report the outputs they finished that the driver had not heard of yet.
@@ -185,7 +189,32 @@ class _FileRun:
                 with contextlib.suppress(Exception):  # a broken reporter must not mask the cause
                     self._emit(Result(screened.job.label, str(target), Status.OK))
 
-    def _stream(self, resolved: ResolvedWeights) -> Iterator[Result]:
+    def _plan(self, verdicts: Iterable[tuple[int, Result | Screened]]) -> Iterator[Result]:
+        """Report the planner's verdicts; chunk the jobs it let through."""
+        chunker = _Chunker()
+        for index, verdict in verdicts:
+            if isinstance(verdict, Result):
+                yield self._emit(verdict)
+                continue
+            self._pending[index] = verdict
+            full = chunker.add(_planned(index, verdict), _size(verdict.job.source))
+            if full is not None:
+                self._chunks.append(full)
+        last = chunker.take()
+        if last is not None:
+            self._chunks.append(last)
+
+    def _replanned(self) -> Iterator[tuple[int, Result | Screened]]:
+        """The retargeted jobs, screened again under the names their decoding settled."""
+        assert self._planner is not None
+        retargeted, self._retargeted = self._retargeted, []
+        for index, settled in retargeted:
+            screened = self._pending.pop(index)
+            if screened.target is not None:
+                self._planner.release(screened.target)
+            yield index, self._planner.screen_settled(screened.job, location(settled))
+
+    def _stream(self, resolved: ResolvedWeights, *, retarget: bool) -> Iterator[Result]:
         _quiet_ray_data()
         cluster = cluster_plan(_resources(), self.cluster, self.settings.device)
         cwd = str(Path.cwd())
@@ -194,7 +223,11 @@ class _FileRun:
         del chunks
         ds = ds.map(
             functools.partial(
-                _decode_chunk, plan=self.plan, max_pixels=self.settings.max_pixels, cwd=cwd
+                _decode_chunk,
+                plan=self.plan,
+                max_pixels=self.settings.max_pixels,
+                cwd=cwd,
+                retarget=retarget,
             ),
             num_cpus=1,
         )
@@ -212,8 +245,12 @@ class _FileRun:
             num_cpus=1,
         )
         for row in _rows_of(ds):
-            written: list[tuple[int, stages.Written]] = _unpack(row[PAYLOAD])
+            written: list[tuple[int, stages.Written | Retarget]] = _unpack(row[PAYLOAD])
             for index, outcome in written:
+                if isinstance(outcome, Retarget):
+                    if index in self._pending and (index, outcome.target) not in self._retargeted:
+                        self._retargeted.append((index, outcome.target))
+                    continue
                 screened = self._pending.pop(index, None)
                 if screened is None:
                     continue  # a retried task's second report of a finished job

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from mprnet_cli.choices import ModelChoice
 from mprnet_cli.errors import ClusterError, UsageError
 from mprnet_cli.jobs import RestorerLike
 from mprnet_cli.runners import RaySettings
@@ -24,7 +25,7 @@ PAYLOAD: Final = "payload"
 _TASKS_PER_ACTOR: Final = 2
 #: A chunk (one row, one block, one task per stage) holds inputs up to this many file bytes
 #: (`_CHUNK_IMAGES` at most): small images travel many to a task, large ones alone.
-_CHUNK_BYTES: Final = 4 << 20
+_CHUNK_BYTES: Final = 1 << 20
 _CHUNK_IMAGES: Final = 256
 
 
@@ -37,10 +38,11 @@ RestorerFactory = Callable[[Task | None, RestoreSettings, Path], RestorerLike]
 
 
 def default_restorer(task: Task | None, settings: RestoreSettings, weights: Path) -> RestorerLike:
-    """`mprnet_cli.api.Restorer` on the shipped file (it never resolves weights itself)."""
+    """`mprnet_cli.api.Restorer` on the shipped file (it never resolves weights itself: the
+    driver chose the file, per `settings.weights` and `settings.model`)."""
     from mprnet_cli.api import Restorer
 
-    return Restorer(task, weights, settings, quiet=True)
+    return Restorer(task, weights, settings.replace(model=ModelChoice.AUTO), quiet=True)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,15 @@ class Planned:
         return Job(location(self.source), root=location(self.root) if self.root else None)
 
 
+@dataclass(frozen=True)
+class Retarget:
+    """Decoding settled another output name than the one planned from the input's name
+    (`--format same` on a file whose content is not what its extension says): the driver
+    screens the job again under `target` and runs it once more."""
+
+    target: str
+
+
 def _pack(item: object) -> bytes:
     return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -71,10 +80,11 @@ def _in_folder(folder: str, where: Where | None = None) -> Iterator[None]:
 
 
 def _decode_one(
-    planned: Planned, plan: OutputPlan, max_pixels: int | None
-) -> stages.Decoded | stages.Failed:
-    """Read and decode one planned file; the output its decoded format names must be the
-    planned one (`--format same` is settled here, from the bytes read anyway)."""
+    planned: Planned, plan: OutputPlan, max_pixels: int | None, retarget: bool
+) -> stages.Decoded | stages.Failed | Retarget:
+    """Read and decode one planned file; `--format same` is settled here, from the bytes
+    read anyway. Another output name than the planned one goes back to the driver
+    (`retarget`), or fails when it was planned from the decoded file already."""
     job = planned.job()
     source = job.source
     assert source is not None
@@ -82,7 +92,9 @@ def _decode_one(
     item = stages.decode(data, job.label, plan.format, max_pixels)
     if isinstance(item, stages.Decoded):
         settled = str(plan.target(job, item.fmt))
-        if planned.target and settled != planned.target:
+        if settled != planned.target and retarget:
+            return Retarget(settled)
+        if settled != planned.target:
             return stages.Failed(
                 f"the file changed while the run was planned (its output would now be "
                 f"{settled}); run again",
@@ -92,15 +104,15 @@ def _decode_one(
 
 
 def _decode_chunk(
-    row: dict[str, Any], *, plan: OutputPlan, max_pixels: int | None, cwd: str
+    row: dict[str, Any], *, plan: OutputPlan, max_pixels: int | None, cwd: str, retarget: bool
 ) -> dict[str, Any]:
     """Ray task: decode every file of a chunk (one failing alone)."""
     chunk: list[Planned] = _unpack(row[PAYLOAD])
-    out: list[tuple[Planned, stages.Item]] = []
+    out: list[tuple[Planned, stages.Item | Retarget]] = []
     for planned in chunk:
         try:
             with _in_folder(cwd, location(planned.source)):
-                item = _decode_one(planned, plan, max_pixels)
+                item = _decode_one(planned, plan, max_pixels, retarget)
         except InputError as exc:
             item = stages.Failed(reason(exc, planned.source))
         out.append((planned, item))
@@ -112,11 +124,14 @@ def _write_chunk(
 ) -> dict[str, Any]:
     """Ray task: encode and write every restored image of a chunk atomically to its
     planned name (an object: in one request, after checking it is absent unless `overwrite`)."""
-    chunk: list[tuple[Planned, stages.Item]] = _unpack(row[PAYLOAD])
+    chunk: list[tuple[Planned, stages.Item | Retarget]] = _unpack(row[PAYLOAD])
     directory = plan.destination is Destination.DIRECTORY
-    out: list[tuple[int, stages.Written]] = []
+    out: list[tuple[int, stages.Written | Retarget]] = []
     for planned, item in chunk:
         assert not isinstance(item, stages.Decoded)
+        if isinstance(item, Retarget):
+            out.append((planned.index, item))
+            continue
         target = location(planned.target) if planned.target else None
         if target is None:  # unpredictable, so it cannot have been decoded: a failure
             out.append((planned.index, stages.write(item, _nowhere, jpeg_quality)))
