@@ -90,6 +90,17 @@ class Decoded:
 
 
 @dataclass(frozen=True)
+class Ran:
+    """How an image was restored, for its record: the `RunStats` fields a record shows."""
+
+    seconds: float | None
+    device: str | None
+    tiles: int | None
+    backend: str | None = None
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
 class Restored:
     """A restored image: float `rgb` until `quantize` turns it into the stored `output`."""
 
@@ -99,12 +110,8 @@ class Restored:
     alpha: UIntArray | None
     info: ImageInfo
     fmt: OutputFormat
-    seconds: float
-    device: str
-    tiles: int
+    ran: Ran
     notes: tuple[str, ...]
-    backend: str | None = None
-    precision: str | None = None
     width: int = 0
     height: int = 0
 
@@ -129,11 +136,7 @@ class Written:
     written: bool = True
     width: int | None = None
     height: int | None = None
-    seconds: float | None = None
-    device: str | None = None
-    backend: str | None = None
-    precision: str | None = None
-    tiles: int | None = None
+    ran: Ran | None = None
     notes: tuple[str, ...] = ()
     fmt: OutputFormat | None = None
     data: bytes | None = dataclasses.field(default=None, repr=False)  # when the sink returns it
@@ -217,12 +220,10 @@ def restore(
         item.alpha,
         item.info,
         item.fmt,
-        item.seconds + stats.seconds,
-        stats.device,
-        stats.tiles,
+        Ran(
+            item.seconds + stats.seconds, stats.device, stats.tiles, stats.backend, stats.precision
+        ),
         notes,
-        backend=stats.backend,
-        precision=stats.precision,
         width=width,
         height=height,
     )
@@ -263,20 +264,9 @@ def write(
         status, error = Status.FAILED, reason(exc, item.label)
     except Exception as exc:
         status, error = Status.FAILED, bug(exc, "writing")
-    return Written(
-        status,
-        error=error,
-        width=width,
-        height=height,
-        seconds=item.seconds + time.perf_counter() - start,
-        device=item.device,
-        backend=item.backend,
-        precision=item.precision,
-        tiles=item.tiles,
-        notes=item.notes,
-        fmt=item.fmt,
-        data=data,
-    )
+    seconds = (item.ran.seconds or 0.0) + time.perf_counter() - start
+    ran = dataclasses.replace(item.ran, seconds=seconds)
+    return Written(status, error, True, width, height, ran, item.notes, item.fmt, data)
 
 
 def sink_for(target: Where, *, overwrite: bool, make_folder: bool) -> Callable[[bytes], None]:
@@ -306,18 +296,9 @@ def record(job: Job, target: Target | None, written: Written) -> Result:
     if not written.written:
         return failed(job, written.error or "failed", width=written.width, height=written.height)
     assert target is not None and written.width is not None and written.height is not None
-    done = restored(
-        job,
-        target,
-        written.notes,
-        seconds=written.seconds,
-        device=written.device,
-        backend=written.backend,
-        precision=written.precision,
-        tiles=written.tiles,
-        width=written.width,
-        height=written.height,
-    )
+    assert written.ran is not None
+    ran: dict[str, Any] = dataclasses.asdict(written.ran)
+    done = restored(job, target, written.notes, **ran, width=written.width, height=written.height)
     if written.status is Status.SKIPPED:
         return skipped_at_write(done)
     if written.status is Status.FAILED:
