@@ -638,3 +638,19 @@ def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes
     run = unfinished_run(tmp_path, out)
     run._sweep_unfinished()
     assert sorted(p.name for p in out.iterdir()) == [".c_x.png.00000000.tmp", "a_x.png"]
+
+
+def test_jobs_travel_in_chunks_that_grow_to_the_byte_and_count_limits() -> None:
+    """Many small images share a task (after a first chunk of one, for an early first
+    record); a large one travels alone; the driver keeps only the packed chunks."""
+    from mprnet_cli.runners.ray import files, plan, stages
+
+    chunker = files._Chunker()
+    packed = [chunker.add(stages.Planned(i, f"{i}.png", "", f"{i}_x.png"), 800) for i in range(600)]
+    packed.append(chunker.take())
+    sizes = [len(stages._unpack(c)) for c in packed if c is not None]
+    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256, 89]
+    assert [p.index for c in packed if c is not None for p in stages._unpack(c)] == list(range(600))
+    big = plan._CHUNK_BYTES
+    chunks = [chunker.add(stages.Planned(i, f"{i}.tif", "", ""), big) for i in range(3)]
+    assert all(c is not None and len(stages._unpack(c)) == 1 for c in chunks)

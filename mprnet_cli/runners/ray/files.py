@@ -294,16 +294,21 @@ def _planned(index: int, screened: Screened) -> Planned:
 @dataclass
 class _Chunker:
     """Groups pending jobs into chunks of about `_CHUNK_BYTES` of input files (at most
-    `_CHUNK_IMAGES`), packed at once: the driver holds a few bytes per pending input."""
+    `_CHUNK_IMAGES`), packed at once: the driver holds a few bytes per pending input.
+
+    The first chunks are small (1 image, then twice as many each time up to the limit), so
+    the first records come after one image's trip through the stages, not a full chunk's,
+    and the stages overlap from the start."""
 
     _items: list[Planned] = field(default_factory=list)
     _bytes: int = 0
+    _limit: int = 1
 
     def add(self, planned: Planned, size: int) -> bytes | None:
         """Add one job of `size` bytes; a full chunk (packed) when this one filled it."""
         self._items.append(planned)
         self._bytes += size
-        if self._bytes >= _CHUNK_BYTES or len(self._items) >= _CHUNK_IMAGES:
+        if self._bytes >= _CHUNK_BYTES or len(self._items) >= self._limit:
             return self.take()
         return None
 
@@ -313,6 +318,7 @@ class _Chunker:
             return None
         packed = _pack(self._items)
         self._items, self._bytes = [], 0
+        self._limit = min(2 * self._limit, _CHUNK_IMAGES)
         return packed
 
 
