@@ -79,10 +79,16 @@ def run_cli(args: list[str], cwd: Path) -> dict[str, Any]:
     if code != 0:
         raise RuntimeError(f"exit {code}: {err[-2000:]}")
     first = arrivals[0][0] - wall if arrivals else None
+    last = arrivals[-1][0] - wall if arrivals else None
     hwm = re.search(r"VmHWM (\d+)", err)
+    steady = None
+    if first is not None and last is not None and last > first:
+        steady = (len(arrivals) - 1) / (last - first)
     return {
         "records": len(arrivals),
         "first_record_s": first,
+        "last_record_s": last,
+        "images_per_s_after_first": steady,
         "total_s": total,
         "driver_peak_rss_mb": int(hwm.group(1)) / 1024 if hwm else None,
         "arrivals": arrivals,

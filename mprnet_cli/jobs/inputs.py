@@ -84,10 +84,23 @@ def _pattern_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path()
 
 
-def _key(path: Where) -> str:
+def _key(path: Where, folders: dict[str, str] | None = None) -> str:
+    """What identifies a file: its real path (symbolic links resolved), or an object's URI.
+
+    `folders` caches the real path of each folder for one run: a path whose last part is
+    not a symbolic link is then its folder's real path plus its name (one `lstat`, not one
+    per path component; planning thousands of files in one folder is dominated by this).
+    """
     if isinstance(path, StorePath):
         return str(path)
-    return os.path.normcase(os.path.realpath(path))
+    text = os.fspath(path)
+    folder, name = os.path.split(text)
+    if folders is None or name in ("", ".", "..") or os.path.islink(text):  # noqa: PTH114
+        return os.path.normcase(os.path.realpath(text))
+    real = folders.get(folder)
+    if real is None:
+        real = folders[folder] = os.path.realpath(folder or os.curdir)
+    return os.path.normcase(real + os.sep + name if real != os.sep else os.sep + name)
 
 
 def _why_not(exc: OSError) -> str:
@@ -208,13 +221,14 @@ def expand_inputs(
     scanner = _Scanner(recursive, suffix, exclude)
     jobs: list[Job] = []
     seen: set[str] = set()
+    folders: dict[str, str] = {}
 
     def add(found: Iterable[Job]) -> None:
         for job in found:
             if job.error is not None:
                 jobs.append(job)
                 continue
-            key = STDIN_ARG if job.source is None else _key(job.source)
+            key = STDIN_ARG if job.source is None else _key(job.source, folders)
             if key not in seen:
                 seen.add(key)
                 jobs.append(job)

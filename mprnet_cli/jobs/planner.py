@@ -87,12 +87,16 @@ class Planner:
     _folders: dict[str, str | None] = field(default_factory=dict)  # folder -> why unwritable
     _sweeper: _TempSweeper = field(init=False)
     _listed: dict[StorePath, dict[StorePath, str]] = field(default_factory=dict)
+    _real_folders: dict[str, str] = field(default_factory=dict)  # `_key`'s cache
 
     def __post_init__(self) -> None:
         self._inputs = {
-            _key(j.source) for j in self.jobs if j.source is not None and j.error is None
+            self._key(j.source) for j in self.jobs if j.source is not None and j.error is None
         }
         self._sweeper = _TempSweeper(self.max_temp_age)
+
+    def _key(self, path: Where) -> str:
+        return _key(path, self._real_folders)
 
     def exists_ahead(self, job: Job) -> bool:
         """Its predicted output exists already (and is not the input): no need to decode it.
@@ -102,7 +106,7 @@ class Planner:
         if self.overwrite or source is None or not source.is_file():
             return False
         predicted = self.plan.predict(job)
-        return predicted is not None and predicted.exists() and _key(predicted) != _key(source)
+        return predicted is not None and predicted.exists() and self._key(predicted) != self._key(source)
 
     def check(self, job: Job, target: Where) -> Result | None:
         """Collisions, input == output and existing outputs; None when the job may write.
@@ -110,7 +114,7 @@ class Planner:
         Claims `target` for `job` (a later job with the same output fails), and removes the
         stale temporary files a killed run left for it.
         """
-        key = _key(target)
+        key = self._key(target)
         if isinstance(target, StorePath):
             return self._check_object(job, target, key)
         self._sweeper.sweep(target)
@@ -141,7 +145,7 @@ class Planner:
                 target,
             )
         self._claims[key] = job.label
-        if job.source is not None and key == _key(job.source):
+        if job.source is not None and key == self._key(job.source):
             return failed(job, "the output would replace the input; change --suffix or -o", target)
         return None
 
@@ -177,13 +181,13 @@ class Planner:
 
     def release(self, target: Where) -> None:
         """Forget a claim (the runner claims the settled name again after decoding)."""
-        self._claims.pop(_key(target), None)
+        self._claims.pop(self._key(target), None)
 
     def folder_problem(self, folder: Where) -> str | None:
         """Why nothing can be written in `folder` (checked once per folder), else None."""
         if isinstance(folder, StorePath):  # prefixes need no creating: the bucket must exist
             folder = folder.bucket
-        key = _key(folder)
+        key = self._key(folder)
         if key not in self._folders:
             if isinstance(folder, StorePath):
                 self._folders[key] = folder.problem()
