@@ -654,3 +654,73 @@ def test_jobs_travel_in_chunks_that_grow_to_the_byte_and_count_limits() -> None:
     big = plan._CHUNK_BYTES
     chunks = [chunker.add(stages.Planned(i, f"{i}.tif", "", ""), big) for i in range(3)]
     assert all(c is not None and len(stages._unpack(c)) == 1 for c in chunks)
+
+
+class WaitForFirstRecord:
+    """A restorer factory whose network, at its 2nd image, waits (up to 60 s) until the
+    driver has received the 1st image's record: the driver writes to a FIFO then."""
+
+    def __init__(self, fifo: Path) -> None:
+        self.fifo = fifo
+
+    def __call__(self, task: Task | None, settings: RestoreSettings, weights: Path) -> Any:
+        import select
+
+        real = ray_runner.default_restorer(task, settings, weights)
+        fifo = self.fifo
+
+        class Waiting:
+            calls = 0
+
+            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
+                Waiting.calls += 1
+                if Waiting.calls == 2:
+                    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+                    try:
+                        ready, _, _ = select.select([fd], [], [], 60)
+                        if not ready:
+                            raise RuntimeError("the first record never reached the driver")
+                    finally:
+                        os.close(fd)
+                return real.restore_rgb(rgb, **kw)
+
+        return Waiting()
+
+
+def test_each_record_reaches_the_driver_when_its_chunk_is_written(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str
+) -> None:
+    """Image 1 travels alone (the first chunk); image 2's restore waits for image 1's record
+    on the driver, which came only after the next block was ready before (iter_rows)."""
+    for i in range(3):
+        save_png(tmp_path / "in" / f"{i}.png", size=16)
+    fifo = tmp_path / "first-record"
+    os.mkfifo(fifo)
+    # Held open for the whole run, so the actor's reader waits for data, never for a writer.
+    signal_fd = os.open(fifo, os.O_RDWR)
+    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
+    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
+    seen: list[Any] = []
+
+    def finished(result: Any) -> None:
+        seen.append(result)
+        if len(seen) == 1:
+            os.write(signal_fd, b"1")
+
+    try:
+        results = list(
+            ray_runner.restore_files(
+                exp.jobs,
+                plan,
+                weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
+                task=Task.DERAIN,
+                settings=RestoreSettings(device="cpu", tile=0, threads=1),
+                cluster=RaySettings(workers=1),
+                callbacks=ray_runner.Callbacks(finished=finished),
+                factory=WaitForFirstRecord(fifo),
+            )
+        )
+    finally:
+        os.close(signal_fd)
+    assert [r.status for r in results] == [Status.OK] * 3, [r.error for r in results]
+    assert seen == results

@@ -187,10 +187,15 @@ def _threads(settings: RestoreSettings, cluster: ClusterPlan) -> int:
     return settings.threads or max(1, int(cluster.cpus_per_worker))
 
 
-def _rows_of(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
-    """The job's result rows; a failure of the job itself (not of one file) as one line."""
+def _payloads_of(ds: ray.data.Dataset) -> Iterator[bytes]:
+    """The job's result payloads as each block arrives; a failure of the job itself (not
+    of one file) as one line.
+
+    Block by block without prefetching: `iter_rows` (prefetch_batches=1) holds each block
+    back until the next one is ready, which delayed every record by a chunk's time."""
     try:
-        yield from ds.iter_rows()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            yield from batch[PAYLOAD]
     except ray.exceptions.RayError as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise ClusterError(

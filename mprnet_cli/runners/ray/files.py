@@ -31,16 +31,15 @@ from mprnet_cli.runners.ray.cluster import (
     _connect,
     _dataset_of,
     _infer_stage,
+    _payloads_of,
     _quiet_ray_data,
     _resources,
-    _rows_of,
     _ship_weights,
     _stop,
 )
 from mprnet_cli.runners.ray.plan import (
     _CHUNK_BYTES,
     _CHUNK_IMAGES,
-    PAYLOAD,
     RestorerFactory,
     _check_weights,
     cluster_plan,
@@ -244,8 +243,8 @@ class _FileRun:
             ),
             num_cpus=1,
         )
-        for row in _rows_of(ds):
-            written: list[tuple[int, stages.Written | Retarget]] = _unpack(row[PAYLOAD])
+        for payload in _payloads_of(ds):
+            written: list[tuple[int, stages.Written | Retarget]] = _unpack(payload)
             for index, outcome in written:
                 if isinstance(outcome, Retarget):
                     if index in self._pending and (index, outcome.target) not in self._retargeted:
