@@ -222,7 +222,7 @@ def _remembered(note: str, path: Path, compute: Callable[[], str]) -> str:
     hit = db.get(key)
     n = len(stamp)
     if isinstance(hit, list) and len(hit) == n + 1 and hit[:n] == stamp and isinstance(hit[n], str):
-        return hit[n]
+        return str(hit[n])
     value = compute()
     db[key] = [*stamp, value]
     _write_store(store, db)  # if it cannot be written, the next run only computes again
