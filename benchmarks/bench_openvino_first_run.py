@@ -32,13 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-CONFIGS: dict[str, dict[str, int]] = {
-    "derain": {"n_feat": 40, "scale_unetfeats": 20, "scale_orsnetfeats": 16, "num_cab": 8},
-    "denoise": {"n_feat": 80, "scale_unetfeats": 48, "scale_orsnetfeats": 32, "num_cab": 8},
-    "deblur": {"n_feat": 96, "scale_unetfeats": 48, "scale_orsnetfeats": 32, "num_cab": 8},
-    "compact-32": {"n_feat": 32, "scale_unetfeats": 16, "scale_orsnetfeats": 12, "num_cab": 4},
-    "compact-24": {"n_feat": 24, "scale_unetfeats": 12, "scale_orsnetfeats": 8, "num_cab": 4},
-}
+from measure_memory import CONFIGS as _MEASURED  # same names and widths
+
+CONFIGS = {k: _MEASURED[k] for k in ("derain", "denoise", "deblur", "compact-32", "compact-24")}
 
 
 def _model(name: str) -> Any:
@@ -125,6 +121,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cache", type=Path, help="reuse this cache (conversions kept)")
+    parser.add_argument("--backends", default="openvino,torch")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: mem,e2e")
     ns = parser.parse_args()
     if ns.child:
@@ -148,7 +145,7 @@ def main() -> None:
         save()
         entry["mem"] = {}
         for precision in [] if "mem" in ns.skip else ns.precisions.split(","):
-            for backend in ("openvino", "torch"):
+            for backend in ns.backends.split(","):
                 points = []
                 for side in (int(s) for s in ns.mem_sides.split(",")):
                     r = _spawn(["mem", name, backend, precision, str(side), str(side)], env)

@@ -380,7 +380,8 @@ def test_a_damaged_cache_entry_is_converted_again_saying_why_and_repaired(
     notes: list[str] = []
     ovb.load_or_export(tiny_model(), notes.append)
     assert len(calls) == 1
-    assert notes[0] == f"the cached OpenVINO model {folder} {why}; converting it again"
+    assert notes[0].startswith(f"the cached OpenVINO model {folder} ") and why in notes[0]
+    assert notes[0].endswith("; converting it again")
     assert ovb.entry_problem(folder) is None  # repaired in place
     assert [p.name for p in (ov_cache / "openvino").iterdir()] == [folder.name]
     notes.clear()
@@ -543,3 +544,20 @@ def test_auto_runs_compact_networks_on_pytorch(ov_cache: Path, spawned: list[lis
     assert isinstance(create(BackendChoice.AUTO, spec), TorchBackend)
     assert spawned == []
     assert create(BackendChoice.OPENVINO, spec).name == "openvino"  # asked for: it runs
+
+
+def test_openvino_tiles_with_its_own_memory_figures(
+    ov_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Part 2: the backend priced its tiles with PyTorch's figures, never measured for it;
+    and every compiled static shape keeps its own buffers, so they may not pile up."""
+    from mprnet_cli.backends import openvino as ovb
+
+    spec = BackendSpec(tiny_model(), torch.device("cpu"), Precision.FP32, memory=lambda d, p: 1.0)
+    ov = ovb.OpenVinoBackend.create(spec)
+    per_pixel = ov.capabilities.bytes_per_pixel
+    assert per_pixel == pytest.approx(1.1 * 57.6 * (8 + 4))
+    monkeypatch.setattr(ov, "free_memory", lambda: int(3 * per_pixel * 48 * 48 * 1.5))
+    for side in (48, 56, 48, 56):  # each shape twice: static models for both
+        ov(image(side, side).transpose(2, 0, 1)[None].copy())
+    assert list(ov._compiled) == [(1, 3, 56, 56)]  # two did not fit in a third of it

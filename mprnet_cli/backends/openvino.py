@@ -506,13 +506,13 @@ class OpenVinoBackend:
 
     def _evict(self) -> None:
         """Each compiled static model keeps its own activation buffers for its shape: keep
-        at most `_STATIC_SHAPES`, and only as many as fit, with the newest, in a third of
+        at most `_STATIC_SHAPES`, and beyond the newest only as many as fit in a third of
         the memory free now (a folder of many large photo sizes must not pile them up)."""
         bpp = self.capabilities.bytes_per_pixel or 0.0
         budget = self.free_memory() / 3
 
         def held() -> float:
-            return sum(shape[-1] * shape[-2] * bpp for shape in list(self._compiled)[:-1])
+            return sum(shape[-1] * shape[-2] * bpp for shape in self._compiled)
 
         while len(self._compiled) > _STATIC_SHAPES or (len(self._compiled) > 1 and held() > budget):
             self._compiled.popitem(last=False)
