@@ -24,9 +24,9 @@ from PIL import Image
 from mprnet_cli.backends import Backend, BackendSpec, create
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
-from mprnet_cli.errors import CheckpointError, UsageError
+from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
-from mprnet_cli.model.checkpoint import build_model, read_checkpoint
+from mprnet_cli.model.checkpoint import build_model, check_rgb, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.pipeline import (
     Progress,
@@ -87,11 +87,7 @@ class Restorer:
             self.task, weights=s.weights, model=s.model, notify=notify, quiet=quiet
         )
         checkpoint = read_checkpoint(self.resolved.path)
-        if (checkpoint.config.in_c, checkpoint.config.out_c) != (3, 3):
-            raise CheckpointError(
-                f"{self.resolved.path}: this MPRNet maps {checkpoint.config.in_c} to "
-                f"{checkpoint.config.out_c} channels; mprnet restores RGB photos (3 to 3)"
-            )
+        check_rgb(checkpoint)
         self.config: MPRNetConfig = checkpoint.config
         spec = BackendSpec(
             build_model(checkpoint),

@@ -389,6 +389,7 @@ def test_a_signal_stops_the_job_reports_every_output_and_leaves_no_temp_files(
     assert proc.returncode == code, stderr.decode()
     assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
     assert "SIGTERM received" not in stderr.decode()  # Ray's own handler stayed out of it
+    assert "logging.cc" not in stderr.decode()  # no note from Ray's core (issue 23, 3.4)
     assert " on None" not in stderr.decode()  # outputs found at the stop: no made-up timings
     assert 1 <= len(done) < 40, "the job finished before the signal; make it longer"
     for path in done:
@@ -724,3 +725,59 @@ def test_each_record_reaches_the_driver_when_its_chunk_is_written(
         os.close(signal_fd)
     assert [r.status for r in results] == [Status.OK] * 3, [r.error for r in results]
     assert seen == results
+# --------------------------------------------------------------------------- joining, weights
+
+
+@pytest.mark.parametrize(
+    ("address", "env_address", "expected"),
+    [
+        (None, None, "local"),  # private: never a Ray found on the machine (audit 4.5)
+        ("10.0.0.1:6379", None, "10.0.0.1:6379"),
+        (None, "10.0.0.2:6379", None),  # ray.init reads RAY_ADDRESS itself
+    ],
+)
+def test_a_cluster_is_joined_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, env_address: str | None, expected: Any
+) -> None:
+    from mprnet_cli.runners.ray import cluster
+
+    if env_address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env_address)
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kw: calls.append(kw))
+    assert cluster._connect(address) is True
+    assert len(calls) == 1 and calls[0].get("address") == expected
+    # Setting it made Ray's core print "logging.cc: Set ray log level ..." on every run.
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+
+
+@pytest.mark.parametrize("damage", ["nan", "missing"])
+def test_bad_weights_fail_on_the_driver_before_ray_starts(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Audit 4.6: the actors failed instead, with ~200 lines of traceback (half on stdout,
+    breaking --json) naming their temporary copy of the file."""
+    from mprnet_cli.runners.ray import files
+
+    def no_ray(address: str | None) -> bool:
+        raise AssertionError("Ray was started for weights that cannot work")
+
+    monkeypatch.setattr(files, "_connect", no_ray)
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    if damage == "nan":
+        state["module.tail.weight"][0, 0, 0, 0] = float("nan")
+    else:
+        del state["module.sam12.conv1.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": state}, bad)
+    save_png(tmp_path / "a.png")
+    result = invoke("derain", "a.png", "--json", "-w", bad, *FAST, *RAY, cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0], result.stderr
+    assert ("NaN" if damage == "nan" else "missing 1 tensors") in lines[0]

@@ -56,8 +56,8 @@ RayAddressOpt = Annotated[
     typer.Option(
         "--ray-address",
         metavar="ADDR",
-        help="Ray cluster to join with --engine ray (default: RAY_ADDRESS, the cluster "
-        "`ray start` made here, else a new local one).",
+        help="Ray cluster to join with --engine ray (auto: the one `ray start` made here; "
+        "default: RAY_ADDRESS, else a new private local one).",
         show_default=False,
     ),
 ]

@@ -85,12 +85,14 @@ class _Network:
 
 
 def _connect(address: str | None) -> bool:
-    """Join `address`, else the cluster `ray` finds, else start a local one; True if we did."""
+    """Join `address` (or RAY_ADDRESS) when given, else start a private local Ray; True if
+    we did either (a Ray this process already holds is used as it is)."""
     if ray.is_initialized():
         return False
-    # The reporter speaks for the run: Ray's start-up notes, its workers' output and its
-    # core's advisory log lines would bury the per-image lines (errors still raise).
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # The reporter speaks for the run: Ray's start-up notes and its workers' output would
+    # bury the per-image lines (errors still raise). RAY_BACKEND_LOG_LEVEL is left alone:
+    # setting it makes Ray's core print a line saying so on every run ("logging.cc: Set
+    # ray log level from environment variable"), and its default prints nothing here.
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     with _signal_handlers_kept():
         _init(address, quiet)
@@ -118,10 +120,10 @@ def _init(address: str | None, quiet: dict[str, Any]) -> None:
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(**quiet)
         else:
-            try:
-                ray.init(address="auto", **quiet)
-            except ConnectionError:
-                ray.init(include_dashboard=False, **quiet)
+            # "local" always starts a new Ray for this run: "auto" (and a bare init) join
+            # any Ray running on the machine, such as another run's private one, which then
+            # shuts down under this run.
+            ray.init(address="local", include_dashboard=False, **quiet)
     except ConnectionError as exc:
         raise UsageError(
             f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "

@@ -109,7 +109,12 @@ def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
 
 
 def _check_weights(resolved: ResolvedWeights) -> None:
-    """Fail on the driver, with the local engine's message, before any actor tries."""
-    from mprnet_cli.model.checkpoint import read_checkpoint
+    """Fail on the driver, with the local engine's one line naming the user's file, before
+    Ray starts: every tensor present with its shape (what building the network checks)
+    and finite, RGB in and out. An actor failing on them instead would print Ray's
+    tracebacks (some on stdout) and name its temporary copy."""
+    from mprnet_cli.model.checkpoint import check_rgb, check_weights, read_checkpoint
 
-    read_checkpoint(resolved.path)
+    checkpoint = read_checkpoint(resolved.path)
+    check_rgb(checkpoint)
+    check_weights(checkpoint)
