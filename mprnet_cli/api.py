@@ -20,7 +20,14 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import (
+    BackendChoice,
+    Ensemble,
+    ModelChoice,
+    Precision,
+    SplitLines,
+    split_lines_choice,
+)
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -35,7 +42,7 @@ from mprnet_cli.pipeline import (
     restore_array,
 )
 from mprnet_cli.quality import apply_strength, check_ensemble, check_strength, self_ensemble
-from mprnet_cli.splitlines import restore_hiding_split_lines
+from mprnet_cli.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
 from mprnet_cli.tiling import DEFAULT_OVERLAP
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
@@ -61,6 +68,7 @@ class Restorer:
         compile: bool = False,
         strength: float = 1.0,
         ensemble: Ensemble | int | str = Ensemble.OFF,
+        split_lines: SplitLines | str | None = None,
         hide_split_lines: bool = False,
         tile_for_speed: bool = True,
         notify: Callable[[str], None] | None = None,
@@ -68,7 +76,9 @@ class Restorer:
     ) -> None:
         """`tile_for_speed=False` tiles only where memory demands it (whole images when
         they fit), so results do not depend on the device's speed-minded tile choice:
-        what evaluation protocols need."""
+        what evaluation protocols need. `split_lines` (keep, fix, hide; None: fix, the
+        default) says what to do about the network's split lines; `hide_split_lines=True`
+        is the older spelling of `split_lines="hide"`."""
         try:
             self.task = Task(task) if task is not None else None
             model_choice = ModelChoice(model)
@@ -78,7 +88,8 @@ class Restorer:
             raise UsageError(str(exc)) from exc
         self.ensemble = check_ensemble(ensemble)
         self.strength = check_strength(strength)
-        self.hide_split_lines = hide_split_lines
+        self.split_lines = split_lines_choice(split_lines, hide_split_lines)
+        self.hide_split_lines = self.split_lines is SplitLines.HIDE
         self._settings: dict[str, Any] = {
             "task": self.task,
             "weights": os.fspath(weights) if weights is not None else None,
@@ -92,7 +103,7 @@ class Restorer:
             "compile": compile,
             "strength": self.strength,
             "ensemble": self.ensemble,
-            "hide_split_lines": hide_split_lines,
+            "split_lines": self.split_lines,
             "tile_for_speed": tile_for_speed,
             "quiet": quiet,
         }
@@ -156,11 +167,11 @@ class Restorer:
     ) -> tuple[NDArray[np.float32], RunStats]:
         """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out.
 
-        Applies the ensemble (around the network), the split-line passes (around the
-        tile loop) and the strength (on the result), each only when asked for.
+        Applies the ensemble (around the network), the split-line remedy (around the
+        tile loop) and the strength (on the result).
         """
         forward = self_ensemble(self.backend, self.ensemble)
-        run = restore_hiding_split_lines if self.hide_split_lines else restore_array
+        run = _SPLIT_LINE_RUNS[self.split_lines]
         restored, stats = run(
             self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
         )
@@ -184,6 +195,13 @@ class Restorer:
         if isinstance(image, np.ndarray):
             return _restore_numpy(self, image)
         raise TypeError(f"restore() takes a numpy array or a PIL image, not {type(image).__name__}")
+
+
+_SPLIT_LINE_RUNS = {
+    SplitLines.KEEP: restore_array,
+    SplitLines.FIX: restore_fixing_split_lines,
+    SplitLines.HIDE: restore_hiding_split_lines,
+}
 
 
 def _to_float(a: np.ndarray[Any, Any]) -> NDArray[np.float32]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mprnet_cli.api import Restorer
 from mprnet_cli.backends.torch import speed_limits
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision, SplitLines
 from mprnet_cli.cli import app
 from mprnet_cli.cli.options import RestoreSettings, parse_tile
 from mprnet_cli.errors import UsageError
@@ -36,7 +36,7 @@ CHANGED = RestoreSettings(
     compile=True,
     strength=0.5,
     ensemble=Ensemble.DIHEDRAL,
-    hide_split_lines=True,
+    split_lines=SplitLines.HIDE,
     threads=2,
 )
 
@@ -123,3 +123,16 @@ def test_eval_restores_whole_images_when_they_fit(
     (restorer,) = built
     caps = restorer.backend.capabilities
     assert (caps.max_tile, caps.one_pass_side) == (None, None)
+
+
+def test_split_lines_choice_default_alias_and_clash() -> None:
+    from mprnet_cli.choices import split_lines_choice
+
+    assert split_lines_choice(None) is SplitLines.FIX
+    assert split_lines_choice("keep") is SplitLines.KEEP
+    assert split_lines_choice(None, hide=True) is SplitLines.HIDE
+    assert split_lines_choice("hide", hide=True) is SplitLines.HIDE
+    with pytest.raises(UsageError, match="contradicts --split-lines keep"):
+        split_lines_choice("keep", hide=True)
+    with pytest.raises(UsageError, match="keep, fix or hide"):
+        split_lines_choice("off")

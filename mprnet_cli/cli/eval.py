@@ -19,12 +19,14 @@ from mprnet_cli.cli.options import (
     PrecisionOpt,
     QuietOpt,
     RestoreSettings,
+    SplitLinesOpt,
     StrengthOpt,
     TaskArg,
     ThreadsOpt,
     TileOpt,
     WeightsOpt,
     one_task,
+    parse_split_lines,
     parse_tile,
 )
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
@@ -56,6 +58,7 @@ def eval_command(
     tile: TileOpt = "auto",
     strength: StrengthOpt = 1.0,
     ensemble: EnsembleOpt = Ensemble.OFF,
+    split_lines: SplitLinesOpt = None,
     hide_split_lines: HideSplitLinesOpt = False,
     seed: Annotated[
         int,
@@ -84,7 +87,7 @@ def eval_command(
         tile=parse_tile(tile),
         strength=strength,
         ensemble=ensemble,
-        hide_split_lines=hide_split_lines,
+        split_lines=parse_split_lines(split_lines, hide_split_lines),
         threads=threads,
     )
     with errors_to_exit():

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import (
+    DEFAULT_SPLIT_LINES,
+    BackendChoice,
+    Ensemble,
+    ModelChoice,
+    Precision,
+    SplitLines,
+)
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -122,13 +129,19 @@ EnsembleOpt = Annotated[
         "mirror, 8 all rotations and mirrors (2x / 8x the time).",
     ),
 ]
+SplitLinesOpt = Annotated[
+    Optional[SplitLines],  # noqa: UP045
+    typer.Option(
+        "--split-lines",
+        help="The network's split lines (centre row/column of the image or of each tile): "
+        "fix (default) re-runs thin windows across them (about 1.1-1.3x the time), hide "
+        "blends three shifted passes (3-5x), keep leaves them.",
+        show_default=False,
+    ),
+]
 HideSplitLinesOpt = Annotated[
     bool,
-    typer.Option(
-        "--hide-split-lines",
-        help="Three shifted passes blended away from the network's split lines (tile and "
-        "image centre rows/columns): 3-5x the time.",
-    ),
+    typer.Option("--hide-split-lines", help="Same as --split-lines hide."),
 ]
 ThreadsOpt = Annotated[
     Optional[int],  # noqa: UP045
@@ -159,6 +172,17 @@ def parse_tile(value: str) -> int | None:
             f"must be 0, auto or a multiple of {ALIGN} (at least {ALIGN})", param_hint="--tile"
         )
     return tile
+
+
+def parse_split_lines(value: SplitLines | None, hide: bool) -> SplitLines:
+    """`--split-lines` and its alias `--hide-split-lines`, as a usage error if they clash."""
+    from mprnet_cli.choices import split_lines_choice
+    from mprnet_cli.errors import UsageError
+
+    try:
+        return split_lines_choice(value, hide)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--split-lines") from None
 
 
 def parse_tasks(names: list[Task] | list[str] | None) -> list[Task]:
@@ -205,7 +229,7 @@ class RestoreSettings:
     compile: bool = False
     strength: float = 1.0
     ensemble: Ensemble = Ensemble.OFF
-    hide_split_lines: bool = False
+    split_lines: SplitLines = DEFAULT_SPLIT_LINES
     threads: int | None = None
 
     def check(self) -> None:

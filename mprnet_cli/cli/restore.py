@@ -36,11 +36,13 @@ from mprnet_cli.cli.options import (
     PrecisionOpt,
     QuietOpt,
     RestoreSettings,
+    SplitLinesOpt,
     StrengthOpt,
     ThreadsOpt,
     TileBatchOpt,
     TileOpt,
     WeightsOpt,
+    parse_split_lines,
     parse_tile,
 )
 from mprnet_cli.cli.output import (
@@ -333,6 +335,7 @@ def register(app: typer.Typer, task: Task) -> None:
         tile_batch: TileBatchOpt = 1,
         strength: StrengthOpt = 1.0,
         ensemble: EnsembleOpt = Ensemble.OFF,
+        split_lines: SplitLinesOpt = None,
         hide_split_lines: HideSplitLinesOpt = False,
         threads: ThreadsOpt = None,
         compile_model: CompileOpt = False,
@@ -354,7 +357,7 @@ def register(app: typer.Typer, task: Task) -> None:
             compile=compile_model,
             strength=strength,
             ensemble=ensemble,
-            hide_split_lines=hide_split_lines,
+            split_lines=parse_split_lines(split_lines, hide_split_lines),
             threads=threads,
         )
         batch = BatchOptions(

@@ -22,7 +22,15 @@ import ray
 import ray.data
 import ray.exceptions
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, OutputFormat, Precision
+from mprnet_cli.choices import (
+    BackendChoice,
+    Ensemble,
+    ModelChoice,
+    OutputFormat,
+    Precision,
+    SplitLines,
+    split_lines_choice,
+)
 from mprnet_cli.errors import ClusterError, MprnetError, UsageError
 from mprnet_cli.imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, unit_rgb
 from mprnet_cli.jobs import image_notes, reason, unexpected
@@ -261,6 +269,7 @@ def restore_dataset(
     backend: BackendChoice | str = BackendChoice.AUTO,
     strength: float = 1.0,
     ensemble: Ensemble | int | str = Ensemble.OFF,
+    split_lines: SplitLines | str | None = None,
     hide_split_lines: bool = False,
     fmt: OutputFormat | str = OutputFormat.SAME,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
@@ -295,7 +304,7 @@ def restore_dataset(
             backend=BackendChoice(backend),
             strength=check_strength(strength),
             ensemble=check_ensemble(ensemble),
-            hide_split_lines=hide_split_lines,
+            split_lines=split_lines_choice(split_lines, hide_split_lines),
         )
         model_choice = ModelChoice(model)
     except ValueError as exc:

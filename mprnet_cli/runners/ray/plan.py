@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import (
+    DEFAULT_SPLIT_LINES,
+    BackendChoice,
+    Ensemble,
+    ModelChoice,
+    Precision,
+    SplitLines,
+)
 from mprnet_cli.errors import ClusterError, UsageError
 from mprnet_cli.jobs import RestorerLike
 from mprnet_cli.runners import RaySettings
@@ -43,7 +50,7 @@ class NetworkSettings:
     backend: BackendChoice = BackendChoice.AUTO
     strength: float = 1.0
     ensemble: Ensemble = Ensemble.OFF
-    hide_split_lines: bool = False
+    split_lines: SplitLines = DEFAULT_SPLIT_LINES
 
 
 #: Builds the restorer inside an actor from the weights file it was shipped (a test seam and
@@ -68,7 +75,7 @@ def default_restorer(settings: NetworkSettings, weights: Path) -> RestorerLike:
         backend=settings.backend,
         strength=settings.strength,
         ensemble=settings.ensemble,
-        hide_split_lines=settings.hide_split_lines,
+        split_lines=settings.split_lines,
         quiet=True,
     )
 
