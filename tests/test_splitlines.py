@@ -3,6 +3,8 @@ stand-in networks that draw a line, or step, exactly where MPRNet splits its inp
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -239,3 +241,23 @@ def test_fix_reports_progress_to_the_end() -> None:
     )
     assert seen[-1] == (4, 4)  # one pass, then a row, a column and a crossing window
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+class _Offset(nn.Module):
+    """Brightens by a constant: what a biased network does, with no line anywhere."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x + 0.02]
+
+
+@pytest.mark.parametrize(
+    "run", [restore_array, restore_fixing_split_lines, restore_hiding_split_lines]
+)
+@pytest.mark.parametrize("tile", [0, 96])
+def test_blending_adds_no_colour_shift_of_its_own(run: Any, tile: int) -> None:
+    """Issue 21: outputs ~3 levels darker than targets. Tiles, windows and passes are
+    blended as normalised weighted means, so a network's own shift comes out exactly
+    (to float32 rounding of values near 1: 1e-6), never more or less."""
+    rgb = np.random.default_rng(2).random((200, 184, 3), dtype=np.float32) * 0.9
+    out, _ = run(_engine(_Offset()), rgb, TileOptions(tile=tile, overlap=16))
+    np.testing.assert_allclose(out - rgb, 0.02, atol=1e-6)
