@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
-from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.choices import BackendChoice, Precision, SplitLines
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -38,7 +38,7 @@ from mprnet_cli.pipeline import (
 )
 from mprnet_cli.quality import apply_strength, self_ensemble
 from mprnet_cli.settings import RestoreSettings, settings_of
-from mprnet_cli.splitlines import restore_hiding_split_lines
+from mprnet_cli.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
@@ -75,7 +75,8 @@ class Restorer:
         s = self.settings
         self.ensemble = s.ensemble
         self.strength = s.strength
-        self.hide_split_lines = s.hide_split_lines
+        self.split_lines = s.split_lines
+        self.hide_split_lines = s.split_lines is SplitLines.HIDE
         self.options = TileOptions(tile=s.tile, overlap=s.overlap, batch=s.tile_batch)
         device = s.device
         if s.backend is BackendChoice.OPENVINO and device == "auto":
@@ -137,7 +138,7 @@ class Restorer:
         tile loop) and the strength (on the result), each only when asked for.
         """
         forward = self_ensemble(self.backend, self.ensemble)
-        run = restore_hiding_split_lines if self.hide_split_lines else restore_array
+        run = _SPLIT_LINE_RUNS[self.split_lines]
         restored, stats = run(
             self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
         )
@@ -161,6 +162,13 @@ class Restorer:
         if isinstance(image, np.ndarray):
             return _restore_numpy(self, image)
         raise TypeError(f"restore() takes a numpy array or a PIL image, not {type(image).__name__}")
+
+
+_SPLIT_LINE_RUNS = {
+    SplitLines.KEEP: restore_array,
+    SplitLines.FIX: restore_fixing_split_lines,
+    SplitLines.HIDE: restore_hiding_split_lines,
+}
 
 
 def _to_float(a: np.ndarray[Any, Any]) -> NDArray[np.float32]:

@@ -26,7 +26,9 @@ from mprnet_cli.choices import (
     ModelChoice,
     OutputFormat,
     Precision,
+    SplitLines,
     device_spec,
+    split_lines_choice,
 )
 from mprnet_cli.errors import UsageError
 
@@ -90,7 +92,7 @@ class RestoreSettings:
     compile: bool = False
     strength: float = 1.0
     ensemble: Ensemble = Ensemble.OFF
-    hide_split_lines: bool = False
+    split_lines: SplitLines = SplitLines.FIX  # keep, fix (thin re-run windows), hide
     threads: int | None = None  # CPU threads for the network; None: one per core
     tile_for_speed: bool = True  # False: tile only where memory demands (evaluation)
     format: OutputFormat = OutputFormat.SAME
@@ -109,6 +111,7 @@ class RestoreSettings:
         set_(self, "device", device_spec(self.device))
         set_(self, "ensemble", check_ensemble(self.ensemble))
         set_(self, "strength", check_strength(self.strength))
+        set_(self, "split_lines", split_lines_choice(self.split_lines))
         if self.max_pixels == 0:
             set_(self, "max_pixels", None)
         _at_least(self.tile_batch, 1, "--tile-batch")
@@ -149,5 +152,12 @@ class RestoreSettings:
 
 
 def settings_of(settings: RestoreSettings | None = None, **changes: Any) -> RestoreSettings:
-    """`settings` (default: the defaults) with keyword overrides: what every API entry takes."""
+    """`settings` (default: the defaults) with keyword overrides: what every API entry takes.
+
+    `hide_split_lines=True` is the older spelling of `split_lines="hide"` (a clash with
+    another `split_lines` is a `UsageError`); `split_lines=None` means the default.
+    """
+    if "hide_split_lines" in changes or changes.get("split_lines", "") is None:
+        hide = bool(changes.pop("hide_split_lines", False))
+        changes["split_lines"] = split_lines_choice(changes.get("split_lines"), hide)
     return (settings or RestoreSettings()).replace(**changes)

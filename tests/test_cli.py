@@ -583,8 +583,8 @@ def test_stdin_needs_an_output_and_stdout_takes_one_input(tmp_path: Path) -> Non
 
 
 def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    """--strength 0 gives the input back; --ensemble and --hide-split-lines change the result."""
-    save_png(tmp_path / "a.png")
+    """--strength 0 gives the input back; --ensemble and --split-lines change the result."""
+    save_png(tmp_path / "a.png", size=96)  # 96 px: room for a window across each line
     base: list[str | Path] = ["derain", "a.png", "-w", tiny_checkpoint, *FAST, "-q", "-o"]
     outputs = {}
     for name, extra in [
@@ -592,6 +592,8 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
         ("zero", ["--strength", "0"]),
         ("mirror", ["--ensemble", "2"]),
         ("hidden", ["--hide-split-lines"]),
+        ("hide", ["--split-lines", "hide"]),
+        ("keep", ["--split-lines", "keep"]),
     ]:
         result = invoke(*base, f"{name}.png", *extra, cwd=tmp_path)
         assert result.exit_code == 0, result.output
@@ -600,6 +602,10 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
     assert not np.array_equal(outputs["plain"], outputs["zero"])
     assert not np.array_equal(outputs["mirror"], outputs["plain"])
     assert not np.array_equal(outputs["hidden"], outputs["plain"])
+    assert np.array_equal(outputs["hide"], outputs["hidden"])  # the alias
+    assert not np.array_equal(outputs["keep"], outputs["plain"])  # fixed by default
+    clash = invoke(*base, "x.png", "--split-lines", "keep", "--hide-split-lines", cwd=tmp_path)
+    assert clash.exit_code == 2 and "contradicts --split-lines keep" in clash.stderr
 
 
 def test_single_file_output_skip_and_overwrite(tmp_path: Path, tiny_checkpoint: Path) -> None:

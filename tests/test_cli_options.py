@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from mprnet_cli.api import Restorer
 from mprnet_cli.backends.torch import speed_limits
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, OutputFormat, Precision
+from mprnet_cli.choices import (
+    BackendChoice,
+    Ensemble,
+    ModelChoice,
+    OutputFormat,
+    Precision,
+    SplitLines,
+)
 from mprnet_cli.cli import app
 from mprnet_cli.cli.options import SETTINGS_OPTIONS, parse_tile
 from mprnet_cli.errors import UsageError
@@ -37,7 +44,7 @@ CHANGED = RestoreSettings(
     compile=True,
     strength=0.5,
     ensemble=Ensemble.DIHEDRAL,
-    hide_split_lines=True,
+    split_lines=SplitLines.HIDE,
     threads=2,
     tile_for_speed=False,
     format=OutputFormat.WEBP,
@@ -52,7 +59,9 @@ def test_changed_sets_every_field_away_from_its_default() -> None:
 
 
 def test_every_setting_but_the_evaluation_switch_is_a_command_line_option() -> None:
-    assert set(SETTINGS_OPTIONS) == {f.name for f in fields(RestoreSettings)} - {"tile_for_speed"}
+    # --hide-split-lines is the alias of --split-lines hide, not a field of its own.
+    options = set(SETTINGS_OPTIONS) - {"hide_split_lines"}
+    assert options == {f.name for f in fields(RestoreSettings)} - {"tile_for_speed"}
 
 
 def test_the_restore_command_passes_every_option_into_one_settings_value(
@@ -189,3 +198,22 @@ def test_eval_restores_whole_images_when_they_fit(
     (restorer,) = built
     caps = restorer.backend.capabilities
     assert (caps.max_tile, caps.one_pass_side) == (None, None)
+
+
+def test_split_lines_choice_default_alias_and_clash() -> None:
+    from mprnet_cli.choices import split_lines_choice
+    from mprnet_cli.settings import settings_of
+
+    assert split_lines_choice(None) is SplitLines.FIX
+    assert split_lines_choice("keep") is SplitLines.KEEP
+    assert split_lines_choice(None, hide=True) is SplitLines.HIDE
+    assert split_lines_choice("hide", hide=True) is SplitLines.HIDE
+    with pytest.raises(UsageError, match="contradicts --split-lines keep"):
+        split_lines_choice("keep", hide=True)
+    with pytest.raises(UsageError, match="keep, fix or hide"):
+        split_lines_choice("off")
+    # The settings object takes the alias too (Restorer and restore_dataset pass it on).
+    assert settings_of(hide_split_lines=True).split_lines is SplitLines.HIDE
+    assert settings_of(split_lines=None).split_lines is SplitLines.FIX
+    with pytest.raises(UsageError, match="contradicts"):
+        settings_of(split_lines="keep", hide_split_lines=True)

@@ -24,6 +24,7 @@ _EVAL_SETTINGS = settings_options(
     "tile",
     "strength",
     "ensemble",
+    "split_lines",
     "hide_split_lines",
     "threads",
     tile_for_speed=False,
