@@ -725,6 +725,8 @@ def test_each_record_reaches_the_driver_when_its_chunk_is_written(
         os.close(signal_fd)
     assert [r.status for r in results] == [Status.OK] * 3, [r.error for r in results]
     assert seen == results
+
+
 # --------------------------------------------------------------------------- joining, weights
 
 
