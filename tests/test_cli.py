@@ -317,6 +317,7 @@ def test_killed_batch_leaves_whole_files_and_rerun_completes(
     if sig == signal.SIGINT:
         assert code == 130, stderr
         assert "interrupted" in stderr and "Traceback" not in stderr
+        assert "error" not in stderr.splitlines()[-1]  # the summary, no line repeating it
         assert temps(tmp_path) == []
     else:
         assert code == -signal.SIGKILL
@@ -683,3 +684,32 @@ def test_progress_bars_never_touch_stdout(
     assert len(records) == 2 and all(r["tiles"] > 1 for r in records)  # tile bars shown
     assert "images" in result.stderr and "tiles" in result.stderr
     assert "{" not in result.stderr
+
+
+# --------------------------------------------------------------------------- issue 23: first minute
+
+
+class Instant:
+    """A stand-in network (1 - x, one tile): for tests about the CLI, not the network."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def restore_rgb(self, rgb: Any, **kwargs: Any) -> Any:
+        from mprnet_cli.pipeline import RunStats
+
+        return 1.0 - rgb, RunStats(tiles=1, device="cpu", seconds=0.0)
+
+
+@pytest.fixture()
+def instant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
+
+
+def test_output_file_in_new_folders_creates_them(tmp_path: Path, instant: None) -> None:
+    """-o new/sub/out.png makes its folders, as -o DIR does."""
+    save_png(tmp_path / "a.png")
+    result = invoke("derain", "a.png", "-o", "new/sub/out.png", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "new" / "sub" / "out.png") as im:
+        assert im.size == (16, 16)

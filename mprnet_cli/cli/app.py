@@ -5,7 +5,7 @@ that `mprnet --help` and `mprnet --version` stay instant. One module per command
 group; this one wires them together and owns the entry point.
 
 Exit codes: 0 success, 1 failure (some inputs failed, weights problems),
-2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ app.add_typer(weights.app, name="weights")
 
 
 def main() -> None:
-    """Console-script entry point: SIGTERM handled like Ctrl-C, usage errors as one line."""
+    """Console-script entry point: SIGTERM and SIGHUP handled like Ctrl-C, usage errors as
+    one line."""
     import signal
 
     from mprnet_cli.errors import Terminated, raise_terminated
 
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, raise_terminated)
+    for name in ("SIGTERM", "SIGHUP"):  # SIGHUP: the terminal or ssh session went away
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), raise_terminated)
     try:
         # standalone_mode=False: Typer's own parsing errors come back to us as exceptions,
         # so they get the same one-line form as mprnet's (instead of a usage block).

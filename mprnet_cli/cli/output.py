@@ -68,7 +68,7 @@ def errors_to_exit() -> Iterator[None]:
         if debug_enabled():
             raise
         if isinstance(exc, Terminated):
-            fail("terminated (SIGTERM)", Terminated.exit_code)
+            fail(f"terminated ({Terminated.signal_name})", Terminated.exit_code)
         fail("interrupted", INTERRUPTED_EXIT)
     except Exception as exc:
         if debug_enabled():
@@ -181,14 +181,14 @@ class Reporter:
         else:
             self.note(f"{source}: skipped, {result.output} exists")
 
-    def summary(self, *, interrupted: bool = False) -> None:
+    def summary(self, *, interrupted: bool = False, why: str = "interrupted") -> None:
         c = self.counts
         skipped = f"{c['skipped']} skipped" + (
             " (exist; --overwrite to replace)" if c["skipped"] else ""
         )
         text = f"{c['ok']} restored, {skipped}, {c['failed']} failed"
         if interrupted:
-            text += "; interrupted: run the same command again to resume"
+            text += f"; {why}: run the same command again to resume"
         self.note(text)
 
 

@@ -266,12 +266,26 @@ def _restore(
             with reporter, closing(results):
                 for _ in results:
                     pass
-        except KeyboardInterrupt:
-            reporter.summary(interrupted=True)
-            raise
+        except KeyboardInterrupt as exc:
+            if debug_enabled():
+                raise
+            # The summary says it all: no "mprnet: error: interrupted" line after it.
+            why, code = _stopped_by(exc)
+            reporter.summary(interrupted=True, why=why)
+            raise typer.Exit(code) from None
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _stopped_by(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped the run, as the summary says it, and the exit code (128 + the signal)."""
+    from mprnet_cli.cli.output import INTERRUPTED_EXIT
+    from mprnet_cli.errors import Terminated
+
+    if isinstance(exc, Terminated):
+        return f"interrupted by {Terminated.signal_name}", Terminated.exit_code
+    return "interrupted", INTERRUPTED_EXIT
 
 
 def _ray_results(
@@ -376,6 +390,7 @@ def register(app: typer.Typer, task: Task) -> None:
         "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
         "skipped, so rerunning an interrupted batch resumes it.\n\n"
         "Exit codes: 0 all done (restored or skipped), 1 some inputs failed, "
-        "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."
+        "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up "
+        "(SIGHUP)."
     )
     app.command(task.value)(command)

@@ -189,7 +189,9 @@ class Planner:
                 self._folders[key] = folder.problem()
                 return self._folders[key]
             try:
-                check_writable_folder(folder, create=self.plan.destination is Destination.DIRECTORY)
+                # -o DIR and -o new/sub/out.png alike: the folders the user named are made
+                create = self.plan.destination in (Destination.DIRECTORY, Destination.FILE)
+                check_writable_folder(folder, create=create)
                 self._folders[key] = None
             except OutputError as exc:
                 self._folders[key] = str(exc)
