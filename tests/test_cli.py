@@ -713,3 +713,26 @@ def test_output_file_in_new_folders_creates_them(tmp_path: Path, instant: None) 
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "new" / "sub" / "out.png") as im:
         assert im.size == (16, 16)
+
+
+@pytest.mark.parametrize("closed", [0, 1], ids=["stdin", "stdout"])
+def test_a_closed_stdin_or_stdout_matters_only_when_used(
+    tmp_path: Path, checkpoint: Path, closed: int
+) -> None:
+    """`mprnet denoise x.png >&-` (cron, daemons): restores; `-` or `-o -` say it is closed."""
+    save_png(tmp_path / "x.png")
+
+    def run(*args: str | Path) -> Any:
+        return mprnet(
+            *args, "-w", checkpoint, *FAST, cwd=tmp_path, preexec_fn=lambda: os.close(closed)
+        )
+
+    plain = run("denoise", "x.png")
+    assert plain.returncode == 0, plain.stderr.decode()
+    with Image.open(tmp_path / "x_denoised.png") as im:
+        im.load()
+    use = ["denoise", "-", "-o", "y.png"] if closed == 0 else ["denoise", "x.png", "-o", "-"]
+    used = run(*use)
+    assert used.returncode == 2
+    (line,) = used.stderr.decode().splitlines()
+    assert f"{'stdin' if closed == 0 else 'stdout'} is closed" in line

@@ -43,6 +43,7 @@ from mprnet_cli.cli.options import (
     WeightsOpt,
     parse_tile,
 )
+from mprnet_cli._stdio import binary
 from mprnet_cli.cli.output import (
     Reporter,
     debug_enabled,
@@ -213,6 +214,7 @@ def _restore(
         inputs, output = engine_paths(inputs, output, ray=cluster is not None)
         if batch.json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
+        _check_std_streams(inputs, output, json_lines=batch.json_lines)
         network.check()
         name_suffix = f"_{task.past_tense}" if batch.suffix is None else batch.suffix
         exclude = location(output) if output not in (None, "-") else None
@@ -257,8 +259,8 @@ def _restore(
                 expansion.jobs,
                 load,
                 plan,
-                stdin=sys.stdin.buffer,
-                stdout=sys.stdout.buffer,
+                stdin=binary(sys.stdin),
+                stdout=binary(sys.stdout),
                 raise_unexpected=debug_enabled(),
                 **run_options,
             )
@@ -276,6 +278,18 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _check_std_streams(inputs: list[str], output: str | None, *, json_lines: bool) -> None:
+    """A closed stdin or stdout (`<&-`, `>&-`: cron, daemons) matters only to a run that
+    uses it; that one gets a usage error before anything is done."""
+    from mprnet_cli.errors import UsageError
+
+    if sys.stdin is None and "-" in inputs:
+        raise UsageError("- reads stdin, but stdin is closed; give the image as a file")
+    if sys.stdout is None and (output == "-" or json_lines):
+        what = "--json writes" if json_lines else "-o - writes the image"
+        raise UsageError(f"{what} to stdout, but stdout is closed; redirect it (> file)")
 
 
 def _stopped_by(exc: KeyboardInterrupt) -> tuple[str, int]:
