@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from mprnet_cli._stdio import binary
 from mprnet_cli.choices import (
     BackendChoice,
     EngineChoice,
@@ -43,7 +44,6 @@ from mprnet_cli.cli.options import (
     WeightsOpt,
     parse_tile,
 )
-from mprnet_cli._stdio import binary
 from mprnet_cli.cli.output import (
     Reporter,
     debug_enabled,
