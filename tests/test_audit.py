@@ -201,7 +201,7 @@ def test_sigterm_mid_batch_is_handled_like_ctrl_c(
         (["derain", "a.png", "--bogus"], "no such option: --bogus"),
         (["derain"], "missing argument 'INPUT'"),
         (["derain", "a.png", "--tile", "64", "--tile-overlap", "64"], "smaller than --tile 64"),
-        (["weights", "path", "nothing"], "'nothing' is not one of"),
+        (["weights", "path", "nothing"], "expected derain, deblur or denoise, got 'nothing'"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:

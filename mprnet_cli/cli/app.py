@@ -60,9 +60,9 @@ app.command("train", short_help="Train an MPRNet of any width (resumable); write
 app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper's protocol).")(
     evaluation.eval_command
 )
-app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")(
-    bench.bench_command
-)
+app.command(
+    "bench", short_help="Speed per task (MP/s, GFLOP/s, memory); modes compared in one run."
+)(bench.bench_command)
 app.add_typer(weights.app, name="weights")
 
 
@@ -105,4 +105,6 @@ def _usage_line(exc: Exception) -> str:
     text = text[:1].lower() + text[1:].rstrip(".")
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None) or "mprnet"
-    return f"{plain(text)}; see `{command} --help`"
+    # "Did you mean 'derain'?" ends a sentence: the hint starts the next one
+    see = " See" if text.endswith("?") else "; see"
+    return f"{plain(text)}{see} `{command} --help`"

@@ -28,6 +28,7 @@ from mprnet_cli.cli.options import (
     parse_tile,
 )
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
+from mprnet_cli.cli.values import whole
 
 
 def eval_command(
@@ -64,7 +65,11 @@ def eval_command(
     limit: Annotated[
         int | None,
         typer.Option(
-            "--limit", metavar="N", min=1, help="Only the first N pairs.", show_default=False
+            "--limit",
+            metavar="N",
+            parser=whole(1),
+            help="Only the first N pairs.",
+            show_default=False,
         ),
     ] = None,
     json_out: Annotated[

@@ -52,6 +52,7 @@ from mprnet_cli.cli.output import (
     progress_enabled,
     say,
 )
+from mprnet_cli.cli.values import choice, number, whole
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.tasks import Task
 
@@ -83,7 +84,7 @@ FormatOpt = Annotated[
 JpegQualityOpt = Annotated[
     int,
     typer.Option(
-        "--jpeg-quality", metavar="Q", min=1, max=100, help="JPEG and WebP quality (1-100)."
+        "--jpeg-quality", metavar="Q", parser=whole(1, 100), help="JPEG and WebP quality (1-100)."
     ),
 ]
 JsonOpt = Annotated[
@@ -95,8 +96,10 @@ MaxPixelsOpt = Annotated[
     typer.Option(
         "--max-pixels",
         metavar="N",
-        min=0,
-        help="Refuse images with more pixels than this (decompression bombs); 0: no limit.",
+        parser=whole(0),
+        show_default=False,
+        help="Refuse images with more pixels than this (decompression bombs); 0: no limit "
+        "(default: 16384x16384, 268 MP).",
     ),
 ]
 
@@ -104,6 +107,7 @@ EngineOpt = Annotated[
     EngineChoice,
     typer.Option(
         "--engine",
+        parser=choice(EngineChoice),
         help="local: this machine; ray: a Ray cluster (pip install 'mprnet-cli[ray]').",
     ),
 ]
@@ -122,7 +126,7 @@ WorkersOpt = Annotated[
     typer.Option(
         "--workers",
         metavar="N",
-        min=1,
+        parser=whole(1),
         help="Network actors with --engine ray (default: one per GPU; CPU-only: CPUs / 4).",
         show_default=False,
     ),
@@ -132,7 +136,7 @@ GpusPerWorkerOpt = Annotated[
     typer.Option(
         "--gpus-per-worker",
         metavar="F",
-        min=0.0,
+        parser=number(0.0),
         help="GPUs per network actor with --engine ray; fractions share a GPU (default: 1 "
         "if the cluster has GPUs, else 0).",
         show_default=False,
@@ -336,11 +340,8 @@ def register(app: typer.Typer, task: Task) -> None:
     def command(
         inputs: Annotated[
             list[str],
-            typer.Argument(
-                metavar="INPUT",
-                help="Image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.",
-                show_default=False,
-            ),
+            # hidden: Typer would list it as `INPUT <list[str]>`; the help text says it
+            typer.Argument(metavar="INPUT", show_default=False, hidden=True),
         ],
         output: OutputOpt = None,
         recursive: RecursiveOpt = False,
@@ -400,6 +401,7 @@ def register(app: typer.Typer, task: Task) -> None:
 
     command.__doc__ = (
         f"{task.summary}\n\n"
+        "INPUT: image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.\n\n"
         f"Writes <stem>_{task.past_tense}<ext> next to each input, as the same kind of file "
         "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
         "skipped, so rerunning an interrupted batch resumes it.\n\n"

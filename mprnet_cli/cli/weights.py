@@ -11,6 +11,7 @@ import typer
 from mprnet_cli.choices import ModelChoice
 from mprnet_cli.cli.options import ModelOpt, QuietOpt, TaskArg, TasksArg, parse_tasks
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
+from mprnet_cli.cli.values import whole
 
 app = typer.Typer(
     help="List, download, import and locate network weights.",
@@ -89,14 +90,18 @@ def weights_download(
         int | None,
         typer.Option(
             "--source",
-            min=1,
+            metavar="N",
+            parser=whole(1),
             help="Only this published source (its # in `weights list`), not each in order.",
             show_default=False,
         ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fetch the published weights into the Hugging Face cache (once; later runs need no network)."""
+    """Fetch the published weights into the Hugging Face cache (once; later runs need no network).
+
+    TASK: derain, deblur or denoise; several, or none for all three.
+    """
     chosen = parse_tasks(tasks)
     with errors_to_exit():
         from mprnet_cli.weights import download_published, registry
