@@ -49,9 +49,7 @@ def test_tasks_and_inputs_are_described_in_the_help_text() -> None:
         (["--precision", "fp64"], "expected auto, fp32, bf16 or fp16, got 'fp64'"),
     ],
 )
-def test_bad_values_are_refused_in_our_words(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_bad_values_are_refused_in_our_words(tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["derain", str(tmp_path / "a.png"), *args])
     assert result.exit_code == 2
     assert message in " ".join(result.stderr.split()), result.stderr

@@ -309,7 +309,15 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert line.count("\n") == 0, proc.stderr  # one line
-    assert "--weights FILE" in line and "mprnet weights download derain" in line
+    # not the command just run, nor options `weights download` does not take
+    assert "mprnet weights import derain FILE" in line and "README: Weights" in line
+    assert "mprnet weights download" not in line and "--weights" not in line, line
+    assert "--model" not in line
+    every = run_cli(["weights", "download"], hub_env(tmp_path, reg, None))
+    assert every.returncode == 1
+    lines = every.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines[:3]] == ["derain", "deblur", "denoise"]
+    assert lines[-1] == "mprnet: error: 3 of 3 downloads failed (derain, deblur, denoise)"
 
 
 @pytest.mark.parametrize(
