@@ -736,3 +736,17 @@ def test_a_closed_stdin_or_stdout_matters_only_when_used(
     assert used.returncode == 2
     (line,) = used.stderr.decode().splitlines()
     assert f"{'stdin' if closed == 0 else 'stdout'} is closed" in line
+
+
+def test_hide_split_lines_is_no_warning_and_passes_are_no_tiles(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    save_png(tmp_path / "a.png")
+    result = invoke(
+        "derain", "a.png", "--hide-split-lines", "--json", "-w", tiny_checkpoint, *FAST,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["warnings"] == [] and record["tiles"] == 1
+    assert "warning" not in result.stderr and "1 tile)" in result.stderr

@@ -158,6 +158,8 @@ class Reporter:
             self._bar.update(self._tiles, total=total, completed=done, visible=True)
 
     def finished(self, result: Result) -> None:
+        from mprnet_cli.cli.values import plural
+
         status = result.status.value
         self.counts[status] += 1
         if self._bar is not None:
@@ -176,7 +178,7 @@ class Reporter:
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.backend} "
-                f"{result.precision}, {result.tiles} tile(s))"
+                f"{result.precision}, {plural(result.tiles or 0, 'tile')})"
             )
         else:
             self.note(f"{source}: skipped, {result.output} exists")
