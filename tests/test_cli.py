@@ -750,3 +750,11 @@ def test_hide_split_lines_is_no_warning_and_passes_are_no_tiles(
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["warnings"] == [] and record["tiles"] == 1
     assert "warning" not in result.stderr and "1 tile)" in result.stderr
+
+
+def test_subfolders_left_out_without_r_are_mentioned(tmp_path: Path, instant: None) -> None:
+    save_png(tmp_path / "trip" / "a.png")
+    save_png(tmp_path / "trip" / "day2" / "b.png")
+    result = invoke("derain", "trip", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "mprnet: trip: 1 subfolder not searched; -r/--recursive includes it" in result.stderr

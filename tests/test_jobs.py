@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,72 @@ def test_records_at_write_keep_what_was_known() -> None:
         None,
         "cpu",
     )
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_subfolders_left_out_without_r_are_counted(cwd: Path) -> None:
+    save(cwd / "trip" / "a.png")
+    save(cwd / "trip" / "day2" / "b.png")
+    save(cwd / "trip" / "day3" / "c.png")
+    (cwd / "trip" / ".cache").mkdir()  # hidden: -r would not search it either
+    exp = expand_inputs(["trip"], suffix=SUFFIX)
+    assert [j.label for j in exp.jobs] == ["trip/a.png"]
+    assert exp.notes == ("trip: 2 subfolders not searched; -r/--recursive includes them",)
+    deep = expand_inputs(["trip"], recursive=True, suffix=SUFFIX)
+    assert len(deep.jobs) == 3 and deep.notes == ()
+
+
+def test_a_glob_into_an_unreadable_folder_warns(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As -r does for a subfolder (root reads every folder, so the refusal is mocked)."""
+    save(cwd / "locked" / "a.png")
+    save(cwd / "open" / "b.png")
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    why = (
+        "folder skipped: permission denied; check the permissions of it and of the folders above it"
+    )
+    exp = expand_inputs(["locked/*.png"], suffix=SUFFIX)
+    assert [j.error for j in exp.jobs] == ["no image files match this pattern"]
+    assert exp.warnings == (f"locked: {why}",)
+    both = expand_inputs(["*/*.png"], suffix=SUFFIX)
+    assert [j.label for j in both.jobs] == ["open/b.png"]
+    assert both.warnings == (f"locked: {why}",)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_searched(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    depth = 1200
+    top = cwd / "top"
+    top.mkdir()
+    save(top / "a.png")
+    os.chdir(top)
+    try:
+        for _ in range(depth):  # one level at a time: mkdir(parents=True) itself recurses
+            Path("d").mkdir()
+            os.chdir("d")
+        save(Path("x.png"))
+        os.chdir(cwd)
+        exp = expand_inputs(["top"], recursive=True, suffix=SUFFIX)
+        assert [j.source for j in exp.jobs] == [
+            Path("top/a.png"),
+            Path("top", *["d"] * depth, "x.png"),
+        ]
+    finally:  # bottom-up, one level at a time: shutil.rmtree (pytest's clean-up) recurses too
+        os.chdir(top)
+        for _ in range(depth):
+            os.chdir("d")
+        for entry in Path().iterdir():
+            entry.unlink()
+        for _ in range(depth):
+            os.chdir("..")
+            Path("d").rmdir()
+        os.chdir(cwd)

@@ -227,6 +227,8 @@ def _restore(
         )
         for warning in expansion.warnings:
             say(f"mprnet: warning: {warning}", quiet=quiet)
+        for note in expansion.notes:
+            say(f"mprnet: {note}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=batch.fmt)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(

@@ -67,6 +67,7 @@ class Expansion:
     jobs: list[Job]
     single_file: bool
     warnings: tuple[str, ...] = ()  # entries skipped because they could not be looked at
+    notes: tuple[str, ...] = ()  # what was left out on purpose (subfolders without -r)
 
 
 def _is_pattern(arg: str) -> bool:
@@ -97,6 +98,13 @@ def _why_not(exc: OSError) -> str:
     return f"cannot read ({exc.strerror or exc})"
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # as os.walk: what cannot be looked at is not searched as a folder
+        return False
+
+
 def _kind(path: Where) -> str | OSError:
     """ "dir", "file" or "other" (missing included), or the error that prevented looking."""
     if isinstance(path, StorePath):
@@ -123,6 +131,7 @@ class _Scanner:
         self.suffix = suffix
         self.exclude = _key(exclude) if exclude is not None else None
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def named(self, path: Where) -> bool:
         """The name rules alone: an image's extension, not hidden, not one of our outputs."""
@@ -149,27 +158,62 @@ class _Scanner:
             return self.prefix(folder, root)
         jobs: list[Job] = []
         unreadable: list[OSError] = []
-
-        def skipped(exc: OSError) -> None:
-            where = Path(exc.filename) if exc.filename else folder
-            if _key(where) == _key(folder):
-                unreadable.append(exc)
+        not_searched = 0
+        # os.walk's order (top-down, sorted) with a stack instead of recursion: a tree
+        # deeper than Python's recursion limit (1,000 levels) is no error.
+        stack = [folder]
+        while stack:
+            here = stack.pop()
+            try:
+                with os.scandir(here) as listing:
+                    entries = list(listing)
+            except OSError as exc:
+                if here is folder:
+                    unreadable.append(exc)
+                else:
+                    self.warnings.append(f"{here}: folder skipped: {_why_not(exc)}")
+                continue
+            dirs = sorted(e.name for e in entries if _is_dir(e) and self._searchable(here / e.name))
+            files = sorted(e.name for e in entries if not _is_dir(e))
+            jobs.extend(Job(here / f, root=root) for f in files if self.wanted(here / f))
+            if self.recursive:  # symbolic links to folders are not followed, as os.walk
+                stack.extend(here / d for d in reversed(dirs) if not (here / d).is_symlink())
             else:
-                self.warnings.append(f"{where}: folder skipped: {_why_not(exc)}")
-
-        for top, dirs, files in os.walk(folder, onerror=skipped):
-            here = Path(top)
-            dirs[:] = sorted(
-                d
-                for d in dirs
-                if self.recursive
-                and not d.startswith(".")
-                and (self.exclude is None or _key(here / d) != self.exclude)
-            )
-            jobs.extend(Job(here / f, root=root) for f in sorted(files) if self.wanted(here / f))
+                not_searched += len(dirs)
         if unreadable and not jobs:
             return [Job(folder, error=f"cannot list this folder: {_why_not(unreadable[0])}")]
+        if jobs and not_searched:
+            self.notes.append(
+                f"{folder}: {not_searched} subfolder{'s' if not_searched > 1 else ''} not "
+                f"searched; -r/--recursive includes {'them' if not_searched > 1 else 'it'}"
+            )
         return jobs
+
+    def _searchable(self, path: Path) -> bool:
+        """Not hidden and not the output folder: a folder -r would search."""
+        return not path.name.startswith(".") and (
+            self.exclude is None or _key(path) != self.exclude
+        )
+
+    def unlistable_folders(self, pattern: str) -> None:
+        """Warn about the folders a glob could not look into (glob itself skips them
+        silently), as -r does for subfolders."""
+        head = str(Path(pattern).parent)
+        folders = (
+            glob.glob(head, recursive=True)  # noqa: PTH207 - the shell's semantics
+            if any(c in _GLOB_CHARS for c in head)
+            else [head]
+        )
+        for name in folders:
+            try:
+                with os.scandir(name):
+                    pass
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                self.warnings.append(
+                    f"{name.rstrip(os.sep) or name}: folder skipped: {_why_not(exc)}"
+                )
 
     def prefix(self, folder: StorePath, root: Where) -> list[Job]:
         """`folder` for an object store: one listing; hidden and excluded prefixes left out."""
@@ -251,10 +295,16 @@ def expand_inputs(
                     matched.extend(scanner.folder(mpath, root=root))
                 elif scanner.wanted(mpath):
                     matched.append(Job(mpath, root=root))
+            scanner.unlistable_folders(arg)
             if not matched:
                 matched = [Job(None, error="no image files match this pattern", label_override=arg)]
             add(matched)
-    return Expansion(jobs, single_file, tuple(dict.fromkeys(scanner.warnings)))
+    return Expansion(
+        jobs,
+        single_file,
+        tuple(dict.fromkeys(scanner.warnings)),
+        tuple(dict.fromkeys(scanner.notes)),
+    )
 
 
 def _store_matches(pattern: str, scanner: _Scanner) -> list[Job]:
