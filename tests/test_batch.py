@@ -739,3 +739,24 @@ def test_special_files_are_never_replaced(cwd: Path) -> None:
     (result,) = run(["a.png"], "pipe.png", overwrite=True)
     assert result.status is Status.FAILED and "not a regular file" in (result.error or "")
     assert (cwd / "pipe.png").is_fifo()
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_an_output_name_too_long_fails_that_input_alone(cwd: Path) -> None:
+    """A 250-byte stem: its output name is over 255 bytes (exists() raised ENAMETOOLONG in
+    the decode thread and aborted the batch). A 236-byte stem: a legal output name whose
+    temporary file's name is not; it fails up front, before any restore."""
+    longest, tight = "l" * 250 + ".png", "t" * 236 + ".png"
+    for name in ("a.png", longest, tight, "z.png"):
+        save(cwd / name)
+    fake = Fake()
+    results = run(["a.png", longest, tight, "z.png"], restorer=fake)
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.FAILED, Status.OK]
+    assert fake.calls == 2
+    for r in results[1:3]:
+        assert "bytes long" in (r.error or "") and "--suffix" in (r.error or ""), r.error
+    assert sorted(p.name for p in cwd.iterdir()) == sorted(
+        ["a.png", longest, tight, "z.png", f"a{SUFFIX}.png", f"z{SUFFIX}.png"]
+    )

@@ -58,6 +58,10 @@ def _atomic_write(target: Path, data: bytes, *, overwrite: bool) -> None:
         raise
 
 
+#: Bytes a temporary file's name adds to its output's: "." before, ".<8 hex>.tmp" after.
+TEMP_NAME_EXTRA: Final = 14
+
+
 def create_temp(folder: Path, name: str) -> tuple[Path, int]:
     """Hidden temp file next to the target (same filesystem, so the rename is atomic).
 
