@@ -758,3 +758,16 @@ def test_subfolders_left_out_without_r_are_mentioned(tmp_path: Path, instant: No
     result = invoke("derain", "trip", cwd=tmp_path)
     assert result.exit_code == 0, result.output
     assert "mprnet: trip: 1 subfolder not searched; -r/--recursive includes it" in result.stderr
+
+
+def test_rerun_with_a_shell_glob_resumes(tmp_path: Path, instant: None) -> None:
+    for name in ("p1.png", "p2.png"):
+        save_png(tmp_path / name)
+    assert invoke("denoise", "p1.png", cwd=tmp_path).exit_code == 0  # then stopped
+    again = invoke("denoise", "p1.png", "p1_denoised.png", "p2.png", cwd=tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "1 input left out, named like this command's outputs" in again.stderr
+    assert again.stderr.splitlines()[-1].startswith("1 restored, 1 skipped")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "p1.png", "p1_denoised.png", "p2.png", "p2_denoised.png"
+    ]  # fmt: skip

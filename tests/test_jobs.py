@@ -217,3 +217,20 @@ def test_a_tree_deeper_than_the_recursion_limit_is_searched(
             os.chdir("..")
             Path("d").rmdir()
         os.chdir(cwd)
+
+
+def test_explicit_inputs_named_like_our_outputs_are_left_out(cwd: Path) -> None:
+    """`mprnet denoise p*.png` rerun after a stop: the shell passes p1_x.png too."""
+    for name in ("p1.png", "p1_x.png", "p2.png"):
+        save(cwd / name)
+    args = ["p1.png", "p1_x.png", "p2.png"]
+    exp = expand_inputs(args, suffix=SUFFIX)
+    assert [j.label for j in exp.jobs] == ["p1.png", "p2.png"]
+    assert exp.notes == (
+        "1 input left out, named like this command's outputs (*_x): p1_x.png; --overwrite "
+        "restores it too",
+    )
+    forced = expand_inputs(args, suffix=SUFFIX, overwrite=True)
+    assert [j.label for j in forced.jobs] == args and forced.notes == ()
+    alone = expand_inputs(["p1_x.png"], suffix=SUFFIX)  # named on its own: meant
+    assert [j.label for j in alone.jobs] == ["p1_x.png"]

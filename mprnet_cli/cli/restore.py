@@ -223,7 +223,11 @@ def _restore(
         name_suffix = f"_{task.past_tense}" if batch.suffix is None else batch.suffix
         exclude = location(output) if output not in (None, "-") else None
         expansion = expand_inputs(
-            inputs, recursive=batch.recursive, suffix=name_suffix, exclude=exclude
+            inputs,
+            recursive=batch.recursive,
+            suffix=name_suffix,
+            exclude=exclude,
+            overwrite=batch.overwrite,
         )
         for warning in expansion.warnings:
             say(f"mprnet: warning: {warning}", quiet=quiet)

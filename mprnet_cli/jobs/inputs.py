@@ -239,11 +239,15 @@ def expand_inputs(
     recursive: bool = False,
     suffix: str = "",
     exclude: Where | None = None,
+    overwrite: bool = False,
 ) -> Expansion:
     """Files, folders, globs and `-` -> deduplicated jobs (see the module docstring).
 
     `exclude` is the output folder, never scanned for inputs. Arguments that yield nothing
     (an empty folder, a glob without matches) become failed jobs so they are reported.
+    Among several files named one by one (a shell's glob), those named like our outputs
+    (`suffix`) are left out with one note, so that a rerun resumes instead of restoring
+    them again; unless `overwrite`.
     """
     if not args:
         raise UsageError("give at least one INPUT (a file, folder, glob or - for stdin)")
@@ -264,6 +268,7 @@ def expand_inputs(
                 jobs.append(job)
 
     single_file = False
+    ours: list[str] = []
     for arg in args:
         if arg == STDIN_ARG:
             add([Job(None)])
@@ -281,6 +286,9 @@ def expand_inputs(
                 found = [Job(path, error=f"no images in this folder{hint}")]
             add(found)
         elif not _is_pattern(arg):
+            if len(args) > 1 and not overwrite and suffix and path.stem.endswith(suffix):
+                ours.append(arg)
+                continue
             add([Job(path, root=path.parent)])
             single_file = len(args) == 1
         elif isinstance(path, StorePath):
@@ -299,6 +307,13 @@ def expand_inputs(
             if not matched:
                 matched = [Job(None, error="no image files match this pattern", label_override=arg)]
             add(matched)
+    if ours:
+        named = ", ".join(ours[:3]) + (", ..." if len(ours) > 3 else "")
+        scanner.notes.append(
+            f"{len(ours)} input{'s' if len(ours) > 1 else ''} left out, named like this "
+            f"command's outputs (*{suffix}): {named}; --overwrite restores "
+            f"{'them' if len(ours) > 1 else 'it'} too"
+        )
     return Expansion(
         jobs,
         single_file,
