@@ -101,7 +101,10 @@ def run(
     **kw: Any,
 ) -> list[Result]:
     exclude = Path(output) if output not in (None, "-") else None
-    exp = expand_inputs(args, recursive=recursive, suffix=suffix, exclude=exclude)
+    overwrite = kw.get("overwrite", False)  # as the CLI passes it to both
+    exp = expand_inputs(
+        args, recursive=recursive, suffix=suffix, exclude=exclude, overwrite=overwrite
+    )
     plan = plan_outputs(exp, output, suffix=suffix, fmt=fmt)
     return list(run_batch(exp.jobs, restorer or Fake(), plan, **kw))
 
