@@ -195,6 +195,10 @@ def one_task(name: Task | str) -> Task:
     return task
 
 
+#: The largest --tile-overlap --tile auto takes: a quarter of its usual 512-px tile
+#: (`pipeline.DEFAULT_TILE`, not imported here: it brings torch into a usage error).
+AUTO_MAX_OVERLAP = 128
+
 #: `RestoreSettings` fields that are not the network's own settings (the rest are passed by
 #: name to `Restorer` and to `runners.ray.NetworkSettings`).
 _NOT_NETWORK = frozenset({"weights", "model", "threads"})
@@ -223,7 +227,9 @@ class RestoreSettings:
     threads: int | None = None
 
     def check(self) -> None:
-        """Usage errors the single options cannot see: an explicit overlap as big as the tile."""
+        """Usage errors the single options cannot see: an explicit overlap as big as the tile,
+        or too big for the tiles `--tile auto` picks (it was clamped silently to nearly the
+        whole tile: hundreds of tiles instead of a few)."""
         from mprnet_cli.errors import UsageError
 
         tile, overlap = self.tile, self.tile_overlap
@@ -231,6 +237,12 @@ class RestoreSettings:
             raise UsageError(
                 f"--tile-overlap {overlap} must be smaller than --tile {tile} "
                 f"(e.g. --tile-overlap {min(32, tile // 4)})"
+            )
+        if tile is None and overlap is not None and overlap > AUTO_MAX_OVERLAP:
+            raise UsageError(
+                f"--tile-overlap {overlap} is too big for --tile auto (at most "
+                f"{AUTO_MAX_OVERLAP}, a quarter of a 512-px tile); for more, give --tile N "
+                "larger than it"
             )
 
     def network(self) -> dict[str, Any]:
