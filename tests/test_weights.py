@@ -398,6 +398,12 @@ def test_auto_falls_back_to_bundled_with_notice(
     assert resolved.source is Source.BUNDLED
     assert len(notes) == 1
     assert BUNDLED_NOTE in notes[0] and "run `mprnet weights download derain`" in notes[0]
+    assert "--model bundled" in notes[0]
+    resolve(Task.DERAIN, notify=notes.append)  # the next time, with the same cache: short
+    assert len(notes) == 2 and BUNDLED_NOTE not in notes[1]
+    assert notes[1].startswith("Using the bundled compact derain weights")
+    assert "--model bundled or -q hides this line" in notes[1]
+    assert len(notes[1]) < min(130, len(notes[0]))
     with pytest.raises(OfflineError):
         resolve(Task.DERAIN, model=ModelChoice.PUBLISHED)
     assert resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED
