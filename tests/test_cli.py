@@ -771,3 +771,24 @@ def test_rerun_with_a_shell_glob_resumes(tmp_path: Path, instant: None) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "p1.png", "p1_denoised.png", "p2.png", "p2_denoised.png"
     ]  # fmt: skip
+
+
+def test_an_unwritable_output_folder_is_one_line_for_the_run(
+    tmp_path: Path, instant: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only file system (mocked: root writes anywhere): one error, its advice once."""
+    import errno
+
+    from mprnet_cli.imageio import atomic
+
+    def read_only(folder: Path, name: str) -> Any:
+        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+
+    monkeypatch.setattr(atomic, "create_temp", read_only)
+    for name in ("a.png", "b.png", "c.png"):
+        save_png(tmp_path / name)
+    result = invoke("derain", "a.png", "b.png", "c.png", "-o", "out", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "mprnet: error: out: the file system is read-only; write elsewhere"
+    ]

@@ -234,6 +234,7 @@ def _restore(
         for note in expansion.notes:
             say(f"mprnet: {note}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=batch.fmt)
+        _check_output_folder(plan, expansion.jobs)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
@@ -288,6 +289,22 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _check_output_folder(plan: OutputPlan, jobs: list[Job]) -> None:
+    """An -o folder nothing can be written in is one error for the run (`OutputError`),
+    not one line per input; made here if missing, as each output's folder would be."""
+    from pathlib import Path
+
+    from mprnet_cli.imageio import check_writable_folder
+    from mprnet_cli.jobs import Destination
+
+    if not isinstance(plan.path, Path) or all(j.error is not None for j in jobs):
+        return
+    if plan.destination is Destination.DIRECTORY:
+        check_writable_folder(plan.path, create=True)
+    elif plan.destination is Destination.FILE:
+        check_writable_folder(plan.path.parent, create=True)
 
 
 def _check_std_streams(inputs: list[str], output: str | None, *, json_lines: bool) -> None:
