@@ -554,16 +554,26 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
     at_report: dict[str, Any] = {}
     before = set(threading.enumerate())
 
-    def fail(message: str, code: int = 1) -> Any:
+    def record() -> None:
         at_report["threads"] = [t.name for t in set(threading.enumerate()) - before]
         at_report["outputs"] = sorted(p.name for p in (tmp_path / "out").iterdir())
         at_report["writes"] = len(writes)
+
+    def fail(message: str, code: int = 1) -> Any:
+        record()
         return real_fail(message, code)
+
+    real_summary = mprnet_cli.cli.output.Reporter.summary
+
+    def summary(self: Any, **kwargs: Any) -> None:  # Ctrl-C's report: the summary alone
+        record()
+        real_summary(self, **kwargs)
 
     monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
     monkeypatch.setattr("mprnet_cli.batch.write_image", held_write)
     monkeypatch.setattr(mprnet_cli.cli.restore, "print_json", consumer_stops)
     monkeypatch.setattr(mprnet_cli.cli.output, "fail", fail)
+    monkeypatch.setattr(mprnet_cli.cli.output.Reporter, "summary", summary)
     result = invoke("derain", "in", "-o", "out", "--json", "--threads", "1", cwd=tmp_path)
     assert result.exit_code == (130 if stop == "ctrl-c" else 1), result.output
     # No thread the run started is alive when the error is reported, so nothing can be
