@@ -38,6 +38,9 @@ DEFAULT_OVERLAP: Final = 32
 DEFAULT_JPEG_QUALITY: Final = 95
 #: Images above this many pixels are refused (decompression bombs): 16384 x 16384 ~ 268 MP.
 DEFAULT_MAX_PIXELS: Final = 16384 * 16384
+#: The largest --tile-overlap --tile auto takes: a quarter of its usual 512-px tile
+#: (`pipeline.DEFAULT_TILE`, not imported here: it brings torch into a usage error).
+AUTO_MAX_OVERLAP: Final = 128
 
 
 def check_ensemble(value: Ensemble | int | str) -> Ensemble:
@@ -136,6 +139,13 @@ class RestoreSettings:
             raise UsageError(
                 f"--tile-overlap {overlap} must be smaller than --tile {tile} "
                 f"(e.g. --tile-overlap {min(DEFAULT_OVERLAP, tile // 4)})"
+            )
+        if tile is None and overlap is not None and overlap > AUTO_MAX_OVERLAP:
+            # It was clamped silently to nearly the whole tile: hundreds of tiles, not a few.
+            raise UsageError(
+                f"--tile-overlap {overlap} is too big for --tile auto (at most "
+                f"{AUTO_MAX_OVERLAP}, a quarter of a 512-px tile); for more, give --tile N "
+                "larger than it"
             )
 
     @property

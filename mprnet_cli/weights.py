@@ -581,19 +581,40 @@ def resolve(
             raise
         resolved = _resolve_bundled(task, entry)
         if notify:
-            notify(bundled_notice(entry.bundled))
+            notify(bundled_notice(entry.bundled, first=_first_time(f"bundled-{task.value}")))
         return resolved
 
 
-def bundled_notice(bundled: BundledWeights) -> str:
-    """What a user hears when the compact weights stand in: how good they are, and the way out."""
+def bundled_notice(bundled: BundledWeights, *, first: bool = True) -> str:
+    """What a user hears when the compact weights stand in: in full the first time (how
+    good they are, the way out), then one short line; both say how to silence it."""
     task = bundled.task.value
+    if not first:
+        return (
+            f"Using the bundled compact {task} weights (published ones not cached, Hub "
+            "unreachable); --model bundled or -q hides this line"
+        )
     quality = f": {bundled.note}" if bundled.note else ""
     return (
         f"Using the bundled compact {task} weights (the published ones are not cached and the "
         f"Hub is unreachable){quality}. For the published network run "
-        f"`mprnet weights download {task}` once online"
+        f"`mprnet weights download {task}` once online; --model bundled uses these without "
+        "this notice (shown in full once)"
     )
+
+
+def _first_time(notice: str) -> bool:
+    """True the first time `notice` is shown with this mprnet cache (a marker file there).
+
+    A cache that cannot be written (read-only home, container) cannot remember: every run
+    is the first, and the notice stays in full."""
+    marker = cache_root() / "notices" / notice
+    if marker.exists():
+        return False
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    return True
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,10 @@ def run(
     **kw: Any,
 ) -> list[Result]:
     exclude = Path(output) if output not in (None, "-") else None
-    exp = expand_inputs(args, recursive=recursive, suffix=suffix, exclude=exclude)
+    overwrite = kw.get("overwrite", False)  # as the CLI passes it to both
+    exp = expand_inputs(
+        args, recursive=recursive, suffix=suffix, exclude=exclude, overwrite=overwrite
+    )
     plan = plan_outputs(exp, output, suffix=suffix, fmt=fmt)
     return list(run_batch(exp.jobs, restorer or Fake(), plan, **kw))
 
@@ -713,7 +716,7 @@ def test_a_folder_that_refuses_files_fails_its_jobs_before_restoring(
     results = run(["a.png", "b.png"], "out", restorer=fake)
     assert fake.calls == 0
     assert [r.error for r in results] == [
-        "out: the file system is read-only; write elsewhere; choose another -o"
+        "out: the file system is read-only; write elsewhere"  # its advice once, not doubled
     ] * 2
 
 
@@ -776,3 +779,24 @@ def test_failures_are_reported_in_input_order_between_the_writes(cwd: Path) -> N
     )
     assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK]
     assert reported == ["a.png", "b.png", "c.png"] == [r.input for r in results]
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_an_output_name_too_long_fails_that_input_alone(cwd: Path) -> None:
+    """A 250-byte stem: its output name is over 255 bytes (exists() raised ENAMETOOLONG in
+    the decode thread and aborted the batch). A 236-byte stem: a legal output name whose
+    temporary file's name is not; it fails up front, before any restore."""
+    longest, tight = "l" * 250 + ".png", "t" * 236 + ".png"
+    for name in ("a.png", longest, tight, "z.png"):
+        save(cwd / name)
+    fake = Fake()
+    results = run(["a.png", longest, tight, "z.png"], restorer=fake)
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.FAILED, Status.OK]
+    assert fake.calls == 2
+    for r in results[1:3]:
+        assert "bytes long" in (r.error or "") and "--suffix" in (r.error or ""), r.error
+    assert sorted(p.name for p in cwd.iterdir()) == sorted(
+        ["a.png", longest, tight, "z.png", f"a{SUFFIX}.png", f"z{SUFFIX}.png"]
+    )

@@ -310,7 +310,15 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert line.count("\n") == 0, proc.stderr  # one line
-    assert "--weights FILE" in line and "mprnet weights download derain" in line
+    # not the command just run, nor options `weights download` does not take
+    assert "mprnet weights import derain FILE" in line and "README: Weights" in line
+    assert "mprnet weights download" not in line and "--weights" not in line, line
+    assert "--model" not in line
+    every = run_cli(["weights", "download"], hub_env(tmp_path, reg, None))
+    assert every.returncode == 1
+    lines = every.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines[:3]] == ["derain", "deblur", "denoise"]
+    assert lines[-1] == "mprnet: error: 3 of 3 downloads failed (derain, deblur, denoise)"
 
 
 @pytest.mark.parametrize(
@@ -391,6 +399,12 @@ def test_auto_falls_back_to_bundled_with_notice(
     assert resolved.source is Source.BUNDLED
     assert len(notes) == 1
     assert BUNDLED_NOTE in notes[0] and "run `mprnet weights download derain`" in notes[0]
+    assert "--model bundled" in notes[0]
+    resolve(Task.DERAIN, notify=notes.append)  # the next time, with the same cache: short
+    assert len(notes) == 2 and BUNDLED_NOTE not in notes[1]
+    assert notes[1].startswith("Using the bundled compact derain weights")
+    assert "--model bundled or -q hides this line" in notes[1]
+    assert len(notes[1]) < min(130, len(notes[0]))
     with pytest.raises(OfflineError):
         resolve(Task.DERAIN, model=ModelChoice.PUBLISHED)
     assert resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED

@@ -11,6 +11,7 @@ import typer
 
 from mprnet_cli.cli.options import QuietOpt, TaskArg, one_task, settings_options
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
+from mprnet_cli.cli.values import whole
 from mprnet_cli.settings import RestoreSettings
 
 # The paper's protocol restores whole images: tile only where memory demands it, so
@@ -59,7 +60,11 @@ def eval_command(
     limit: Annotated[
         int | None,
         typer.Option(
-            "--limit", metavar="N", min=1, help="Only the first N pairs.", show_default=False
+            "--limit",
+            metavar="N",
+            parser=whole(1),
+            help="Only the first N pairs.",
+            show_default=False,
         ),
     ] = None,
     json_out: Annotated[

@@ -21,6 +21,7 @@ from mprnet_cli.choices import (
     SplitLines,
 )
 from mprnet_cli.cli.output import errors_to_exit
+from mprnet_cli.cli.values import choice, number, whole
 from mprnet_cli.settings import RestoreSettings, settings_of
 from mprnet_cli.tasks import Task
 
@@ -40,13 +41,16 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         "-w",
+        metavar="FILE",
         help="Weights file (.pth/.pt/.safetensors) to use instead of the task's.",
         show_default=False,
     ),
 ]
 ModelOpt = Annotated[
     ModelChoice,
-    typer.Option("--model", "-m", help="Which weights when no file is given."),
+    typer.Option(
+        "--model", "-m", parser=choice(ModelChoice), help="Which weights when no file is given."
+    ),
 ]
 DeviceOpt = Annotated[
     str,
@@ -62,6 +66,7 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         envvar="MPRNET_PRECISION",
+        parser=choice(Precision),
         help="Arithmetic precision (auto: bf16 on CUDA GPUs and on CPUs with native bf16, "
         "else fp32).",
     ),
@@ -71,6 +76,7 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         envvar="MPRNET_BACKEND",
+        parser=choice(BackendChoice),
         help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
     ),
 ]
@@ -87,7 +93,7 @@ OverlapOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--tile-overlap",
-        min=0,
+        parser=whole(0),
         metavar="N",
         help="Overlap between tiles in pixels, less than --tile (default: 32, less for "
         "smaller tiles).",
@@ -95,7 +101,10 @@ OverlapOpt = Annotated[
     ),
 ]
 TileBatchOpt = Annotated[
-    int, typer.Option("--tile-batch", metavar="N", min=1, help="Tiles per forward pass (GPU).")
+    int,
+    typer.Option(
+        "--tile-batch", metavar="N", parser=whole(1), help="Tiles per forward pass (GPU)."
+    ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", "-f", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
@@ -111,7 +120,7 @@ FormatOpt = Annotated[
 JpegQualityOpt = Annotated[
     int,
     typer.Option(
-        "--jpeg-quality", metavar="Q", min=1, max=100, help="JPEG and WebP quality (1-100)."
+        "--jpeg-quality", metavar="Q", parser=whole(1, 100), help="JPEG and WebP quality (1-100)."
     ),
 ]
 MaxPixelsOpt = Annotated[
@@ -119,14 +128,20 @@ MaxPixelsOpt = Annotated[
     typer.Option(
         "--max-pixels",
         metavar="N",
-        min=0,
-        help="Refuse images with more pixels than this (decompression bombs); 0: no limit.",
+        parser=whole(0),
+        show_default=False,
+        help="Refuse images with more pixels than this (decompression bombs); 0: no limit "
+        "(default: 16384x16384, 268 MP).",
     ),
 ]
 
-TaskArg = Annotated[Task, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")]
+TaskArg = Annotated[
+    Task, typer.Argument(metavar="TASK", parser=choice(Task), help="derain, deblur or denoise.")
+]
+#: Hidden from the Arguments list, where Typer would print a type name
+#: (`<list[derain|deblur|denoise]>`): each command's help text says what TASK takes.
 TasksArg = Annotated[
-    list[Task] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
+    list[Task] | None, typer.Argument(metavar="TASK", parser=choice(Task), hidden=True)
 ]
 CompileOpt = Annotated[
     bool,
@@ -140,8 +155,8 @@ StrengthOpt = Annotated[
     float,
     typer.Option(
         "--strength",
-        min=0.0,
-        max=1.0,
+        metavar="S",
+        parser=number(0.0, 1.0),
         help="Blend the result with the input: 1 fully restored, 0 the input unchanged "
         "(for textures the network smooths too much).",
     ),
@@ -150,6 +165,7 @@ EnsembleOpt = Annotated[
     Ensemble,
     typer.Option(
         "--ensemble",
+        parser=choice(Ensemble),
         help="Average over flipped/rotated copies: 1 off, 2 the input and its left-right "
         "mirror, 8 all rotations and mirrors (2x / 8x the time).",
     ),
@@ -176,7 +192,7 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         metavar="N",
-        min=1,
+        parser=whole(1),
         help="CPU threads for the network (default: one per core).",
         show_default=False,
     ),

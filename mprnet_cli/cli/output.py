@@ -68,7 +68,7 @@ def errors_to_exit() -> Iterator[None]:
         if debug_enabled():
             raise
         if isinstance(exc, Terminated):
-            fail("terminated (SIGTERM)", Terminated.exit_code)
+            fail(f"terminated ({Terminated.signal_name})", Terminated.exit_code)
         fail("interrupted", INTERRUPTED_EXIT)
     except Exception as exc:
         if debug_enabled():
@@ -158,6 +158,8 @@ class Reporter:
             self._bar.update(self._tiles, total=total, completed=done, visible=True)
 
     def finished(self, result: Result) -> None:
+        from mprnet_cli.cli.values import plural
+
         status = result.status.value
         self.counts[status] += 1
         if self._bar is not None:
@@ -176,19 +178,19 @@ class Reporter:
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.backend} "
-                f"{result.precision}, {result.tiles} tile(s))"
+                f"{result.precision}, {plural(result.tiles or 0, 'tile')})"
             )
         else:
             self.note(f"{source}: skipped, {result.output} exists")
 
-    def summary(self, *, interrupted: bool = False) -> None:
+    def summary(self, *, interrupted: bool = False, why: str = "interrupted") -> None:
         c = self.counts
         skipped = f"{c['skipped']} skipped" + (
             " (exist; --overwrite to replace)" if c["skipped"] else ""
         )
         text = f"{c['ok']} restored, {skipped}, {c['failed']} failed"
         if interrupted:
-            text += "; interrupted: run the same command again to resume"
+            text += f"; {why}: run the same command again to resume"
         self.note(text)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from mprnet_cli._stdio import binary
 from mprnet_cli.choices import EngineChoice
 from mprnet_cli.cli.options import OutputOpt, OverwriteOpt, QuietOpt, settings_options
 from mprnet_cli.cli.output import (
@@ -24,9 +25,13 @@ from mprnet_cli.cli.output import (
     progress_enabled,
     say,
 )
+from mprnet_cli.cli.values import choice, number, whole
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
+
+if TYPE_CHECKING:
+    from mprnet_cli.jobs import Job, OutputPlan
 
 RecursiveOpt = Annotated[
     bool, typer.Option("--recursive", "-r", help="Also restore the images in subfolders.")
@@ -48,6 +53,7 @@ EngineOpt = Annotated[
     EngineChoice,
     typer.Option(
         "--engine",
+        parser=choice(EngineChoice),
         help="local: this machine; ray: a Ray cluster (pip install 'mprnet-cli[ray]').",
     ),
 ]
@@ -66,7 +72,7 @@ WorkersOpt = Annotated[
     typer.Option(
         "--workers",
         metavar="N",
-        min=1,
+        parser=whole(1),
         help="Network actors with --engine ray (default: one per GPU; CPU-only: CPUs / 4).",
         show_default=False,
     ),
@@ -76,7 +82,7 @@ GpusPerWorkerOpt = Annotated[
     typer.Option(
         "--gpus-per-worker",
         metavar="F",
-        min=0.0,
+        parser=number(0.0),
         help="GPUs per network actor with --engine ray; fractions share a GPU (default: 1 "
         "if the cluster has GPUs, else 0).",
         show_default=False,
@@ -144,14 +150,22 @@ def _restore(
         inputs, output = engine_paths(inputs, output, ray=ray)
         if batch.json_lines and output == "-":
             raise UsageError("--json and -o - both want stdout; write the image to a file")
+        _check_std_streams(inputs, output, json_lines=batch.json_lines)
         name_suffix = f"_{task.past_tense}" if batch.suffix is None else batch.suffix
         exclude = location(output) if output not in (None, "-") else None
         expansion = expand_inputs(
-            inputs, recursive=batch.recursive, suffix=name_suffix, exclude=exclude
+            inputs,
+            recursive=batch.recursive,
+            suffix=name_suffix,
+            exclude=exclude,
+            overwrite=batch.overwrite,
         )
         for warning in expansion.warnings:
             say(f"mprnet: warning: {warning}", quiet=quiet)
+        for note in expansion.notes:
+            say(f"mprnet: {note}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=settings.format)
+        _check_output_folder(plan, expansion.jobs)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
@@ -175,8 +189,8 @@ def _restore(
             notify=reporter.note,
             quiet=quiet,
             cluster=cluster,
-            stdin=sys.stdin.buffer,
-            stdout=sys.stdout.buffer,
+            stdin=binary(sys.stdin),
+            stdout=binary(sys.stdout),
             raise_unexpected=debug_enabled(),
         )
         results = get_runner(engine)(request)
@@ -187,12 +201,54 @@ def _restore(
             with reporter, closing(results):
                 for _ in results:
                     pass
-        except KeyboardInterrupt:
-            reporter.summary(interrupted=True)
-            raise
+        except KeyboardInterrupt as exc:
+            if debug_enabled():
+                raise
+            # The summary says it all: no "mprnet: error: interrupted" line after it.
+            why, code = _stopped_by(exc)
+            reporter.summary(interrupted=True, why=why)
+            raise typer.Exit(code) from None
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _check_output_folder(plan: OutputPlan, jobs: list[Job]) -> None:
+    """An -o folder nothing can be written in is one error for the run (`OutputError`),
+    not one line per input; made here if missing, as each output's folder would be."""
+    from pathlib import Path
+
+    from mprnet_cli.imageio import check_writable_folder
+    from mprnet_cli.jobs import Destination
+
+    if not isinstance(plan.path, Path) or all(j.error is not None for j in jobs):
+        return
+    if plan.destination is Destination.DIRECTORY:
+        check_writable_folder(plan.path, create=True)
+    elif plan.destination is Destination.FILE:
+        check_writable_folder(plan.path.parent, create=True)
+
+
+def _check_std_streams(inputs: list[str], output: str | None, *, json_lines: bool) -> None:
+    """A closed stdin or stdout (`<&-`, `>&-`: cron, daemons) matters only to a run that
+    uses it; that one gets a usage error before anything is done."""
+    from mprnet_cli.errors import UsageError
+
+    if sys.stdin is None and "-" in inputs:
+        raise UsageError("- reads stdin, but stdin is closed; give the image as a file")
+    if sys.stdout is None and (output == "-" or json_lines):
+        what = "--json writes" if json_lines else "-o - writes the image"
+        raise UsageError(f"{what} to stdout, but stdout is closed; redirect it (> file)")
+
+
+def _stopped_by(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped the run, as the summary says it, and the exit code (128 + the signal)."""
+    from mprnet_cli.cli.output import INTERRUPTED_EXIT
+    from mprnet_cli.errors import Terminated
+
+    if isinstance(exc, Terminated):
+        return f"interrupted by {Terminated.signal_name}", Terminated.exit_code
+    return "interrupted", INTERRUPTED_EXIT
 
 
 def register(app: typer.Typer, task: Task) -> None:
@@ -202,11 +258,8 @@ def register(app: typer.Typer, task: Task) -> None:
     def command(
         inputs: Annotated[
             list[str],
-            typer.Argument(
-                metavar="INPUT",
-                help="Image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.",
-                show_default=False,
-            ),
+            # hidden: Typer would list it as `INPUT <list[str]>`; the help text says it
+            typer.Argument(metavar="INPUT", show_default=False, hidden=True),
         ],
         output: OutputOpt = None,
         recursive: RecursiveOpt = False,
@@ -227,10 +280,12 @@ def register(app: typer.Typer, task: Task) -> None:
 
     command.__doc__ = (
         f"{task.summary}\n\n"
+        "INPUT: image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.\n\n"
         f"Writes <stem>_{task.past_tense}<ext> next to each input, as the same kind of file "
         "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
         "skipped, so rerunning an interrupted batch resumes it.\n\n"
         "Exit codes: 0 all done (restored or skipped), 1 some inputs failed, "
-        "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."
+        "2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up "
+        "(SIGHUP)."
     )
     app.command(task.value)(command)

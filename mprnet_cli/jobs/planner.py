@@ -16,6 +16,7 @@ from typing import Final
 
 from mprnet_cli.errors import OutputError
 from mprnet_cli.imageio import check_writable_folder, temp_target
+from mprnet_cli.imageio.atomic import TEMP_NAME_EXTRA
 from mprnet_cli.jobs.inputs import Job, _key, _why_not
 from mprnet_cli.jobs.outputs import Destination, OutputPlan
 from mprnet_cli.jobs.records import Result, Status, failed
@@ -66,6 +67,23 @@ class _TempSweeper:
                     tmp.unlink()
 
 
+def _name_too_long(target: Path) -> str | None:
+    """Why `target`'s name cannot be written here (with its temporary file's), else None."""
+    try:
+        limit = os.pathconf(target.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # the folder is yet to be made, or no such limit is known
+        limit = 255
+    size = len(os.fsencode(target.name))
+    if size + TEMP_NAME_EXTRA <= limit:
+        return None
+    return (
+        f"its output name is {size} bytes long, and this file system takes at most "
+        f"{limit - TEMP_NAME_EXTRA} for an output (its temporary file's name is "
+        f"{TEMP_NAME_EXTRA} bytes longer); rename the input, use a shorter --suffix or "
+        "-o FILE"
+    )
+
+
 @dataclass(frozen=True)
 class Screened:
     """A job the planner let through, with the output it is to write (claimed)."""
@@ -106,11 +124,14 @@ class Planner:
         if self.overwrite or source is None or not source.is_file():
             return False
         predicted = self.plan.predict(job)
-        return (
-            predicted is not None
-            and predicted.exists()
-            and self._key(predicted) != self._key(source)
-        )
+        try:
+            return (
+                predicted is not None
+                and predicted.exists()
+                and self._key(predicted) != self._key(source)
+            )
+        except OSError:  # a name too long, say: `check` fails this job alone, on the main thread
+            return False
 
     def check(self, job: Job, target: Where) -> Result | None:
         """Collisions, input == output and existing outputs; None when the job may write.
@@ -121,6 +142,9 @@ class Planner:
         key = self._key(target)
         if isinstance(target, StorePath):
             return self._check_object(job, target, key)
+        too_long = _name_too_long(target)
+        if too_long is not None:
+            return failed(job, too_long, target)
         self._sweeper.sweep(target)
         verdict = self._claim(job, target, key)
         if verdict is not None:
@@ -197,7 +221,9 @@ class Planner:
                 self._folders[key] = folder.problem()
                 return self._folders[key]
             try:
-                check_writable_folder(folder, create=self.plan.destination is Destination.DIRECTORY)
+                # -o DIR and -o new/sub/out.png alike: the folders the user named are made
+                create = self.plan.destination in (Destination.DIRECTORY, Destination.FILE)
+                check_writable_folder(folder, create=create)
                 self._folders[key] = None
             except OutputError as exc:
                 self._folders[key] = str(exc)
