@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.cli import bench, restore, train, weights
+from mprnet_cli.cli import bench, restore, serve, train, weights
 from mprnet_cli.cli import eval as evaluation
 from mprnet_cli.cli.output import INTERRUPTED_EXIT, plain
 from mprnet_cli.tasks import Task
@@ -62,6 +62,9 @@ app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper
 )
 app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")(
     bench.bench_command
+)
+app.command("serve", short_help="Restore over HTTP: an API, a web page, metrics (keeps networks warm).")(
+    serve.serve_command
 )
 app.add_typer(weights.app, name="weights")
 
