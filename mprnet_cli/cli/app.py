@@ -63,7 +63,7 @@ app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper
 app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")(
     bench.bench_command
 )
-app.command("serve", short_help="Restore over HTTP: an API, a web page, metrics (keeps networks warm).")(
+app.command("serve", short_help="HTTP API and web page restoring images; networks kept warm.")(
     serve.serve_command
 )
 app.add_typer(weights.app, name="weights")

@@ -75,7 +75,9 @@ def serve_command(
         str,
         typer.Option("--host", help="Address to listen on (others than 127.0.0.1 want --token)."),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", "-p", metavar="PORT", min=0, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[
+        int, typer.Option("--port", "-p", metavar="PORT", min=0, max=65535, help="TCP port.")
+    ] = 8000,
     task: Annotated[
         Optional[list[str]],  # noqa: UP045 - typer needs Optional at runtime on 3.10
         typer.Option(
@@ -211,7 +213,10 @@ def serve_command(
             f"http://{_url_host(host)}:{port}/ (API: /docs); loading the networks",
             quiet=quiet,
         )
-        serve(serving, lanes)
+        try:
+            serve(serving, lanes)
+        except KeyboardInterrupt:  # uvicorn drained first, then passed the signal on
+            say("mprnet: stopped", quiet=quiet)
 
 
 def _settings(

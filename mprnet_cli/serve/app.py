@@ -262,12 +262,16 @@ def create_app(lanes: dict[Task, Lane], settings: ServeSettings) -> FastAPI:
             options = RequestOptions.parse(strength, ensemble, fmt, jpeg_quality)
             with lane.admission():
                 return await _run(lane, request, options)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels us: SIGTERM's drain deadline passed with this request
+            # still running. An answer (if the socket still takes one), not a traceback.
+            return _error(503, "the server is shutting down; retry elsewhere or later")
         except QueueFullError as exc:
             return _error(429, str(exc), **{"Retry-After": str(exc.retry_after)})
         except NotReadyError as exc:
             return _error(503, str(exc), **{"Retry-After": "5"})
         except _UploadTooLargeError:
-            mb = settings.max_upload_bytes / 1e6
+            mb = settings.max_upload_bytes / 1024 / 1024
             return _error(413, f"upload: above the limit of {mb:g} MB; raise --max-upload-mb")
         except ImageTooLargeError as exc:
             return _error(413, str(exc))
