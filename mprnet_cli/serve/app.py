@@ -87,7 +87,7 @@ async def _upload(request: Request, limit: int) -> tuple[bytes, str]:
     """The image and its name: a raw body, or the first file of a multipart form."""
     body = await _read_body(request, limit)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return body, request.query_params.get("name") or "upload"
+        return body, PurePath(request.query_params.get("name") or "upload").name or "upload"
     sent = False
 
     async def replay() -> dict[str, Any]:
@@ -237,6 +237,11 @@ def create_app(lanes: dict[Task, Lane], settings: ServeSettings) -> FastAPI:
             None, description="png, jpg, webp, tiff, or same (the input's format)."
         ),
         jpeg_quality: str | None = Query(None, description="JPEG and WebP quality, 1-100."),
+        name: str | None = Query(
+            None,
+            description="The file's name, for messages and the download's name (a raw body; "
+            "a multipart file carries its own).",
+        ),
     ) -> Response:
         start = time.perf_counter()
         response = await _restore(task, request, strength, ensemble, format, jpeg_quality)
