@@ -8,7 +8,7 @@ into a `Restorer` and the Ray runner into its actors' `NetworkSettings`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -96,6 +96,14 @@ MaxPixelsOpt = Annotated[
         metavar="N",
         min=0,
         help="Refuse images with more pixels than this (decompression bombs); 0: no limit.",
+    ),
+]
+WatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="Keep watching the INPUT folders: restore what is there, then each new or "
+        "replaced image once completely written, until Ctrl-C.",
     ),
 ]
 
@@ -189,6 +197,7 @@ class BatchOptions:
     max_pixels: int  # 0: no limit
     overwrite: bool
     quiet: bool
+    watch: bool = False  # the INPUT folders: restore what lands there until Ctrl-C
 
 
 def _restore(
@@ -226,7 +235,10 @@ def _restore(
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
             )
-        reporter = Reporter(len(expansion.jobs), quiet=quiet, bar=progress_enabled(quiet))
+        if batch.watch:
+            _check_watch(inputs, output, cluster)
+        bar = progress_enabled(quiet) and not batch.watch
+        reporter = Reporter(len(expansion.jobs), quiet=quiet, bar=bar, count=batch.watch)
 
         def load() -> Restorer:
             return network.restorer(task, notify=reporter.note, quiet=quiet)
@@ -245,6 +257,9 @@ def _restore(
             "max_pixels": batch.max_pixels or None,
             "callbacks": callbacks,
         }
+        if batch.watch:
+            _watch(inputs, batch, exclude, name_suffix, plan, load, reporter, **run_options)
+            return
         # closing(): whatever stops this loop (a closed stdout, Ctrl-C between results) shuts
         # the runner down here and now (queued work dropped, the write in progress finished),
         # before the error is reported, not whenever the generator happens to be collected.
@@ -272,6 +287,61 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _check_watch(inputs: list[str], output: str | None, cluster: RaySettings | None) -> None:
+    from pathlib import Path
+
+    from mprnet_cli.errors import UsageError
+
+    if cluster is not None:
+        raise UsageError("--watch runs on this machine; drop --engine ray")
+    if output == "-":
+        raise UsageError("--watch writes files; give -o DIR instead of -o -")
+    for arg in inputs:
+        if not Path(arg).is_dir():
+            raise UsageError(f"--watch takes folders to watch; {arg} is not a folder")
+
+
+def _watch(
+    inputs: list[str],
+    batch: BatchOptions,
+    exclude: Any,
+    suffix: str,
+    plan: OutputPlan,
+    load: Callable[[], Restorer],
+    reporter: Reporter,
+    **run_options: Any,
+) -> None:
+    """--watch (`mprnet_cli.watch`): the same planner and runner, fed as files settle."""
+    from pathlib import Path
+
+    from mprnet_cli.batch import run_batch
+    from mprnet_cli.jobs import expand_inputs
+    from mprnet_cli.watch import Watcher, watch
+
+    loaded: list[Restorer] = []
+
+    def network() -> Restorer:  # loaded once, at the first image that needs it
+        if not loaded:
+            loaded.append(load())
+        return loaded[0]
+
+    def scan() -> list[Job]:
+        return expand_inputs(inputs, recursive=batch.recursive, suffix=suffix, exclude=exclude).jobs
+
+    def restore(jobs: Sequence[Job], overwrite: bool) -> Generator[Result, None, None]:
+        options = {**run_options, "overwrite": overwrite}
+        return run_batch(jobs, network, plan, raise_unexpected=debug_enabled(), **options)
+
+    watcher = Watcher(scan, restore, plan, overwrite=batch.overwrite)
+    say(f"mprnet: watching {', '.join(inputs)} (Ctrl-C to stop)", quiet=batch.quiet)
+    try:
+        with reporter:
+            watch([Path(a) for a in inputs], watcher, recursive=batch.recursive)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C (or SIGTERM) is how a watch ends; the write in progress finished
+    reporter.summary()
 
 
 def _ray_results(
@@ -323,6 +393,7 @@ def register(app: typer.Typer, task: Task) -> None:
         max_pixels: MaxPixelsOpt = 16384 * 16384,
         overwrite: OverwriteOpt = False,
         quiet: QuietOpt = False,
+        watch: WatchOpt = False,
         weights: WeightsOpt = None,
         model: ModelOpt = ModelChoice.AUTO,
         device: DeviceOpt = "auto",
@@ -367,6 +438,7 @@ def register(app: typer.Typer, task: Task) -> None:
             max_pixels=max_pixels,
             overwrite=overwrite,
             quiet=quiet,
+            watch=watch,
         )
         _restore(task, inputs, batch, network, cluster)
 
