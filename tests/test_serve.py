@@ -519,3 +519,48 @@ def test_web_stack_only_imported_by_serve() -> None:
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
+
+
+def test_a_malformed_multipart_form_is_a_400() -> None:
+    lane, network = gated_lane()
+    with server({Task.DERAIN: lane}) as (port, _):
+        eventually(lambda: lane.ready, "the lane")
+        boundary = "b"
+        part = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="f{{}}"; filename="x.png"\r\n\r\n'
+            "data\r\n"
+        )
+        body = (part.format(1) + part.format(2) + f"--{boundary}--\r\n").encode()  # two files
+        status, _, data = request(
+            port,
+            "POST",
+            "/v1/derain",
+            body,
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        no_file = request(
+            port,
+            "POST",
+            "/v1/derain",
+            f'--{boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--{boundary}--\r\n'.encode(),
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert status == 400 and json.loads(data)["error"].startswith("upload: ")
+    assert no_file[0] == 400 and "no file" in json.loads(no_file[2])["error"]
+    assert network.calls == 0
+
+
+def test_cli_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    bad = runner.invoke(cli_app, ["serve", "--weights", "derain"])
+    assert bad.exit_code == 2 and "TASK=FILE" in bad.output
+    unserved = runner.invoke(cli_app, ["serve", "--task", "derain", "-w", "denoise=x.pth"])
+    assert unserved.exit_code == 2 and "denoise is not served" in unserved.output
+    unknown = runner.invoke(cli_app, ["serve", "--task", "derain,unblur"])
+    assert unknown.exit_code == 2 and "unknown task 'unblur'" in unknown.output
+    # Without the serve extra: one line saying what to install.
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "mprnet_cli.serve.app")
+    missing = runner.invoke(cli_app, ["serve"])
+    assert missing.exit_code == 1
+    assert "pip install 'mprnet-cli[serve]'" in missing.output

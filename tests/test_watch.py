@@ -284,3 +284,19 @@ def test_cli_watch_streams_json_and_stops_on_sigterm(checkpoint: Path, tmp_path:
     assert Image.open(out / "slow_derained.png").size == (64, 48)
     assert "[2] " in stderr and "2 restored" in stderr
     assert sorted(p.name for p in out.iterdir()) == ["first_derained.png", "slow_derained.png"]
+
+
+def test_cli_watch_usage_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mprnet_cli.cli import app
+
+    photo = tmp_path / "a.png"
+    photo.write_bytes(png(1))
+    runner = CliRunner()
+    not_a_folder = runner.invoke(app, ["derain", "--watch", str(photo)])
+    assert not_a_folder.exit_code == 2 and "takes folders to watch" in not_a_folder.output
+    to_stdout = runner.invoke(app, ["derain", "--watch", str(tmp_path), "-o", "-"])
+    assert to_stdout.exit_code == 2
+    on_ray = runner.invoke(app, ["derain", "--watch", str(tmp_path), "--engine", "ray"])
+    assert on_ray.exit_code == 2 and "drop --engine ray" in on_ray.output

@@ -282,6 +282,8 @@ def create_app(lanes: dict[Task, Lane], settings: ServeSettings) -> FastAPI:
             return _error(413, str(exc))
         except MprnetError as exc:
             return _error(400, str(exc))
+        except StarletteHTTPException as exc:  # a malformed multipart form
+            return _error(exc.status_code, f"upload: {exc.detail}")
         except Exception as exc:
             return _internal(exc)
 

@@ -189,6 +189,8 @@ class Lane:
                 break
             if work is not None:
                 work.future.cancel()
+                with self._lock:
+                    self.waiting -= 1
         self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
