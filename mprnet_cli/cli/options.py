@@ -248,3 +248,14 @@ class RestoreSettings:
             task, threads=self.threads, **self.network()
         )
         return settings
+
+
+def restore_settings(options: dict[str, Any], **given: Any) -> RestoreSettings:
+    """`RestoreSettings` from a command's parameters, by field name (`tile` parsed,
+    `compile_model` for `compile`), so a new command does not list the fields again."""
+    names = {f.name for f in fields(RestoreSettings)}
+    values = {name: options[name] for name in names if name in options}
+    values["tile"] = parse_tile(options.get("tile", "auto"))
+    if "compile_model" in options:
+        values["compile"] = options["compile_model"]
+    return RestoreSettings(**{**values, **given})

@@ -30,7 +30,7 @@ from mprnet_cli.cli.options import (
     TileBatchOpt,
     TileOpt,
     parse_tasks,
-    parse_tile,
+    restore_settings,
 )
 from mprnet_cli.cli.output import errors_to_exit, say
 from mprnet_cli.cli.restore import MaxPixelsOpt
@@ -161,33 +161,8 @@ def serve_command(
     /metrics in the Prometheus format. Listens on 127.0.0.1 unless --host says otherwise.
     """
     tasks = parse_task_list(task)
-    serving = _settings(
-        host,
-        port,
-        tasks,
-        parse_weights(weights, tasks),
-        workers,
-        queue,
-        max_pixels,
-        max_upload_mb,
-        token,
-        drain,
-        quiet,
-    )
-    network = RestoreSettings(
-        model=model,
-        device=device,
-        precision=precision,
-        backend=backend,
-        tile=parse_tile(tile),
-        tile_overlap=tile_overlap,
-        tile_batch=tile_batch,
-        compile=compile_model,
-        strength=strength,
-        ensemble=ensemble,
-        hide_split_lines=hide_split_lines,
-        threads=threads,
-    )
+    pairs = parse_weights(weights, tasks)
+    network = restore_settings(locals(), weights=None)  # per task: --weights TASK=FILE
     with errors_to_exit():
         from mprnet_cli.choices import device_spec
 
@@ -203,8 +178,21 @@ def serve_command(
             raise BackendError(
                 f"mprnet serve needs {exc.name}: pip install 'mprnet-cli[serve]'"
             ) from None
-        from mprnet_cli.serve.engine import Lane
+        from mprnet_cli.serve.engine import Lane, ServeSettings
 
+        serving = ServeSettings(
+            host=host,
+            port=port,
+            tasks=tuple(tasks),
+            weights=pairs,
+            workers=workers,
+            max_queue=queue,
+            max_pixels=max_pixels or None,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            token=token or None,
+            drain_seconds=drain,
+            quiet=quiet,
+        )
         for warning in serving.warnings():
             say(f"mprnet: warning: {warning}")
         lanes = {t: Lane(t, _loader(network, serving, t), serving.max_queue) for t in serving.tasks}
@@ -217,36 +205,6 @@ def serve_command(
             serve(serving, lanes)
         except KeyboardInterrupt:  # uvicorn drained first, then passed the signal on
             say("mprnet: stopped", quiet=quiet)
-
-
-def _settings(
-    host: str,
-    port: int,
-    tasks: list[Task],
-    weights: tuple[tuple[Task, str], ...],
-    workers: int,
-    queue: int,
-    max_pixels: int,
-    max_upload_mb: float,
-    token: str | None,
-    drain: float,
-    quiet: bool,
-) -> ServeSettings:
-    from mprnet_cli.serve.engine import ServeSettings
-
-    return ServeSettings(
-        host=host,
-        port=port,
-        tasks=tuple(tasks),
-        weights=weights,
-        workers=workers,
-        max_queue=queue,
-        max_pixels=max_pixels or None,
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        token=token or None,
-        drain_seconds=drain,
-        quiet=quiet,
-    )
 
 
 def _loader(network: RestoreSettings, serving: ServeSettings, task: Task) -> Callable[[], Restorer]:
