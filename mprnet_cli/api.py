@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
-from mprnet_cli.choices import BackendChoice, Precision, SplitLines
+from mprnet_cli.choices import BackendChoice, Ensemble, Precision, SplitLines
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
@@ -131,18 +131,23 @@ class Restorer:
         *,
         progress: Progress | None = None,
         warn: Warn | None = None,
+        strength: float | None = None,
+        ensemble: Ensemble | None = None,
     ) -> tuple[NDArray[np.float32], RunStats]:
         """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out.
 
         Applies the ensemble (around the network), the split-line passes (around the
         tile loop) and the strength (on the result), each only when asked for.
+        `strength` and `ensemble` override the Restorer's own for this call only (a
+        service shares one network between requests that ask for different ones).
         """
-        forward = self_ensemble(self.backend, self.ensemble)
+        mode = self.ensemble if ensemble is None else ensemble
+        forward = self_ensemble(self.backend, mode)
         run = _SPLIT_LINE_RUNS[self.split_lines]
         restored, stats = run(
             self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
         )
-        return apply_strength(restored, rgb, self.strength), stats
+        return apply_strength(restored, rgb, self.strength if strength is None else strength), stats
 
     @overload
     def restore(self, image: Image.Image) -> Image.Image: ...

@@ -28,6 +28,10 @@ class InputError(MprnetError):
     """An input file is missing, unreadable, not an image or too large."""
 
 
+class ImageTooLargeError(InputError):
+    """An image has more pixels than --max-pixels allows (a decompression bomb, or a huge scan)."""
+
+
 class OutputError(MprnetError):
     """The output cannot be written (exists, no space, no permission)."""
 

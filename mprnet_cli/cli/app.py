@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.cli import bench, restore, train, weights
+from mprnet_cli.cli import bench, restore, serve, train, weights
 from mprnet_cli.cli import eval as evaluation
 from mprnet_cli.cli.output import INTERRUPTED_EXIT, plain
 from mprnet_cli.tasks import Task
@@ -63,6 +63,9 @@ app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper
 app.command(
     "bench", short_help="Speed per task (MP/s, GFLOP/s, memory); modes compared in one run."
 )(bench.bench_command)
+app.command("serve", short_help="HTTP API and web page restoring images; networks kept warm.")(
+    serve.serve_command
+)
 app.add_typer(weights.app, name="weights")
 
 

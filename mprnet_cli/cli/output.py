@@ -100,8 +100,9 @@ def progress_enabled(
 class Reporter:
     """Everything a batch says on stderr: bars (files, tiles of big images), lines, summary."""
 
-    def __init__(self, total: int, *, quiet: bool, bar: bool) -> None:
+    def __init__(self, total: int, *, quiet: bool, bar: bool, count: bool = False) -> None:
         self.quiet = quiet
+        self.count = count  # --watch: each line starts with the running count, [n]
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self._bar: Progress | None = None
         if bar:
@@ -165,6 +166,8 @@ class Reporter:
         if self._bar is not None:
             self._bar.advance(self._files)
         source = "<stdin>" if result.input == "-" else result.input
+        if self.count:
+            source = f"[{sum(self.counts.values())}] {source}"
         if status == "failed":
             self.line(f"mprnet: {source}: {result.error or 'failed'}")
             return

@@ -31,7 +31,11 @@ from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
-    from mprnet_cli.jobs import Job, OutputPlan
+    from collections.abc import Generator, Sequence
+
+    from mprnet_cli.jobs import Job, OutputPlan, RestorerLike, Result
+    from mprnet_cli.locations import Where
+    from mprnet_cli.runners.base import RunRequest
 
 RecursiveOpt = Annotated[
     bool, typer.Option("--recursive", "-r", help="Also restore the images in subfolders.")
@@ -49,6 +53,15 @@ JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="One JSON object per input on stdout; messages stay on stderr."),
 ]
+WatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="Keep watching the INPUT folders: restore what is there, then each new or "
+        "replaced image once completely written, until Ctrl-C.",
+    ),
+]
+
 EngineOpt = Annotated[
     EngineChoice,
     typer.Option(
@@ -123,6 +136,7 @@ class BatchOptions:
     json_lines: bool
     overwrite: bool
     quiet: bool
+    watch: bool = False  # the INPUT folders: restore what lands there until Ctrl-C
 
 
 def _restore(
@@ -139,7 +153,7 @@ def _restore(
         from contextlib import closing
 
         from mprnet_cli.errors import UsageError
-        from mprnet_cli.jobs import Callbacks, Destination, Result, expand_inputs, plan_outputs
+        from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
         from mprnet_cli.locations import engine_paths, location
         from mprnet_cli.runners.base import RunRequest, get_runner
 
@@ -170,7 +184,10 @@ def _restore(
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
             )
-        reporter = Reporter(len(expansion.jobs), quiet=quiet, bar=progress_enabled(quiet))
+        if batch.watch:
+            _check_watch(inputs, output, ray=ray)
+        bar = progress_enabled(quiet) and not batch.watch
+        reporter = Reporter(len(expansion.jobs), quiet=quiet, bar=bar, count=batch.watch)
 
         def finished(result: Result) -> None:
             # Called as each output is written (also for results settled while the run is
@@ -193,6 +210,9 @@ def _restore(
             stdout=binary(sys.stdout),
             raise_unexpected=debug_enabled(),
         )
+        if batch.watch:
+            _watch(inputs, batch, exclude, name_suffix, request, reporter)
+            return
         results = get_runner(engine)(request)
         # closing(): whatever stops this loop (a closed stdout, Ctrl-C between results) shuts
         # the runner down here and now (queued work dropped, the write in progress finished),
@@ -211,6 +231,60 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _check_watch(inputs: list[str], output: str | None, *, ray: bool) -> None:
+    from pathlib import Path
+
+    from mprnet_cli.errors import UsageError
+
+    if ray:
+        raise UsageError("--watch runs on this machine; drop --engine ray")
+    if output == "-":
+        raise UsageError("--watch writes files; give -o DIR instead of -o -")
+    for arg in inputs:
+        if not Path(arg).is_dir():
+            raise UsageError(f"--watch takes folders to watch; {arg} is not a folder")
+
+
+def _watch(
+    inputs: list[str],
+    batch: BatchOptions,
+    exclude: Where | None,
+    suffix: str,
+    request: RunRequest,
+    reporter: Reporter,
+) -> None:
+    """--watch (`mprnet_cli.watch`): the same planner and local runner, fed as files settle;
+    the network is loaded once, at the first image that needs it, and kept."""
+    import dataclasses
+    from pathlib import Path
+
+    from mprnet_cli.jobs import expand_inputs
+    from mprnet_cli.runners import local
+    from mprnet_cli.watch import Watcher, watch
+
+    loaded: list[RestorerLike] = []
+
+    def network() -> RestorerLike:
+        if not loaded:
+            loaded.append(local.load_restorer(request))
+        return loaded[0]
+
+    def scan() -> list[Job]:
+        return expand_inputs(inputs, recursive=batch.recursive, suffix=suffix, exclude=exclude).jobs
+
+    def restore(jobs: Sequence[Job], overwrite: bool) -> Generator[Result, None, None]:
+        return local.run(dataclasses.replace(request, jobs=jobs, overwrite=overwrite), network)
+
+    watcher = Watcher(scan, restore, request.plan, overwrite=batch.overwrite)
+    say(f"mprnet: watching {', '.join(inputs)} (Ctrl-C to stop)", quiet=batch.quiet)
+    try:
+        with reporter:
+            watch([Path(a) for a in inputs], watcher, recursive=batch.recursive)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C (or SIGTERM) is how a watch ends; the write in progress finished
+    reporter.summary()
 
 
 def _check_output_folder(plan: OutputPlan, jobs: list[Job]) -> None:
@@ -269,13 +343,14 @@ def register(app: typer.Typer, task: Task) -> None:
         quiet: QuietOpt = False,
         *,
         settings: RestoreSettings,
+        watch: WatchOpt = False,
         engine: EngineOpt = EngineChoice.LOCAL,
         ray_address: RayAddressOpt = None,
         workers: WorkersOpt = None,
         gpus_per_worker: GpusPerWorkerOpt = None,
     ) -> None:
         cluster = ray_settings(engine, ray_address, workers, gpus_per_worker)
-        batch = BatchOptions(output, recursive, suffix, json_lines, overwrite, quiet)
+        batch = BatchOptions(output, recursive, suffix, json_lines, overwrite, quiet, watch)
         _restore(task, inputs, batch, settings, engine, cluster)
 
     command.__doc__ = (

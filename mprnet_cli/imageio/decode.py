@@ -65,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
-from mprnet_cli.errors import InputError
+from mprnet_cli.errors import ImageTooLargeError, InputError
 from mprnet_cli.imageio.formats import container_of
 from mprnet_cli.imageio.metadata import (
     EXIF_MALFORMED,
@@ -212,7 +212,7 @@ def open_and_decode(fp: IO[bytes], label: str, max_pixels: int | None) -> Decode
     with im:
         width, height = im.size
         if max_pixels is not None and width * height > max_pixels:
-            raise InputError(
+            raise ImageTooLargeError(
                 f"{label}: {width}x{height} is {_pixel_count(width * height)}, above the "
                 f"limit of {_pixel_count(max_pixels)}; raise --max-pixels if you trust this file"
             )

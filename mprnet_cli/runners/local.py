@@ -345,21 +345,26 @@ def run_batch(
     return runner.run(jobs)
 
 
-def run(request: RunRequest) -> Generator[Result, None, None]:
-    """The local engine behind the runner seam (`runners.base`): `run_batch` with the
-    request's settings; the weights load at the first job that needs the network."""
+def load_restorer(request: RunRequest) -> RestorerLike:
+    """The request's network on this machine (threads set as its settings say)."""
+    from mprnet_cli.api import Restorer
+    from mprnet_cli.device import set_threads
+
     settings = request.settings
+    set_threads(settings.threads)
+    return Restorer(request.task, settings=settings, notify=request.notify, quiet=request.quiet)
 
-    def load() -> RestorerLike:
-        from mprnet_cli.api import Restorer
-        from mprnet_cli.device import set_threads
 
-        set_threads(settings.threads)
-        return Restorer(request.task, settings=settings, notify=request.notify, quiet=request.quiet)
-
+def run(
+    request: RunRequest, restorer: RestorerLike | Callable[[], RestorerLike] | None = None
+) -> Generator[Result, None, None]:
+    """The local engine behind the runner seam (`runners.base`): `run_batch` with the
+    request's settings; the weights load at the first job that needs the network, unless
+    a `restorer` (or its factory) is given: `--watch` keeps one between runs."""
+    settings = request.settings
     return run_batch(
         request.jobs,
-        load,
+        restorer if restorer is not None else (lambda: load_restorer(request)),
         request.plan,
         overwrite=request.overwrite,
         jpeg_quality=settings.jpeg_quality,
