@@ -145,9 +145,9 @@ def test_an_explicit_overlap_must_fit_the_tile_but_the_default_adapts() -> None:
 def test_an_overlap_too_big_for_auto_tiles_is_refused() -> None:
     """It was clamped silently to nearly the whole 512-px tile: 1,369 tiles instead of 4."""
     with pytest.raises(UsageError, match="--tile-overlap 600 is too big for --tile auto"):
-        RestoreSettings(tile=None, tile_overlap=600).check()
-    RestoreSettings(tile=None, tile_overlap=128).check()
-    RestoreSettings(tile=1024, tile_overlap=600).check()  # an explicit tile that holds it
+        RestoreSettings(tile=None, tile_overlap=600)
+    assert RestoreSettings(tile=None, tile_overlap=128).overlap == 128
+    assert RestoreSettings(tile=1024, tile_overlap=600).overlap == 600  # a tile that holds it
 
 
 def _accepts(check: Any) -> bool:
