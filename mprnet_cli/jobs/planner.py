@@ -106,7 +106,11 @@ class Planner:
         if self.overwrite or source is None or not source.is_file():
             return False
         predicted = self.plan.predict(job)
-        return predicted is not None and predicted.exists() and self._key(predicted) != self._key(source)
+        return (
+            predicted is not None
+            and predicted.exists()
+            and self._key(predicted) != self._key(source)
+        )
 
     def check(self, job: Job, target: Where) -> Result | None:
         """Collisions, input == output and existing outputs; None when the job may write.
