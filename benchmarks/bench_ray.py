@@ -36,9 +36,10 @@ from PIL import Image
 from mprnet_cli.api import Restorer
 from mprnet_cli.choices import ModelChoice
 from mprnet_cli.imageio import encode_image, read_image
+from mprnet_cli.jobs import Status, expand_inputs, plan_outputs
 from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners import ray as ray_runner
-from mprnet_cli.runners.local import Status, expand_inputs, plan_outputs, run_batch
+from mprnet_cli.runners.local import run_batch
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import resolve

@@ -30,7 +30,7 @@ from mprnet_cli import __version__
 from mprnet_cli._entry import HELP_FILE
 from mprnet_cli.cli import app, progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
-from mprnet_cli.runners.local import JSON_FIELDS
+from mprnet_cli.jobs import JSON_FIELDS
 
 RNG = np.random.default_rng(7)
 FAST = ["--tile", "0", "--threads", "1"]

@@ -445,27 +445,62 @@ def test_the_driver_downloads_the_weights_once_and_workers_never_do(
 # --------------------------------------------------------------------------- faults
 
 
-class CrashOnce:
-    """A restorer factory whose network kills its actor's process at the 3rd image, once."""
+class AtCall:
+    """A restorer factory whose network runs `hook` before its `at`-th image (a fault or a
+    wait injected inside an actor; the factory travels to the actors, so it pickles)."""
+
+    at = 0
+
+    def hook(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, task: Task | None, settings: RestoreSettings, weights: Path) -> Any:
+        real = ray_runner.default_restorer(task, settings, weights)
+        hook, at = self.hook, self.at
+
+        class Hooked:
+            calls = 0
+
+            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
+                Hooked.calls += 1
+                if Hooked.calls == at:
+                    hook()
+                return real.restore_rgb(rgb, **kw)
+
+        return Hooked()
+
+
+class CrashOnce(AtCall):
+    """Kills its actor's process at the 3rd image, once."""
+
+    at = 3
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __call__(self, task: Task | None, settings: RestoreSettings, weights: Path) -> Any:
-        real = ray_runner.default_restorer(task, settings, weights)
-        marker = self.marker
+    def hook(self) -> None:
+        if not self.marker.exists():
+            self.marker.write_text("crashed")
+            os._exit(1)  # the actor's process dies mid-job
 
-        class Crashing:
-            calls = 0
 
-            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
-                Crashing.calls += 1
-                if Crashing.calls == 3 and not marker.exists():
-                    marker.write_text("crashed")
-                    os._exit(1)  # the actor's process dies mid-job
-                return real.restore_rgb(rgb, **kw)
-
-        return Crashing()
+def restore_in_to_out(
+    tmp_path: Path, checkpoint: Path, factory: AtCall, **kw: Any
+) -> tuple[Any, list[Any]]:
+    """`restore_files` of tmp_path/in to tmp_path/out (suffix _x) with one actor."""
+    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
+    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
+    results = ray_runner.restore_files(
+        exp.jobs,
+        plan,
+        weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
+        task=Task.DERAIN,
+        settings=RestoreSettings(device="cpu", tile=0, threads=1),
+        cluster=RaySettings(workers=1),
+        factory=factory,
+        **kw,
+    )
+    return exp, list(results)
 
 
 def test_a_killed_actor_is_replaced_and_no_output_is_lost_or_duplicated(
@@ -473,20 +508,8 @@ def test_a_killed_actor_is_replaced_and_no_output_is_lost_or_duplicated(
 ) -> None:
     for i in range(8):
         save_png(tmp_path / "in" / f"{i}.png", size=24)
-    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
-    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
     marker = tmp_path / "crashed"
-    results = list(
-        ray_runner.restore_files(
-            exp.jobs,
-            plan,
-            weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
-            task=Task.DERAIN,
-            settings=RestoreSettings(device="cpu", tile=0, threads=1),
-            cluster=RaySettings(workers=1),
-            factory=CrashOnce(marker),
-        )
-    )
+    exp, results = restore_in_to_out(tmp_path, checkpoint, CrashOnce(marker))
     assert marker.exists(), "the fault was not injected"
     assert sorted(r.input for r in results) == sorted(j.label for j in exp.jobs)
     assert {r.status for r in results} == {Status.OK}
@@ -657,35 +680,25 @@ def test_jobs_travel_in_chunks_that_grow_to_the_byte_and_count_limits() -> None:
     assert all(c is not None and len(stages._unpack(c)) == 1 for c in chunks)
 
 
-class WaitForFirstRecord:
-    """A restorer factory whose network, at its 2nd image, waits (up to 60 s) until the
-    driver has received the 1st image's record: the driver writes to a FIFO then."""
+class WaitForFirstRecord(AtCall):
+    """At its 2nd image, waits (up to 60 s) until the driver has received the 1st image's
+    record: the driver writes to a FIFO then."""
+
+    at = 2
 
     def __init__(self, fifo: Path) -> None:
         self.fifo = fifo
 
-    def __call__(self, task: Task | None, settings: RestoreSettings, weights: Path) -> Any:
+    def hook(self) -> None:
         import select
 
-        real = ray_runner.default_restorer(task, settings, weights)
-        fifo = self.fifo
-
-        class Waiting:
-            calls = 0
-
-            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
-                Waiting.calls += 1
-                if Waiting.calls == 2:
-                    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-                    try:
-                        ready, _, _ = select.select([fd], [], [], 60)
-                        if not ready:
-                            raise RuntimeError("the first record never reached the driver")
-                    finally:
-                        os.close(fd)
-                return real.restore_rgb(rgb, **kw)
-
-        return Waiting()
+        fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            ready, _, _ = select.select([fd], [], [], 60)
+        finally:
+            os.close(fd)
+        if not ready:
+            raise RuntimeError("the first record never reached the driver")
 
 
 def test_each_record_reaches_the_driver_when_its_chunk_is_written(
@@ -699,8 +712,6 @@ def test_each_record_reaches_the_driver_when_its_chunk_is_written(
     os.mkfifo(fifo)
     # Held open for the whole run, so the actor's reader waits for data, never for a writer.
     signal_fd = os.open(fifo, os.O_RDWR)
-    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
-    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
     seen: list[Any] = []
 
     def finished(result: Any) -> None:
@@ -709,17 +720,9 @@ def test_each_record_reaches_the_driver_when_its_chunk_is_written(
             os.write(signal_fd, b"1")
 
     try:
-        results = list(
-            ray_runner.restore_files(
-                exp.jobs,
-                plan,
-                weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
-                task=Task.DERAIN,
-                settings=RestoreSettings(device="cpu", tile=0, threads=1),
-                cluster=RaySettings(workers=1),
-                callbacks=ray_runner.Callbacks(finished=finished),
-                factory=WaitForFirstRecord(fifo),
-            )
+        callbacks = ray_runner.Callbacks(finished=finished)
+        _, results = restore_in_to_out(
+            tmp_path, checkpoint, WaitForFirstRecord(fifo), callbacks=callbacks
         )
     finally:
         os.close(signal_fd)

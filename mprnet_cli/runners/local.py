@@ -4,7 +4,7 @@ No rich and no typer here (the CLI owns messages), and no torch at import time: 
 run whose outputs all exist never imports torch or loads weights. What the jobs are and the
 rules each follows (names, skip, claims, stale temp files, records) live in
 `mprnet_cli.jobs`, the per-image work in `mprnet_cli.runners.stages`, both shared with the
-Ray engine; the job names are re-exported here.
+Ray engine.
 
 The runner (`run`, `run_batch`)
 -------------------------------
@@ -38,52 +38,24 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from mprnet_cli._stdio import write_stdout
 from mprnet_cli.errors import OutputError, UsageError, describe_os_error
 from mprnet_cli.jobs import (
-    IMAGE_EXTENSIONS,
-    JSON_FIELDS,
-    STALE_TEMP_SECONDS,
-    STDOUT,
     Callbacks,
     Destination,
-    Expansion,
     Job,
     OutputPlan,
     Planner,
     RestorerLike,
     Result,
-    Status,
     Target,
-    expand_inputs,
     failed,
-    output_name,
-    plan_outputs,
 )
 from mprnet_cli.locations import StorePath
 from mprnet_cli.runners import stages
 from mprnet_cli.settings import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
-from mprnet_cli.settings import RestoreSettings as RestoreSettings
 
 if TYPE_CHECKING:
     from mprnet_cli.runners.base import RunRequest
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "JSON_FIELDS",
-    "STALE_TEMP_SECONDS",
-    "STDOUT",
-    "Callbacks",
-    "Destination",
-    "Expansion",
-    "Job",
-    "OutputPlan",
-    "RestorerLike",
-    "Result",
-    "Status",
-    "expand_inputs",
-    "output_name",
-    "plan_outputs",
-    "run",
-    "run_batch",
-]
+__all__ = ["run", "run_batch"]
 
 T = TypeVar("T")
 
