@@ -51,6 +51,7 @@ def _run(checkout: Path, args: list[str], cache: Path, out: Path) -> dict[str, A
         capture_output=True,
         text=True,
         env=env,
+        cwd=cache.parent,  # not a checkout: `python -m` would import the one in the cwd
         timeout=3600,
         check=False,
     )
