@@ -76,7 +76,7 @@ class Restorer:
     ) -> None:
         """`tile_for_speed=False` tiles only where memory demands it (whole images when
         they fit), so results do not depend on the device's speed-minded tile choice:
-        what evaluation protocols need. `split_lines` (keep, fix, hide; None: fix, the
+        what evaluation protocols need. `split_lines` (keep, fix, hide; None: keep, the
         default) says what to do about the network's split lines; `hide_split_lines=True`
         is the older spelling of `split_lines="hide"`."""
         try:

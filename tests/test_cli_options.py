@@ -128,7 +128,8 @@ def test_eval_restores_whole_images_when_they_fit(
 def test_split_lines_choice_default_alias_and_clash() -> None:
     from mprnet_cli.choices import split_lines_choice
 
-    assert split_lines_choice(None) is SplitLines.FIX
+    assert split_lines_choice(None) is SplitLines.KEEP
+    assert split_lines_choice("fix") is SplitLines.FIX
     assert split_lines_choice("keep") is SplitLines.KEEP
     assert split_lines_choice(None, hide=True) is SplitLines.HIDE
     assert split_lines_choice("hide", hide=True) is SplitLines.HIDE
