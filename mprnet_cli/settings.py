@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mprnet_cli.choices import (
+    DEFAULT_SPLIT_LINES,
     BackendChoice,
     Ensemble,
     ModelChoice,
@@ -95,7 +96,7 @@ class RestoreSettings:
     compile: bool = False
     strength: float = 1.0
     ensemble: Ensemble = Ensemble.OFF
-    split_lines: SplitLines = SplitLines.FIX  # keep, fix (thin re-run windows), hide
+    split_lines: SplitLines = DEFAULT_SPLIT_LINES  # keep, fix (thin re-run windows), hide
     threads: int | None = None  # CPU threads for the network; None: one per core
     tile_for_speed: bool = True  # False: tile only where memory demands (evaluation)
     format: OutputFormat = OutputFormat.SAME

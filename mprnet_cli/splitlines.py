@@ -1,6 +1,6 @@
 """Fix or hide MPRNet's split lines at inference.
 
-Two remedies. `restore_fixing_split_lines` (the default, `--split-lines fix`) re-runs
+Two remedies. `restore_fixing_split_lines` (`--split-lines fix`) re-runs
 the network only on narrow windows straddling each line, whose own split lies away
 from the line, and feathers their pixels in over the line's band (see its docstring).
 `restore_hiding_split_lines` (`--split-lines hide`) blends shifted full passes away
@@ -179,7 +179,7 @@ def _merge(total: RunStats, stats: RunStats) -> None:
     total.notes.extend(stats.notes)
 
 
-# --------------------------------------------------------------------------- fix (default)
+# --------------------------------------------------------------------------- fix
 
 FIX_CORE = 4
 """Pixels each side of a line where the re-run window replaces the output outright: the

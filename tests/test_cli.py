@@ -605,6 +605,7 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
         ("hidden", ["--hide-split-lines"]),
         ("hide", ["--split-lines", "hide"]),
         ("keep", ["--split-lines", "keep"]),
+        ("fix", ["--split-lines", "fix"]),
     ]:
         result = invoke(*base, f"{name}.png", *extra, cwd=tmp_path)
         assert result.exit_code == 0, result.output
@@ -614,7 +615,8 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
     assert not np.array_equal(outputs["mirror"], outputs["plain"])
     assert not np.array_equal(outputs["hidden"], outputs["plain"])
     assert np.array_equal(outputs["hide"], outputs["hidden"])  # the alias
-    assert not np.array_equal(outputs["keep"], outputs["plain"])  # fixed by default
+    assert np.array_equal(outputs["keep"], outputs["plain"])  # the default
+    assert not np.array_equal(outputs["fix"], outputs["plain"])
     clash = invoke(*base, "x.png", "--split-lines", "keep", "--hide-split-lines", cwd=tmp_path)
     assert clash.exit_code == 2 and "contradicts --split-lines keep" in clash.stderr
 
