@@ -124,12 +124,8 @@ def restore_hiding_split_lines(
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
     h, w = rgb.shape[:2]
-    tile = options.tile
-    if tile is None:
-        tile = auto_tile(backend, round_up(h + PAD, ALIGN), round_up(w + PAD, ALIGN))
-    fixed = TileOptions(
-        tile=tile, overlap=options.overlap, batch=options.batch, min_tile=options.min_tile
-    )
+    fixed = _sized(backend, options, round_up(h + PAD, ALIGN), round_up(w + PAD, ALIGN))
+    tile = fixed.tile or 0
     weights = pass_weights(h, w, canvas_plan(h, w, tile, options.overlap))
     out = np.zeros((h, w, 3), dtype=np.float32)
     acc = np.zeros((h, w), dtype=np.float32)
@@ -160,6 +156,17 @@ def restore_hiding_split_lines(
     # become the record's warnings).
     total.tiles = max(per_pass)
     return out, total
+
+
+def _sized(backend: Backend, options: TileOptions, height: int, width: int) -> TileOptions:
+    """`options` with the tile size fixed (auto: from free memory for a `height` x `width`
+    canvas), so that the geometry computed here is the plan `restore_array` will run."""
+    if options.tile is not None:
+        return options
+    tile = auto_tile(backend, height, width)
+    return TileOptions(
+        tile=tile, overlap=options.overlap, batch=options.batch, min_tile=options.min_tile
+    )
 
 
 def _pass_progress(progress: Progress, k: int) -> Progress:
@@ -282,12 +289,8 @@ def restore_fixing_split_lines(
     h, w = rgb.shape[:2]
     align = backend.capabilities.align
     ph, pw = round_up(h, align), round_up(w, align)
-    tile = options.tile
-    if tile is None:
-        tile = auto_tile(backend, ph, pw)
-    fixed = TileOptions(
-        tile=tile, overlap=options.overlap, batch=options.batch, min_tile=options.min_tile
-    )
+    fixed = _sized(backend, options, ph, pw)
+    tile = fixed.tile or 0
     overlap = min(options.overlap, max(tile - align, 0)) if tile else 0
     fp = fix_plan(plan_tiles(ph, pw, tile, overlap))
     base_tiles = len(fp.plan)
