@@ -561,3 +561,28 @@ def test_openvino_tiles_with_its_own_memory_figures(
     for side in (48, 56, 48, 56):  # each shape twice: static models for both
         ov(image(side, side).transpose(2, 0, 1)[None].copy())
     assert list(ov._compiled) == [(1, 3, 56, 56)]  # two did not fit in a third of it
+
+
+def test_a_long_conversion_is_a_labelled_step_with_its_elapsed_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The terminal sat at `images 0/2 ... eta -:--:--` for 17 s with one line."""
+    import threading
+
+    from mprnet_cli.backends import openvino as ovb
+
+    ticked = threading.Event()
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        if "so far" in text:
+            ticked.set()
+
+    monkeypatch.setattr(ovb, "_TICK_SECONDS", 0.01)
+    monkeypatch.setattr(ovb, "export", lambda model: ticked.wait(30) and "converted")
+    converted, seconds = ovb.convert_timed(tiny_model(), note)
+    assert converted == "converted" and seconds >= 0
+    assert notes[0].startswith("converting the network for OpenVINO")
+    assert any(n.startswith("converting for OpenVINO: ") and n.endswith(" s so far") for n in notes)
+    assert notes[-1] == f"converted for OpenVINO in {seconds:.1f} s"
