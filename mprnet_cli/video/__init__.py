@@ -1,0 +1,164 @@
+"""Video in, video out: what a clip is, how it is written, and its job in a runner.
+
+A clip is a source of frames and a sink of frames (`mprnet_cli.video.clip`, the only
+module that imports PyAV); the tile loop and the backends do not change. This package's
+top level needs no PyAV, so recognising a video by its name, the options and the runner's
+per-clip job work (and fail with one line saying what to install) without it.
+
+* Streams: the video is decoded, restored frame by frame and encoded again; audio,
+  subtitle and data streams are copied packet for packet (never re-encoded) where the
+  output container can hold them. Frame count, timestamps (variable frame rate too), time
+  base, rotation, colour tags, the pixel format's family and container metadata are kept.
+* Memory: decoding and encoding run on their own threads with queues of `QUEUE_FRAMES`
+  frames each side, so a clip of any length holds a few frames, never the whole clip.
+* Output: a hidden temporary file next to the target (the planner's stale-temp rules cover
+  it), renamed into place when complete; Ctrl-C, SIGTERM or any failure removes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from mprnet_cli.errors import MprnetError, UsageError
+
+if TYPE_CHECKING:
+    from mprnet_cli.jobs import Callbacks, Job, RestorerLike, Result
+
+#: Containers recognised as video inputs (case-insensitive), and written as outputs.
+VIDEO_EXTENSIONS: Final = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
+#: CRF-like quality: x264's scale (lower is better; 0 is lossless for H.264/H.265). 18 is
+#: x264's "visually lossless" point, so the restored detail survives the re-encode.
+DEFAULT_QUALITY: Final = 18
+#: Frames waiting between decode and the network, and between the network and encode.
+QUEUE_FRAMES: Final = 2
+INSTALL_HINT: Final = "pip install 'mprnet-cli[video]'"
+
+FrameFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+#: (frames done, frames expected or None when the container does not say)
+FrameProgress = Callable[[int, int | None], None]
+
+
+class VideoError(MprnetError):
+    """A clip that cannot be read or written (no video stream, unknown codec, damage)."""
+
+
+def is_video(path: PurePath | str) -> bool:
+    """A video by its name: one of `VIDEO_EXTENSIONS`."""
+    return PurePath(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How clips are written: `quality` CRF-like, `codec` None for the input's own."""
+
+    quality: int = DEFAULT_QUALITY
+    codec: str | None = None
+    strict: bool = False  # a damaged packet fails the clip instead of being skipped
+    queue: int = QUEUE_FRAMES
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.quality <= 63:
+            raise UsageError(f"--video-quality must be 0-63 (CRF-like), got {self.quality}")
+        if self.queue < 1:
+            raise ValueError("queue must be >= 1")
+
+
+@dataclass(frozen=True)
+class ClipReport:
+    """What happened to one clip (the runner turns it into a `Result`)."""
+
+    frames: int
+    width: int
+    height: int
+    codec: str
+    notes: tuple[str, ...] = ()
+
+
+def load_clip_module() -> Any:
+    """`mprnet_cli.video.clip`, or a `UsageError` saying how to install PyAV."""
+    try:
+        from mprnet_cli.video import clip
+    except ImportError as exc:
+        if exc.name not in ("av", None) and not str(exc.name).startswith("av."):
+            raise
+        raise UsageError(f"reading and writing video needs PyAV: {INSTALL_HINT}") from None
+    return clip
+
+
+def restore_clip_job(
+    job: Job,
+    target: Path,
+    restorer: Callable[[], RestorerLike],
+    *,
+    options: VideoOptions,
+    overwrite: bool,
+    callbacks: Callbacks,
+) -> Result:
+    """One clip end to end for the local runner: the job's `Result`, never an exception
+    for a per-file problem (KeyboardInterrupt and run-wide errors propagate).
+
+    `restorer` is called at most once, when the clip is known to be readable. Tiles are
+    planned once from the clip's size (`clip_tiles`, when the restorer has it) and used
+    for every frame, so each frame is cut the same way."""
+    from mprnet_cli.jobs import failed, reason, restored
+
+    assert isinstance(job.source, Path)
+    if not is_video(target):
+        return failed(
+            job,
+            f"a video is written as a video: name the output with one of "
+            f"{', '.join(sorted(VIDEO_EXTENSIONS))}",
+            target,
+        )
+    start = time.perf_counter()
+    totals: dict[str, Any] = {"tiles": 0}
+    warned: list[str] = []
+
+    def frame_fn(width: int, height: int) -> FrameFn:
+        loaded = restorer()
+        plan = getattr(loaded, "clip_tiles", None)
+        tiles = plan(height, width) if plan is not None else None
+        extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
+        if callbacks.started is not None:
+            callbacks.started(job, width, height)
+
+        def run(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            clean, stats = loaded.restore_rgb(rgb, warn=warned.append, **extra)
+            totals["tiles"] += stats.tiles
+            totals.update(device=stats.device, backend=stats.backend, precision=stats.precision)
+            totals.setdefault("notes", stats.notes)
+            return clean
+
+        return run
+
+    try:
+        clip = load_clip_module()
+        report: ClipReport = clip.restore_video(
+            job.source,
+            target,
+            frame_fn,
+            options=options,
+            overwrite=overwrite,
+            progress=callbacks.frames,
+        )
+    except MprnetError as exc:
+        return failed(job, reason(exc, job.display), target)
+    return restored(
+        job,
+        target,
+        (*report.notes, *dict.fromkeys(warned), *totals.get("notes", ())),
+        seconds=time.perf_counter() - start,
+        device=totals.get("device"),
+        backend=totals.get("backend"),
+        precision=totals.get("precision"),
+        tiles=totals["tiles"],
+        width=report.width,
+        height=report.height,
+    )
