@@ -10,6 +10,7 @@ reloads its weights on the other side, so it can be sent to worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,13 +32,14 @@ from mprnet_cli.pipeline import (
     RunStats,
     TileOptions,
     Warn,
+    auto_tile,
     estimate_bytes_per_pixel,
     restore_array,
 )
 from mprnet_cli.quality import apply_strength, check_ensemble, check_strength, self_ensemble
 from mprnet_cli.splitlines import restore_hiding_split_lines
 from mprnet_cli.tasks import Task
-from mprnet_cli.tiling import DEFAULT_OVERLAP
+from mprnet_cli.tiling import DEFAULT_OVERLAP, round_up
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
@@ -153,18 +155,29 @@ class Restorer:
         *,
         progress: Progress | None = None,
         warn: Warn | None = None,
+        tiles: TileOptions | None = None,
     ) -> tuple[NDArray[np.float32], RunStats]:
         """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out.
 
         Applies the ensemble (around the network), the split-line passes (around the
-        tile loop) and the strength (on the result), each only when asked for.
+        tile loop) and the strength (on the result), each only when asked for. `tiles`
+        replaces this Restorer's tile options (a clip's plan, `clip_tiles`).
         """
         forward = self_ensemble(self.backend, self.ensemble)
         run = restore_hiding_split_lines if self.hide_split_lines else restore_array
         restored, stats = run(
-            self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
+            self.backend, rgb, tiles or self.options, forward=forward, progress=progress, warn=warn
         )
         return apply_strength(restored, rgb, self.strength), stats
+
+    def clip_tiles(self, height: int, width: int) -> TileOptions:
+        """The tile options for every frame of a height x width clip: `auto` resolved once
+        (from free memory now), so all frames are cut alike and none re-plans."""
+        if self.options.tile is not None:
+            return self.options
+        align = self.backend.capabilities.align
+        tile = auto_tile(self.backend, round_up(height, align), round_up(width, align))
+        return dataclasses.replace(self.options, tile=tile)
 
     @overload
     def restore(self, image: Image.Image) -> Image.Image: ...

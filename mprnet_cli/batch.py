@@ -82,6 +82,7 @@ from mprnet_cli.jobs import (
     unexpected,
 )
 from mprnet_cli.locations import StorePath
+from mprnet_cli.video import VideoOptions, is_video, restore_clip_job
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -156,6 +157,7 @@ class _Runner:
     stdin: BinaryIO | None = None
     stdout: BinaryIO | None = None
     raise_unexpected: bool = False
+    video: VideoOptions = field(default_factory=VideoOptions)
     _loaded: RestorerLike | None = None
     _planner: Planner | None = None  # the run's claims and checks, made by `run`
 
@@ -184,6 +186,8 @@ class _Runner:
         start = time.perf_counter()
         if predict and self.planner.exists_ahead(job):
             return _Prepared(job)  # its predicted output exists: no decode was needed
+        if _is_clip(job):
+            return _Prepared(job)  # a clip streams through `_clip` on the main thread
         try:
             decoded = self._decode(job)
         except MprnetError as exc:
@@ -206,6 +210,8 @@ class _Runner:
         job = prepared.job
         if prepared.error is not None:
             return _done(failed(job, prepared.error))
+        if _is_clip(job):
+            return _done(self._clip(job))
         decoded = prepared.decoded
         if decoded is None:  # not decoded (output predicted): settle the name with the usual checks
             predicted = self.plan.predict(job)
@@ -221,6 +227,8 @@ class _Runner:
             decoded = prepared.decoded
         target, fmt = self.plan.resolve(job, decoded.info)
         width, height = decoded.width, decoded.height
+        if isinstance(target, Path) and is_video(target):
+            return _done(failed(job, "an image is written as an image: -o needs .png, .jpg, .webp or .tif", target))
         if isinstance(target, Path):
             verdict = self.planner.check(job, target)
             if verdict is not None:
@@ -261,6 +269,32 @@ class _Runner:
             height=height,
         )
         return encoder.submit(self._write, done, target, fmt, clean, info, alpha)
+
+    def _clip(self, job: Job) -> Result:
+        """A video input: the usual checks on its output, then the clip end to end
+        (`mprnet_cli.video`: its own decode and encode threads beside this one)."""
+        target = self.plan.target(job, self.plan.format)
+        if not isinstance(target, Path):
+            return failed(job, "a video cannot be written to stdout; give -o FILE or -o DIR")
+        verdict = self.planner.check(job, target)
+        if verdict is not None:
+            return verdict
+        problem = self.planner.folder_problem(target.parent)
+        if problem is not None:
+            return failed(job, problem, target)
+        try:
+            return restore_clip_job(
+                job,
+                target,
+                self._get_restorer,
+                options=self.video,
+                overwrite=self.overwrite,
+                callbacks=self.callbacks,
+            )
+        except MprnetError:
+            raise  # run-wide (weights, device): as for images
+        except Exception as exc:
+            return failed(job, self._unexpected(exc, "restoring the video"), target)
 
     # -- encode thread
     def _write(
@@ -369,6 +403,10 @@ class _Runner:
         return result
 
 
+def _is_clip(job: Job) -> bool:
+    return job.error is None and isinstance(job.source, Path) and is_video(job.source)
+
+
 def _write_stdout(data: bytes, stream: BinaryIO | None) -> None:
     try:
         write_stdout(data, stream)
@@ -392,6 +430,7 @@ def run_batch(
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
     raise_unexpected: bool = False,
+    video: VideoOptions | None = None,
 ) -> Generator[Result, None, None]:
     """Restore `jobs`, yielding one `Result` per job in order.
 
@@ -402,6 +441,7 @@ def run_batch(
     decompression bombs (None: no limit). Per-file problems become
     failed results; errors that concern the whole run (weights, devices) propagate.
     `raise_unexpected` lets bugs raise instead of failing the file (MPRNET_DEBUG).
+    Video inputs (`mprnet_cli.video.is_video`) are written as clips with `video`'s settings.
 
     A caller that may stop early (an error, Ctrl-C between results) should `close()` the
     generator (`contextlib.closing`): that stops the threads at once, dropping queued work
@@ -426,5 +466,6 @@ def run_batch(
         stdin=stdin,
         stdout=stdout,
         raise_unexpected=raise_unexpected,
+        video=video or VideoOptions(),
     )
     return runner.run(jobs)

@@ -57,6 +57,7 @@ from mprnet_cli.tasks import Task
 if TYPE_CHECKING:
     from mprnet_cli.api import Restorer
     from mprnet_cli.jobs import Job, OutputPlan, Result
+    from mprnet_cli.video import VideoOptions
 
 RecursiveOpt = Annotated[
     bool, typer.Option("--recursive", "-r", help="Also restore the images in subfolders.")
@@ -96,6 +97,36 @@ MaxPixelsOpt = Annotated[
         metavar="N",
         min=0,
         help="Refuse images with more pixels than this (decompression bombs); 0: no limit.",
+    ),
+]
+
+VideoQualityOpt = Annotated[
+    int,
+    typer.Option(
+        "--video-quality",
+        metavar="CRF",
+        min=0,
+        max=63,
+        help="Video inputs: CRF-like quality of the re-encoded video, lower is better "
+        "(x264's scale; 0 lossless for H.264/H.265).",
+    ),
+]
+VideoCodecOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--video-codec",
+        metavar="CODEC",
+        help="Video inputs: encode with this codec (h264, hevc, vp9, av1; default: the "
+        "input's where an encoder exists, else h264).",
+        show_default=False,
+    ),
+]
+VideoStrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--video-strict",
+        help="Video inputs: fail a clip at its first damaged packet (default: skip it "
+        "and warn with its timestamp).",
     ),
 ]
 
@@ -189,6 +220,9 @@ class BatchOptions:
     max_pixels: int  # 0: no limit
     overwrite: bool
     quiet: bool
+    video_quality: int = 18
+    video_codec: str | None = None
+    video_strict: bool = False
 
 
 def _restore(
@@ -222,6 +256,7 @@ def _restore(
         for warning in expansion.warnings:
             say(f"mprnet: warning: {warning}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=batch.fmt)
+        video = _video_options(expansion.jobs, batch, ray=cluster is not None)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
@@ -238,7 +273,12 @@ def _restore(
             if batch.json_lines:
                 print_json(json.dumps(result.to_json()))
 
-        callbacks = Callbacks(started=reporter.started, tiles=reporter.tiles, finished=finished)
+        callbacks = Callbacks(
+            started=reporter.started,
+            tiles=reporter.tiles,
+            frames=reporter.frames,
+            finished=finished,
+        )
         run_options: dict[str, Any] = {
             "overwrite": batch.overwrite,
             "jpeg_quality": batch.jpeg_quality,
@@ -260,6 +300,7 @@ def _restore(
                 stdin=sys.stdin.buffer,
                 stdout=sys.stdout.buffer,
                 raise_unexpected=debug_enabled(),
+                video=video,
                 **run_options,
             )
         try:
@@ -272,6 +313,20 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _video_options(jobs: list[Job], batch: BatchOptions, *, ray: bool) -> VideoOptions:
+    """The clips' settings; video with --engine ray is refused up front, in one line."""
+    from mprnet_cli.errors import UsageError
+    from mprnet_cli.video import VideoOptions, is_video
+
+    if ray and any(j.source is not None and is_video(j.source) for j in jobs):
+        raise UsageError(
+            "video inputs are restored by the local engine only (for now); drop --engine ray"
+        )
+    return VideoOptions(
+        quality=batch.video_quality, codec=batch.video_codec, strict=batch.video_strict
+    )
 
 
 def _ray_results(
@@ -310,7 +365,8 @@ def register(app: typer.Typer, task: Task) -> None:
             list[str],
             typer.Argument(
                 metavar="INPUT",
-                help="Image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.",
+                help="Image or video files, folders, quoted globs ('photos/**/*.jpg'), or - "
+                "for stdin.",
                 show_default=False,
             ),
         ],
@@ -323,6 +379,9 @@ def register(app: typer.Typer, task: Task) -> None:
         max_pixels: MaxPixelsOpt = 16384 * 16384,
         overwrite: OverwriteOpt = False,
         quiet: QuietOpt = False,
+        video_quality: VideoQualityOpt = 18,
+        video_codec: VideoCodecOpt = None,
+        video_strict: VideoStrictOpt = False,
         weights: WeightsOpt = None,
         model: ModelOpt = ModelChoice.AUTO,
         device: DeviceOpt = "auto",
@@ -367,6 +426,9 @@ def register(app: typer.Typer, task: Task) -> None:
             max_pixels=max_pixels,
             overwrite=overwrite,
             quiet=quiet,
+            video_quality=video_quality,
+            video_codec=video_codec,
+            video_strict=video_strict,
         )
         _restore(task, inputs, batch, network, cluster)
 

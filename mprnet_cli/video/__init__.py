@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from mprnet_cli.errors import MprnetError, UsageError
+from mprnet_cli.errors import MprnetError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
     from mprnet_cli.jobs import Callbacks, Job, RestorerLike, Result
@@ -47,6 +47,14 @@ FrameProgress = Callable[[int, int | None], None]
 
 class VideoError(MprnetError):
     """A clip that cannot be read or written (no video stream, unknown codec, damage)."""
+
+
+class _RunWide(Exception):
+    """Carries a run-wide error (loading the network) out of the clip, past its handlers."""
+
+    def __init__(self, error: MprnetError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def is_video(path: PurePath | str) -> bool:
@@ -107,7 +115,7 @@ def restore_clip_job(
     `restorer` is called at most once, when the clip is known to be readable. Tiles are
     planned once from the clip's size (`clip_tiles`, when the restorer has it) and used
     for every frame, so each frame is cut the same way."""
-    from mprnet_cli.jobs import failed, reason, restored
+    from mprnet_cli.jobs import Result, Status, failed, reason, restored
 
     assert isinstance(job.source, Path)
     if not is_video(target):
@@ -122,7 +130,10 @@ def restore_clip_job(
     warned: list[str] = []
 
     def frame_fn(width: int, height: int) -> FrameFn:
-        loaded = restorer()
+        try:
+            loaded = restorer()
+        except MprnetError as exc:  # weights, device: the whole run's problem, as for images
+            raise _RunWide(exc) from exc
         plan = getattr(loaded, "clip_tiles", None)
         tiles = plan(height, width) if plan is not None else None
         extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
@@ -148,6 +159,10 @@ def restore_clip_job(
             overwrite=overwrite,
             progress=callbacks.frames,
         )
+    except _RunWide as wrapped:
+        raise wrapped.error from None
+    except OutputExistsError:  # appeared while we wrote (another process): not ours
+        return Result(job.label, str(target), Status.SKIPPED)
     except MprnetError as exc:
         return failed(job, reason(exc, job.display), target)
     return restored(
