@@ -147,11 +147,9 @@ def _pixel_format(in_format: Any, codec: Any) -> str:
     if name in offered or not offered:
         return str(name)
     deep = max(c.bits for c in in_format.components) > 8
+    side = 64  # chroma planes of a 64x64 picture tell the subsampling
     sub = {(1, 1): "420", (1, 0): "422", (0, 0): "444"}.get(
-        (
-            int(in_format.width > in_format.chroma_width(in_format.width)),
-            int(in_format.height > in_format.chroma_height(in_format.height)),
-        ),
+        (int(in_format.chroma_width(side) < side), int(in_format.chroma_height(side) < side)),
         "420",
     )
     for candidate in (
