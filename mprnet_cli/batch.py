@@ -228,7 +228,13 @@ class _Runner:
         target, fmt = self.plan.resolve(job, decoded.info)
         width, height = decoded.width, decoded.height
         if isinstance(target, Path) and is_video(target):
-            return _done(failed(job, "an image is written as an image: -o needs .png, .jpg, .webp or .tif", target))
+            return _done(
+                failed(
+                    job,
+                    "an image is written as an image: -o needs .png, .jpg, .webp or .tif",
+                    target,
+                )
+            )
         if isinstance(target, Path):
             verdict = self.planner.check(job, target)
             if verdict is not None:

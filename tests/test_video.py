@@ -31,7 +31,7 @@ from mprnet_cli.cli import app  # noqa: E402
 from mprnet_cli.errors import UsageError  # noqa: E402
 from mprnet_cli.imageio import to_uint8  # noqa: E402
 from mprnet_cli.jobs import Callbacks, Status, expand_inputs, plan_outputs  # noqa: E402
-from mprnet_cli.video import VideoOptions, clip, is_video, load_clip_module  # noqa: E402
+from mprnet_cli.video import ClipReport, VideoOptions, clip, is_video, load_clip_module  # noqa: E402
 
 TB = Fraction(1, 12800)
 STEP = 533  # ticks of 1/12800 s: ~24 frames/s
@@ -135,9 +135,7 @@ def restorer(checkpoint: Path) -> Restorer:
     return Restorer(weights=checkpoint, device="cpu", backend="torch", precision="fp32", tile=0)
 
 
-def restore_file(
-    src: Path, dst: Path, restorer: Restorer, **kw: Any
-) -> clip.ClipReport:  # type: ignore[name-defined]
+def restore_file(src: Path, dst: Path, restorer: Restorer, **kw: Any) -> ClipReport:
     options = kw.pop("options", VideoOptions())
 
     def frame_fn(width: int, height: int) -> Callable[[Any], Any]:
@@ -149,7 +147,9 @@ def restore_file(
 # --------------------------------------------------------------------------- what is kept
 
 
-def test_vfr_rotation_audio_colour_and_metadata_are_kept(tmp_path: Path, restorer: Restorer) -> None:
+def test_vfr_rotation_audio_colour_and_metadata_are_kept(
+    tmp_path: Path, restorer: Restorer
+) -> None:
     src, dst = tmp_path / "phone.mp4", tmp_path / "out.mp4"
     stamps = make_clip(src, vfr=True, rotation=90)
     report = restore_file(src, dst, restorer)
@@ -216,7 +216,10 @@ def test_frames_equal_an_image_by_image_restore_at_lossless_quality(
         for a, b in zip(planes(got), planes(want), strict=True):
             np.testing.assert_array_equal(a, b)
         err = np.concatenate(
-            [(a.astype(float) - b).ravel() for a, b in zip(planes(approx), planes(want), strict=True)]
+            [
+                (a.astype(float) - b).ravel()
+                for a, b in zip(planes(approx), planes(want), strict=True)
+            ]
         )
         assert 10 * np.log10(255**2 / max(np.mean(err**2), 1e-12)) > 35
         unrestored = planes(frame)[0].astype(float) - planes(want)[0]
@@ -321,7 +324,11 @@ def test_no_video_stream_and_unknown_codec_are_clear_errors(tmp_path: Path) -> N
     make_clip(sound, video=False)
     with pytest.raises(clip.VideoError, match="no video stream"):
         clip.restore_video(
-            sound, tmp_path / "o.mkv", lambda w, h: lambda x: x, options=VideoOptions(), overwrite=False
+            sound,
+            tmp_path / "o.mkv",
+            lambda w, h: lambda x: x,
+            options=VideoOptions(),
+            overwrite=False,
         )
     src = tmp_path / "in.mp4"
     make_clip(src, frames=4, audio=None)
@@ -423,7 +430,14 @@ def test_cli_refusals_are_one_line(tmp_path: Path, checkpoint: Path) -> None:
     assert "local engine only" in ray.stderr
     png = runner.invoke(
         app,
-        ["derain", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "x.png"), "-w", str(checkpoint)],
+        [
+            "derain",
+            str(tmp_path / "clip.mp4"),
+            "-o",
+            str(tmp_path / "x.png"),
+            "-w",
+            str(checkpoint),
+        ],
     )
     assert png.exit_code == 1
     assert "a video is written as a video" in png.stderr

@@ -90,8 +90,9 @@ class OutputPlan:
             return None
         if self.destination is Destination.FILE:
             return self.path
-        if is_video(source.name):
-            return self.target(job, self.format)  # named by its extension alone
+        if is_video(source.name):  # named by its extension alone
+            clip = self.target(job, self.format)
+            return None if isinstance(clip, _Stdout) else clip
         fmt = predict_format(source.head if isinstance(source, StorePath) else source, self.format)
         if fmt is None:
             return None

@@ -30,6 +30,7 @@ from mprnet_cli.errors import MprnetError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
     from mprnet_cli.jobs import Callbacks, Job, RestorerLike, Result
+    from mprnet_cli.locations import StorePath
 
 #: Containers recognised as video inputs (case-insensitive), and written as outputs.
 VIDEO_EXTENSIONS: Final = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
@@ -49,7 +50,7 @@ class VideoError(MprnetError):
     """A clip that cannot be read or written (no video stream, unknown codec, damage)."""
 
 
-class _RunWide(Exception):
+class _RunWideError(Exception):
     """Carries a run-wide error (loading the network) out of the clip, past its handlers."""
 
     def __init__(self, error: MprnetError) -> None:
@@ -57,9 +58,10 @@ class _RunWide(Exception):
         self.error = error
 
 
-def is_video(path: PurePath | str) -> bool:
+def is_video(path: PurePath | StorePath | str) -> bool:
     """A video by its name: one of `VIDEO_EXTENSIONS`."""
-    return PurePath(path).suffix.lower() in VIDEO_EXTENSIONS
+    name = path if isinstance(path, str) else path.name
+    return PurePath(name).suffix.lower() in VIDEO_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def restore_clip_job(
         try:
             loaded = restorer()
         except MprnetError as exc:  # weights, device: the whole run's problem, as for images
-            raise _RunWide(exc) from exc
+            raise _RunWideError(exc) from exc
         plan = getattr(loaded, "clip_tiles", None)
         tiles = plan(height, width) if plan is not None else None
         extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
@@ -159,7 +161,7 @@ def restore_clip_job(
             overwrite=overwrite,
             progress=callbacks.frames,
         )
-    except _RunWide as wrapped:
+    except _RunWideError as wrapped:
         raise wrapped.error from None
     except OutputExistsError:  # appeared while we wrote (another process): not ours
         return Result(job.label, str(target), Status.SKIPPED)

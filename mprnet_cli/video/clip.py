@@ -101,7 +101,9 @@ def _ffmpeg_reason(exc: BaseException) -> str:
 def _video_stream(container: Any, source: Path) -> Any:
     streams = list(container.streams.video)
     if not streams:
-        raise VideoError(f"{source}: no video stream in this file (audio only?); nothing to restore")
+        raise VideoError(
+            f"{source}: no video stream in this file (audio only?); nothing to restore"
+        )
     stream = streams[0]
     if stream.codec_context is None:
         raise VideoError(f"{source}: its video codec cannot be decoded by this PyAV build")
@@ -191,11 +193,12 @@ class _Converter:
             src_colorspace=self.colorspace,
             src_color_range=self.color_range,
         ).to_ndarray()
-        scale = 65535.0 if self.deep else 255.0
-        return rgb.astype(np.float32) / np.float32(scale)
+        scale = np.float32(65535.0 if self.deep else 255.0)
+        out: npt.NDArray[np.float32] = np.asarray(rgb, dtype=np.float32) / scale
+        return out
 
     def to_frame(self, rgb: npt.NDArray[np.float32]) -> Any:
-        pixels = to_uint16(rgb) if self.deep else to_uint8(rgb)
+        pixels: Any = to_uint16(rgb) if self.deep else to_uint8(rgb)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=self.rgb)
         return frame.reformat(
             format=self.pix_fmt,
