@@ -17,8 +17,9 @@ means the last samples are no higher than the first.
 flicker: a static camera. The clean source is one still frame (smooth shapes and texture);
 the input adds rain streaks that differ per frame (`eval --degrade rain`) or noise.
 It reports the mean absolute difference between consecutive frames (0-255 scale) of the
-clean source (0 for a still), the input, and the restored output, plus the output's PSNR
-against the clean frame, with the bundled compact weights.
+clean source (0 for a still), the input, and the restored output without and with
+`--video-deflicker` S, plus each one's PSNR against the clean frame, with the bundled
+compact weights, and what the option costs per 1080p frame.
 
 Run: python3 benchmarks/bench_video.py throughput --size 1920x1080 --frames 240 --rounds 1
      python3 benchmarks/bench_video.py flicker --task derain --frames 24
@@ -27,6 +28,7 @@ Run: python3 benchmarks/bench_video.py throughput --size 1920x1080 --frames 240 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -36,14 +38,15 @@ from typing import Any
 
 import av
 import numpy as np
+from benchlib import host_info, measured_at, status_bytes
 from PIL import Image
 
-from benchlib import host_info, measured_at, status_bytes
 from mprnet_cli.api import Restorer
 from mprnet_cli.batch import Status, expand_inputs, plan_outputs, run_batch
 from mprnet_cli.jobs import Callbacks
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
+from mprnet_cli.video import Deflicker, VideoOptions
 
 TINY = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reduction=4)
 
@@ -126,7 +129,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 samples: list[int] = []
                 step = max(1, count // 10)
 
-                def frames(done: int, total: int | None, samples: list[int] = samples) -> None:
+                def frames(
+                    done: int, total: int | None, samples: list[int] = samples, step: int = step
+                ) -> None:
                     if done % step == 0 or done == total:
                         samples.append(status_bytes().get("VmRSS", 0))
 
@@ -177,17 +182,24 @@ def flicker(args: argparse.Namespace) -> dict[str, Any]:
         clip = root / "static.mkv"
         write_clip(clip, ((x * 255).round().astype(np.uint8) for x in inputs), audio=False)
         restorer = Restorer(args.task, device="cpu", backend="torch", model="bundled")
-        expansion = expand_inputs([str(clip)], suffix="_r")
-        plan = plan_outputs(expansion, None, suffix="_r")
-        (result,) = run_batch(expansion.jobs, restorer, plan)
-        assert result.status is Status.OK, result.error
-        with av.open(str(root / "static_r.mkv")) as c:
-            out = [f.to_ndarray(format="rgb24").astype(np.float32) for f in c.decode(video=0)]
+        outputs: dict[str, list[Any]] = {}
+        seconds: dict[str, float] = {}
+        for s in (0.0, *args.deflicker):
+            expansion = expand_inputs([str(clip)], suffix=f"_{s}")
+            plan = plan_outputs(expansion, None, suffix=f"_{s}")
+            start = time.perf_counter()
+            (result,) = run_batch(expansion.jobs, restorer, plan, video=VideoOptions(deflicker=s))
+            seconds[f"deflicker {s}"] = time.perf_counter() - start
+            assert result.status is Status.OK, result.error
+            with av.open(str(root / f"static_{s}.mkv")) as c:
+                outputs[f"deflicker {s}"] = [
+                    f.to_ndarray(format="rgb24").astype(np.float32) for f in c.decode(video=0)
+                ]
         with av.open(str(clip)) as c:
             seen = [f.to_ndarray(format="rgb24").astype(np.float32) for f in c.decode(video=0)]
 
     def mad(frames: list[Any]) -> float:
-        return float(np.mean([np.abs(b - a).mean() for a, b in zip(frames, frames[1:])]))
+        return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(frames)]))
 
     def psnr(frames: list[Any]) -> float:
         ref = clean * 255
@@ -199,9 +211,27 @@ def flicker(args: argparse.Namespace) -> dict[str, Any]:
         "task": args.task,
         "size": f"{w}x{h}",
         "frames": args.frames,
-        "consecutive_mad_0_255": {"clean": 0.0, "input": mad(seen), "output": mad(out)},
-        "psnr_vs_clean_db": {"input": psnr(seen), "output": psnr(out)},
+        "consecutive_mad_0_255": {
+            "clean": 0.0,
+            "input": mad(seen),
+            **{k: mad(v) for k, v in outputs.items()},
+        },
+        "psnr_vs_clean_db": {"input": psnr(seen), **{k: psnr(v) for k, v in outputs.items()}},
+        "clip_seconds": seconds,
+        "deflicker_ms_per_1080p_frame": deflicker_cost(),
     }
+
+
+def deflicker_cost() -> float:
+    """The option's own cost: one `Deflicker` step on a 1920x1080 float frame."""
+    rng = np.random.default_rng(0)
+    frames = [rng.random((1080, 1920, 3), dtype=np.float32) * 0.02 + 0.5 for _ in range(2)]
+    step = Deflicker(0.5)
+    step(frames[0])
+    start = time.perf_counter()
+    for i in range(10):
+        step(frames[i % 2])
+    return round((time.perf_counter() - start) * 100, 1)
 
 
 def main() -> None:
@@ -217,6 +247,7 @@ def main() -> None:
     f.add_argument("--frames", type=int, default=24)
     f.add_argument("--width", type=int, default=256)
     f.add_argument("--height", type=int, default=160)
+    f.add_argument("--deflicker", type=float, nargs="*", default=[0.5, 0.8])
     args = parser.parse_args()
     result = throughput(args) if args.what == "throughput" else flicker(args)
     print(json.dumps(result, indent=1))

@@ -10,6 +10,7 @@ its bound is stated where it is checked.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typer.testing import CliRunner
 
 av = pytest.importorskip("av")  # the [video] extra, which dev/CI install
 
+from mprnet_cli import video  # noqa: E402
 from mprnet_cli.api import Restorer  # noqa: E402
 from mprnet_cli.batch import run_batch  # noqa: E402
 from mprnet_cli.cli import app  # noqa: E402
@@ -442,3 +444,63 @@ def test_cli_refusals_are_one_line(tmp_path: Path, checkpoint: Path) -> None:
     assert png.exit_code == 1
     assert "a video is written as a video" in png.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------- flicker
+
+
+def test_deflicker_averages_a_still_scene_and_leaves_motion_alone() -> None:
+    """Independent per-frame wobble of sd 2/255 on a still scene: the recursive blend with
+    s = 0.5 must cut the consecutive-frame difference (theory: variance x (1-s)/(1+s), so
+    MAD x ~0.58 in the steady state; asserted < 0.75 for 40 random frames). A moving edge
+    (change far above the tolerance) must pass through bit for bit."""
+    rng = np.random.default_rng(3)
+    still = rng.random((32, 48, 3), dtype=np.float32)
+    frames = [still + rng.normal(0, 2 / 255, still.shape).astype(np.float32) for _ in range(40)]
+
+    def mad(xs: list[Any]) -> float:
+        return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(xs)]))
+
+    blend = video.Deflicker(0.5)
+    smoothed = [blend(f) for f in frames]
+    assert mad(smoothed) < 0.75 * mad(frames)
+    assert np.abs(np.mean(smoothed[10:], axis=0) - still).max() < 4 / 255  # no drift
+
+    moving = video.Deflicker(0.5)
+    a = np.zeros((8, 8, 3), np.float32)
+    b = a.copy()
+    b[:, 4:] = 1.0  # an edge moved in: every changed pixel differs by 1.0
+    moving(a)
+    out = moving(b)
+    np.testing.assert_array_equal(out[:, 4:], b[:, 4:])
+    assert video.Deflicker(0.0)(b) is b  # off: the frame itself
+
+
+def test_deflicker_option_reaches_the_clip(tmp_path: Path, checkpoint: Path) -> None:
+    """--video-deflicker changes a noisy still clip's output and lowers its flicker."""
+    src = tmp_path / "still.mkv"
+    make_clip(src, frames=12, audio=None)  # moving gradients: replace with a still + noise
+    rng = np.random.default_rng(5)
+    base = rng.integers(40, 200, (64, 96, 3), dtype=np.uint8)
+    out = av.open(str(src), "w", format="matroska")
+    v = out.add_stream("h264", rate=24)
+    v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+    v.codec_context.options = {"crf": "0"}
+    for i in range(12):
+        noisy = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+        f = av.VideoFrame.from_ndarray(noisy, format="rgb24")
+        f.pts, f.time_base = i, Fraction(1, 24)
+        out.mux(v.encode(f))
+    out.mux(v.encode(None))
+    out.close()
+    args = ["denoise", str(src), "-w", str(checkpoint), "-q", "--tile", "0", "--video-quality", "0"]
+    plain = CliRunner().invoke(app, [*args, "--suffix", "_a"])
+    steady = CliRunner().invoke(app, [*args, "--suffix", "_b", "--video-deflicker", "0.8"])
+    assert plain.exit_code == steady.exit_code == 0, plain.output + steady.output
+
+    def mad(path: Path) -> float:
+        _, frames = video_frames(path)
+        xs = [f.to_ndarray(format="rgb24").astype(float) for f in frames]
+        return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(xs)]))
+
+    assert mad(tmp_path / "still_b.mkv") < 0.8 * mad(tmp_path / "still_a.mkv")

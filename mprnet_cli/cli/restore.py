@@ -121,6 +121,17 @@ VideoCodecOpt = Annotated[
         show_default=False,
     ),
 ]
+VideoDeflickerOpt = Annotated[
+    float,
+    typer.Option(
+        "--video-deflicker",
+        metavar="S",
+        min=0.0,
+        max=0.95,
+        help="Video inputs: blend each frame with the previous output by S where the "
+        "picture is still (never where it moves), against flicker; 0 off (README: Video).",
+    ),
+]
 VideoStrictOpt = Annotated[
     bool,
     typer.Option(
@@ -223,6 +234,7 @@ class BatchOptions:
     video_quality: int = 18
     video_codec: str | None = None
     video_strict: bool = False
+    video_deflicker: float = 0.0
 
 
 def _restore(
@@ -325,7 +337,10 @@ def _video_options(jobs: list[Job], batch: BatchOptions, *, ray: bool) -> VideoO
             "video inputs are restored by the local engine only (for now); drop --engine ray"
         )
     return VideoOptions(
-        quality=batch.video_quality, codec=batch.video_codec, strict=batch.video_strict
+        quality=batch.video_quality,
+        codec=batch.video_codec,
+        strict=batch.video_strict,
+        deflicker=batch.video_deflicker,
     )
 
 
@@ -382,6 +397,7 @@ def register(app: typer.Typer, task: Task) -> None:
         video_quality: VideoQualityOpt = 18,
         video_codec: VideoCodecOpt = None,
         video_strict: VideoStrictOpt = False,
+        video_deflicker: VideoDeflickerOpt = 0.0,
         weights: WeightsOpt = None,
         model: ModelOpt = ModelChoice.AUTO,
         device: DeviceOpt = "auto",
@@ -429,6 +445,7 @@ def register(app: typer.Typer, task: Task) -> None:
             video_quality=video_quality,
             video_codec=video_codec,
             video_strict=video_strict,
+            video_deflicker=video_deflicker,
         )
         _restore(task, inputs, batch, network, cluster)
 
