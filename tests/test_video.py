@@ -504,3 +504,16 @@ def test_deflicker_option_reaches_the_clip(tmp_path: Path, checkpoint: Path) -> 
         return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(xs)]))
 
     assert mad(tmp_path / "still_b.mkv") < 0.8 * mad(tmp_path / "still_a.mkv")
+
+
+def test_only_the_clip_module_imports_av() -> None:
+    """PyAV is optional: one module imports it, so the rest (and `mprnet --help`) never do."""
+    import re
+
+    root = Path(video.__file__).resolve().parent.parent
+    importers = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if re.search(r"^\s*(import av\b|from av[\s.])", p.read_text(encoding="utf-8"), re.M)
+    )
+    assert importers == ["video/clip.py"]
