@@ -166,7 +166,12 @@ def _pixel_format(in_format: Any, codec: Any) -> str:
 
 def _quality_options(codec_name: str, quality: int) -> dict[str, str]:
     """The CRF-like `quality` in each encoder's own terms."""
-    if codec_name in ("libx264", "libx265", "libsvtav1"):
+    if codec_name == "libx265":  # x265 logs to stderr by itself unless told not to
+        return {"crf": str(quality), "x265-params": "log-level=error"}
+    if codec_name == "libsvtav1":  # SVT-AV1 logs its whole configuration unless told not to
+        os.environ.setdefault("SVT_LOG", "1")  # errors only; read when the encoder opens
+        return {"crf": str(quality)}
+    if codec_name == "libx264":
         return {"crf": str(quality)}
     if codec_name in ("libvpx-vp9", "libvpx", "libaom-av1"):
         return {"crf": str(quality), "b": "0"}
@@ -266,12 +271,14 @@ def _restore_open(
             report = _run(
                 inp, vin, others, out, head, items, first, frame_fn, options, state, progress
             )
-        finally:
-            if state.error is None:
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first failure is the one to report
                 out.close()
-            else:
-                with contextlib.suppress(Exception):
-                    out.close()
+            raise
+        try:
+            out.close()  # the trailer (MP4's index) is written here
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"{target}: cannot finish writing ({_ffmpeg_reason(exc)})") from None
         commit_temp(tmp, target, overwrite=overwrite)
     except BaseException:
         with contextlib.suppress(OSError):
