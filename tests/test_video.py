@@ -517,3 +517,30 @@ def test_only_the_clip_module_imports_av() -> None:
         if re.search(r"^\s*(import av\b|from av[\s.])", p.read_text(encoding="utf-8"), re.M)
     )
     assert importers == ["video/clip.py"]
+
+
+def test_output_folder_other_container_and_overwrite(tmp_path: Path, checkpoint: Path) -> None:
+    src = tmp_path / "in" / "clip.mp4"
+    src.parent.mkdir()
+    make_clip(src, frames=4)
+    base = ["derain", "-w", str(checkpoint), "-q", "--tile", "0", "--json"]
+    runner = CliRunner()
+    into = runner.invoke(app, [*base, str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert into.exit_code == 0, into.output
+    assert (tmp_path / "out" / "clip_derained.mp4").is_file()
+    mkv = tmp_path / "clip.mkv"
+    remux = runner.invoke(app, [*base, str(src), "-o", str(mkv)])
+    assert remux.exit_code == 0, remux.output
+    with av.open(str(mkv)) as c:
+        assert c.format.name.startswith("matroska")
+        assert len(list(c.decode(video=0))) == 4
+    # the same packets; Matroska cannot start below 0, so the muxer shifts every stream
+    # alike by MP4's AAC priming (-1024 samples) and rounds to its 1 ms time base
+    assert [b for b, _ in audio_packets(mkv)] == [b for b, _ in audio_packets(src)]
+    before = mkv.stat().st_mtime_ns
+    again = runner.invoke(app, [*base, str(src), "-o", str(mkv)])
+    assert json.loads(again.stdout)["status"] == "skipped"
+    forced = runner.invoke(app, [*base, str(src), "-o", str(mkv), "--overwrite"])
+    assert json.loads(forced.stdout)["status"] == "ok"
+    assert mkv.stat().st_mtime_ns != before
+    assert not [p for p in tmp_path.rglob("*.tmp")]
