@@ -110,10 +110,13 @@ class Deflicker:
             self._previous = frame
             return frame
         delta = previous - frame
-        change = np.abs(delta).max(axis=2, keepdims=True)
-        weight = np.clip(1.0 - change / np.float32(self.tolerance), 0.0, 1.0)
-        weight *= np.float32(self.strength)
-        out: npt.NDArray[np.float32] = frame + weight * delta
+        size = np.abs(delta)
+        change = np.maximum(np.maximum(size[..., 0], size[..., 1]), size[..., 2])
+        # weight = strength * clip(1 - change / tolerance, 0, 1), in place
+        weight = np.float32(self.strength) - change * np.float32(self.strength / self.tolerance)
+        np.maximum(weight, 0.0, out=weight)
+        delta *= weight[..., None]
+        out: npt.NDArray[np.float32] = frame + delta
         self._previous = out
         return out
 
