@@ -12,6 +12,7 @@ reloads its weights on the other side, so it can be sent to worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from mprnet_cli.pipeline import (
     RunStats,
     TileOptions,
     Warn,
+    auto_tile,
     estimate_bytes_per_pixel,
     restore_array,
 )
@@ -40,6 +42,7 @@ from mprnet_cli.quality import apply_strength, self_ensemble
 from mprnet_cli.settings import RestoreSettings, settings_of
 from mprnet_cli.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
+from mprnet_cli.tiling import round_up
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
@@ -133,6 +136,7 @@ class Restorer:
         warn: Warn | None = None,
         strength: float | None = None,
         ensemble: Ensemble | None = None,
+        tiles: TileOptions | None = None,
     ) -> tuple[NDArray[np.float32], RunStats]:
         """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out.
 
@@ -140,14 +144,24 @@ class Restorer:
         tile loop) and the strength (on the result), each only when asked for.
         `strength` and `ensemble` override the Restorer's own for this call only (a
         service shares one network between requests that ask for different ones).
+        `tiles` replaces this Restorer's tile options (a clip's plan, `clip_tiles`).
         """
         mode = self.ensemble if ensemble is None else ensemble
         forward = self_ensemble(self.backend, mode)
         run = _SPLIT_LINE_RUNS[self.split_lines]
         restored, stats = run(
-            self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
+            self.backend, rgb, tiles or self.options, forward=forward, progress=progress, warn=warn
         )
         return apply_strength(restored, rgb, self.strength if strength is None else strength), stats
+
+    def clip_tiles(self, height: int, width: int) -> TileOptions:
+        """The tile options for every frame of a height x width clip: `auto` resolved once
+        (from free memory now), so all frames are cut alike and none re-plans."""
+        if self.options.tile is not None:
+            return self.options
+        align = self.backend.capabilities.align
+        tile = auto_tile(self.backend, round_up(height, align), round_up(width, align))
+        return dataclasses.replace(self.options, tile=tile)
 
     @overload
     def restore(self, image: Image.Image) -> Image.Image: ...

@@ -39,6 +39,8 @@ DEFAULT_OVERLAP: Final = 32
 DEFAULT_JPEG_QUALITY: Final = 95
 #: Images above this many pixels are refused (decompression bombs): 16384 x 16384 ~ 268 MP.
 DEFAULT_MAX_PIXELS: Final = 16384 * 16384
+#: CRF-like quality of re-encoded video: x264's "visually lossless" point.
+DEFAULT_VIDEO_QUALITY: Final = 18
 #: The largest --tile-overlap --tile auto takes: a quarter of its usual 512-px tile
 #: (`pipeline.DEFAULT_TILE`, not imported here: it brings torch into a usage error).
 AUTO_MAX_OVERLAP: Final = 128
@@ -102,6 +104,10 @@ class RestoreSettings:
     format: OutputFormat = OutputFormat.SAME
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # None (or 0 given): no limit
+    video_quality: int = DEFAULT_VIDEO_QUALITY  # CRF-like, x264's scale (0 lossless)
+    video_codec: str | None = None  # None: the input's codec where an encoder exists
+    video_strict: bool = False  # a damaged packet fails the clip instead of being skipped
+    video_deflicker: float = 0.0  # blend with the previous output where still; 0 off
 
     def __post_init__(self) -> None:
         """Coerce the spellings users pass (strings, ints, PathLikes) and check each value."""
@@ -122,6 +128,16 @@ class RestoreSettings:
         _at_least(self.threads, 1, "--threads")
         _at_least(self.tile_overlap, 0, "--tile-overlap")
         _at_least(self.max_pixels, 1, "--max-pixels")
+        if (
+            isinstance(self.video_quality, bool)
+            or not isinstance(self.video_quality, int)
+            or not 0 <= self.video_quality <= 63
+        ):
+            raise UsageError(f"--video-quality must be 0-63 (CRF-like), got {self.video_quality!r}")
+        deflicker = float(self.video_deflicker)
+        if math.isnan(deflicker) or not 0.0 <= deflicker < 1.0:
+            raise UsageError(f"--video-deflicker must be in [0, 1), got {self.video_deflicker!r}")
+        set_(self, "video_deflicker", deflicker)
         if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
             raise UsageError(f"--jpeg-quality must be between 1 and 100, got {self.jpeg_quality!r}")
         self._check_tiles()

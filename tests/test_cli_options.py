@@ -50,6 +50,10 @@ CHANGED = RestoreSettings(
     format=OutputFormat.WEBP,
     jpeg_quality=80,
     max_pixels=1000,
+    video_quality=30,
+    video_codec="hevc",
+    video_strict=True,
+    video_deflicker=0.5,
 )
 
 
@@ -77,7 +81,8 @@ def test_the_restore_command_passes_every_option_into_one_settings_value(
         "--precision", "bf16", "--backend", "torch", "-t", "64", "--tile-overlap", "16",
         "--tile-batch", "3", "--compile", "--strength", "0.5", "--ensemble", "8",
         "--hide-split-lines", "--threads", "2", "--format", "webp", "--jpeg-quality", "80",
-        "--max-pixels", "1000",
+        "--max-pixels", "1000", "--video-quality", "30", "--video-codec", "hevc",
+        "--video-strict", "--video-deflicker", "0.5",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -253,6 +253,46 @@ def parse_format(value: str) -> OutputFormat:
         ) from None
 
 
+VideoQualityOpt = Annotated[
+    int,
+    typer.Option(
+        "--video-quality",
+        metavar="CRF",
+        parser=whole(0, 63),
+        help="Video inputs: CRF-like quality of the re-encoded video, lower is better "
+        "(x264's scale; 0 lossless for H.264/H.265).",
+    ),
+]
+VideoCodecOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--video-codec",
+        metavar="CODEC",
+        help="Video inputs: encode with this codec (h264, hevc, vp9, av1; default: the "
+        "input's where an encoder exists, else h264).",
+        show_default=False,
+    ),
+]
+VideoDeflickerOpt = Annotated[
+    float,
+    typer.Option(
+        "--video-deflicker",
+        metavar="S",
+        parser=number(0.0, 0.95),
+        help="Video inputs: blend each frame with the previous output by S where the "
+        "picture is still (never where it moves), against flicker; 0 off (README: Video).",
+    ),
+]
+VideoStrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--video-strict",
+        help="Video inputs: fail a clip at its first damaged packet (default: skip it "
+        "and warn with its timestamp).",
+    ),
+]
+
+
 # --------------------------------------------------------------------------- settings
 
 _FIELD_DEFAULT: Final = object()
@@ -287,6 +327,10 @@ SETTINGS_OPTIONS: Final[dict[str, SettingOption]] = {
     "hide_split_lines": SettingOption(HideSplitLinesOpt, default=False),
     "threads": SettingOption(ThreadsOpt),
     "compile": SettingOption(CompileOpt),
+    "video_quality": SettingOption(VideoQualityOpt),
+    "video_codec": SettingOption(VideoCodecOpt),
+    "video_strict": SettingOption(VideoStrictOpt),
+    "video_deflicker": SettingOption(VideoDeflickerOpt),
 }
 
 Command = Callable[..., None]

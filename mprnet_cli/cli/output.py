@@ -105,6 +105,7 @@ class Reporter:
         self.count = count  # --watch: each line starts with the running count, [n]
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self._bar: Progress | None = None
+        self._clip_start = 0.0
         if bar:
             from rich.console import Console
             from rich.progress import (
@@ -152,11 +153,29 @@ class Reporter:
     def started(self, job: Job, width: int, height: int) -> None:
         if self._bar is not None:
             self._bar.update(self._files, description=job.label)
-            self._bar.update(self._tiles, visible=False, completed=0)
+            self._bar.update(self._tiles, description="  tiles", visible=False, completed=0)
 
     def tiles(self, done: int, total: int) -> None:
         if self._bar is not None and total > 1:
             self._bar.update(self._tiles, total=total, completed=done, visible=True)
+
+    def frames(self, done: int, total: int | None) -> None:
+        """A clip's frames: the bar shows frames/s and, with a known count, the ETA."""
+        if self._bar is None:
+            return
+        import time
+
+        if done <= 1:
+            self._clip_start = time.perf_counter()
+        elapsed = time.perf_counter() - self._clip_start
+        rate = f"{(done - 1) / elapsed:.1f}" if done > 1 and elapsed > 0 else "-"
+        self._bar.update(
+            self._tiles,
+            description=f"  frames {rate}/s",
+            total=total,
+            completed=done,
+            visible=True,
+        )
 
     def finished(self, result: Result) -> None:
         from mprnet_cli.cli.values import plural

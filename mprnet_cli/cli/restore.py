@@ -180,6 +180,7 @@ def _restore(
             say(f"mprnet: {note}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=settings.format)
         _check_output_folder(plan, expansion.jobs)
+        _check_clips(expansion.jobs, ray=ray)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
@@ -202,7 +203,12 @@ def _restore(
             plan,
             settings,
             overwrite=batch.overwrite,
-            callbacks=Callbacks(started=reporter.started, tiles=reporter.tiles, finished=finished),
+            callbacks=Callbacks(
+                started=reporter.started,
+                tiles=reporter.tiles,
+                frames=reporter.frames,
+                finished=finished,
+            ),
             notify=reporter.note,
             quiet=quiet,
             cluster=cluster,
@@ -231,6 +237,17 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
+
+
+def _check_clips(jobs: list[Job], *, ray: bool) -> None:
+    """Video with --engine ray is refused up front, in one line."""
+    from mprnet_cli.errors import UsageError
+    from mprnet_cli.video import is_video
+
+    if ray and any(j.source is not None and is_video(j.source) for j in jobs):
+        raise UsageError(
+            "video inputs are restored by the local engine only (for now); drop --engine ray"
+        )
 
 
 def _check_watch(inputs: list[str], output: str | None, *, ray: bool) -> None:
@@ -355,7 +372,8 @@ def register(app: typer.Typer, task: Task) -> None:
 
     command.__doc__ = (
         f"{task.summary}\n\n"
-        "INPUT: image files, folders, quoted globs ('photos/**/*.jpg'), or - for stdin.\n\n"
+        "INPUT: image or video files, folders, quoted globs ('photos/**/*.jpg'), or - for "
+        "stdin.\n\n"
         f"Writes <stem>_{task.past_tense}<ext> next to each input, as the same kind of file "
         "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
         "skipped, so rerunning an interrupted batch resumes it.\n\n"

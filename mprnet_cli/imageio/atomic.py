@@ -42,16 +42,7 @@ def _atomic_write(target: Path, data: bytes, *, overwrite: bool) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        if overwrite:
-            with contextlib.suppress(OSError):  # keep the replaced file's permissions
-                tmp.chmod(stat.S_IMODE(target.stat().st_mode))
-            try:
-                tmp.replace(target)
-            except FileNotFoundError as exc:
-                raise _vanished(tmp, target, exc) from None
-        else:
-            _link_no_clobber(tmp, target)
-        _fsync_dir(folder)
+        _move_into_place(tmp, target, overwrite=overwrite)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -60,6 +51,33 @@ def _atomic_write(target: Path, data: bytes, *, overwrite: bool) -> None:
 
 #: Bytes a temporary file's name adds to its output's: "." before, ".<8 hex>.tmp" after.
 TEMP_NAME_EXTRA: Final = 14
+
+
+def commit_temp(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    """Move a finished `create_temp` file into place (fsynced first): what `write_atomic`
+    does after writing, for writers that stream into the temporary file themselves (video).
+    The caller removes `tmp` if this fails."""
+    try:
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        _move_into_place(tmp, target, overwrite=overwrite)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _output_error(target, exc) from None
+
+
+def _move_into_place(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    if overwrite:
+        with contextlib.suppress(OSError):  # keep the replaced file's permissions
+            tmp.chmod(stat.S_IMODE(target.stat().st_mode))
+        try:
+            tmp.replace(target)
+        except FileNotFoundError as exc:
+            raise _vanished(tmp, target, exc) from None
+    else:
+        _link_no_clobber(tmp, target)
+    _fsync_dir(target.parent)
 
 
 def create_temp(folder: Path, name: str) -> tuple[Path, int]:

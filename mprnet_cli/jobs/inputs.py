@@ -17,8 +17,11 @@ from typing import Final
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import IMAGE_EXTENSIONS
 from mprnet_cli.locations import StorePath, Where, glob_store, is_uri, location, walk_order
+from mprnet_cli.video import VIDEO_EXTENSIONS
 
 STDIN_ARG: Final = "-"
+#: What folders and globs pick up: images and video clips.
+INPUT_EXTENSIONS: Final = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 _GLOB_CHARS: Final = frozenset("*?[")
 
 
@@ -147,9 +150,9 @@ class _Scanner:
         self.notes: list[str] = []
 
     def named(self, path: Where) -> bool:
-        """The name rules alone: an image's extension, not hidden, not one of our outputs."""
+        """The name rules alone: an image's or video's extension, not hidden, not one of our outputs."""
         name = path.name
-        if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if name.startswith(".") or path.suffix.lower() not in INPUT_EXTENSIONS:
             return False
         # one of our outputs: a rerun resumes instead of restoring it
         return not (self.suffix and path.stem.endswith(self.suffix))

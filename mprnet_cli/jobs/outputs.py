@@ -22,6 +22,7 @@ from mprnet_cli.imageio import (
 )
 from mprnet_cli.jobs.inputs import Expansion, Job
 from mprnet_cli.locations import StorePath, Where, location
+from mprnet_cli.video import is_video
 
 
 class Destination(str, Enum):
@@ -48,6 +49,8 @@ Target = Path | StorePath | _Stdout
 def output_name(job: Job, suffix: str, fmt: OutputFormat) -> str:
     """`<stem><suffix><ext>`, keeping the input's extension spelling when the format is its own."""
     own = job.source.suffix if job.source is not None else ""
+    if job.source is not None and is_video(job.source):  # a clip keeps its container
+        return f"{job.stem}{suffix}{own}"
     ext = own if own and format_from_suffix(f"x{own}") is fmt else extension_for(fmt)
     return f"{job.stem}{suffix}{ext}"
 
@@ -87,6 +90,9 @@ class OutputPlan:
             return None
         if self.destination is Destination.FILE:
             return self.path
+        if is_video(source.name):  # named by its extension alone
+            clip = self.target(job, self.format)
+            return None if isinstance(clip, _Stdout) else clip
         fmt = predict_format(source.head if isinstance(source, StorePath) else source, self.format)
         if fmt is None:
             return None
@@ -131,9 +137,12 @@ def plan_outputs(
     as_folder = output.endswith(("/", os.sep)) or path.is_dir()
     if expansion.single_file and not as_folder:
         wanted = format_from_suffix(path.name)
+        if is_video(path.name):  # a clip's -o FILE: the runner checks the input is a clip
+            return OutputPlan(Destination.FILE, path, suffix=suffix, format=fmt)
         if wanted is None and path.suffix:
             raise UsageError(
-                f"-o {output}: cannot write {path.suffix} files; use .png, .jpg, .webp or .tif"
+                f"-o {output}: cannot write {path.suffix} files; use .png, .jpg, .webp or .tif "
+                "(or .mp4, .mkv, .mov, .webm, .avi, .m4v for a video)"
             )
         if wanted is not None and fmt not in (OutputFormat.SAME, wanted):
             raise UsageError(

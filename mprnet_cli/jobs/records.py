@@ -108,6 +108,7 @@ class Callbacks:
 
     started: Callable[[Job, int, int], None] | None = None  # job, width, height: restore begins
     tiles: Callable[[int, int], None] | None = None  # done, total tiles of the current image
+    frames: Callable[[int, int | None], None] | None = None  # done, total (None: unknown) of a clip
     # when the output is written (or the failure known), before the result is yielded; also
     # for results settled when the run is stopped (Ctrl-C, SIGTERM, an error), which are
     # then never yielded

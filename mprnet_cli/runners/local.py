@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from mprnet_cli._stdio import write_stdout
-from mprnet_cli.errors import OutputError, UsageError, describe_os_error
+from mprnet_cli.errors import MprnetError, OutputError, UsageError, describe_os_error
 from mprnet_cli.jobs import (
     Callbacks,
     Destination,
@@ -47,10 +47,12 @@ from mprnet_cli.jobs import (
     Result,
     Target,
     failed,
+    unexpected,
 )
 from mprnet_cli.locations import StorePath
 from mprnet_cli.runners import stages
 from mprnet_cli.settings import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
+from mprnet_cli.video import VideoOptions, is_video, restore_clip_job
 
 if TYPE_CHECKING:
     from mprnet_cli.runners.base import RunRequest
@@ -69,6 +71,7 @@ class _Prepared:
 
     job: Job
     item: stages.Decoded | stages.Failed | None = None
+    clip: bool = False  # a video: it streams through `_clip` on the main thread
 
 
 class _Inline:
@@ -103,6 +106,7 @@ class _Runner:
     stdin: BinaryIO | None = None
     stdout: BinaryIO | None = None
     raise_unexpected: bool = False
+    video: VideoOptions = field(default_factory=VideoOptions)
     _loaded: RestorerLike | None = None
     _planner: Planner | None = None  # the run's claims and checks, made by `run`
     _lock: threading.Lock = field(default_factory=threading.Lock)  # one callback at a time
@@ -134,6 +138,11 @@ class _Runner:
             with self._lock:
                 self.callbacks.tiles(done, total)
 
+    def _frames(self, done: int, total: int | None) -> None:
+        if self.callbacks.frames is not None:
+            with self._lock:
+                self.callbacks.frames(done, total)
+
     def _emit(self, result: Result) -> Result:
         """Report a settled result now (on the thread that settled it)."""
         if self.callbacks.finished is not None:
@@ -147,6 +156,8 @@ class _Runner:
             return _Prepared(job, stages.Failed(job.error))
         if predict and self.planner.exists_ahead(job):
             return _Prepared(job)  # its predicted output exists: no decode was needed
+        if _is_clip(job):
+            return _Prepared(job, clip=True)
         if job.source is None:
             stream = self.stdin if self.stdin is not None else sys.stdin.buffer
             data: Path | bytes = stream.read()
@@ -162,6 +173,8 @@ class _Runner:
     def _process(self, prepared: _Prepared, writer: ThreadPoolExecutor | _Inline) -> Future[Result]:
         """Restore one job and hand it to the writer, which settles every job in turn."""
         job, item = prepared.job, prepared.item
+        if prepared.clip:
+            return writer.submit(self._emit, self._clip(job))
         if item is None:  # not decoded (output predicted): settle the name with the usual checks
             predicted = self.plan.predict(job)
             if predicted is not None:
@@ -176,6 +189,9 @@ class _Runner:
             return writer.submit(self._emit, failed(job, item.error))
         target = self.plan.target(job, item.fmt)
         width, height = item.size
+        if isinstance(target, Path) and is_video(target):
+            message = "an image is written as an image: -o needs .png, .jpg, .webp or .tif"
+            return writer.submit(self._emit, failed(job, message, target))
         if isinstance(target, Path):
             verdict = self.planner.check(job, target)
             if verdict is None:
@@ -190,6 +206,34 @@ class _Runner:
         done = stages.restore(restorer, item, progress=self._tiles, bug=self._bug)
         del item, prepared  # the decoded pixels go before the next restore
         return writer.submit(self._write, job, target, done)
+
+    def _clip(self, job: Job) -> Result:
+        """A video input: the usual checks on its output, then the clip end to end
+        (`mprnet_cli.video`: its own decode and encode threads beside this one)."""
+        target = self.plan.target(job, self.plan.format)
+        if not isinstance(target, Path):
+            return failed(job, "a video cannot be written to stdout; give -o FILE or -o DIR")
+        verdict = self.planner.check(job, target)
+        if verdict is not None:
+            return verdict
+        problem = self.planner.folder_problem(target.parent)
+        if problem is not None:
+            return failed(job, problem, target)
+        try:
+            return restore_clip_job(
+                job,
+                target,
+                self._get_restorer,
+                options=self.video,
+                overwrite=self.overwrite,
+                callbacks=Callbacks(started=self._started, frames=self._frames),
+            )
+        except MprnetError:
+            raise  # run-wide (weights, device): as for images
+        except Exception as exc:
+            if self.raise_unexpected:
+                raise
+            return failed(job, unexpected(exc, "restoring the video"), target)
 
     # -- writer thread
     def _write(self, job: Job, target: Target, item: stages.Restored | stages.Failed) -> Result:
@@ -256,6 +300,10 @@ class _Runner:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _is_clip(job: Job) -> bool:
+    return job.error is None and isinstance(job.source, Path) and is_video(job.source)
+
+
 def _write_stdout(data: bytes, stream: BinaryIO | None) -> None:
     try:
         write_stdout(data, stream)
@@ -279,6 +327,7 @@ def run_batch(
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
     raise_unexpected: bool = False,
+    video: VideoOptions | None = None,
 ) -> Generator[Result, None, None]:
     """Restore `jobs`, yielding one `Result` per job in order.
 
@@ -289,6 +338,7 @@ def run_batch(
     decompression bombs (None: no limit). Per-file problems become
     failed results; errors that concern the whole run (weights, devices) propagate.
     `raise_unexpected` lets bugs raise instead of failing the file (MPRNET_DEBUG).
+    Video inputs (`mprnet_cli.video.is_video`) are written as clips with `video`'s settings.
 
     A caller that may stop early (an error, Ctrl-C between results) should `close()` the
     generator (`contextlib.closing`): that stops the threads at once, dropping queued work
@@ -313,6 +363,7 @@ def run_batch(
         stdin=stdin,
         stdout=stdout,
         raise_unexpected=raise_unexpected,
+        video=video or VideoOptions(),
     )
     return runner.run(jobs)
 
@@ -345,4 +396,10 @@ def run(
         stdin=request.stdin,
         stdout=request.stdout,
         raise_unexpected=request.raise_unexpected,
+        video=VideoOptions(
+            quality=settings.video_quality,
+            codec=settings.video_codec,
+            strict=settings.video_strict,
+            deflicker=settings.video_deflicker,
+        ),
     )
