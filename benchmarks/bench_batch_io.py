@@ -36,10 +36,11 @@ import torch
 from PIL import Image
 
 from mprnet_cli.api import Restorer
-from mprnet_cli.batch import Status, expand_inputs, plan_outputs, run_batch
 from mprnet_cli.imageio import OutputFormat, encode_image, read_image, resolve_format
+from mprnet_cli.jobs import Status, expand_inputs, plan_outputs
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
+from mprnet_cli.runners.local import run_batch
 
 CONFIGS = {
     "tiny": MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reduction=4),

@@ -34,11 +34,13 @@ from benchlib import host_info, measured_at
 from PIL import Image
 
 from mprnet_cli.api import Restorer
-from mprnet_cli.batch import Status, expand_inputs, plan_outputs, run_batch
 from mprnet_cli.choices import ModelChoice
 from mprnet_cli.imageio import encode_image, read_image
-from mprnet_cli.runners import RaySettings
+from mprnet_cli.jobs import Status, expand_inputs, plan_outputs
+from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners import ray as ray_runner
+from mprnet_cli.runners.local import run_batch
+from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import resolve
 
@@ -68,8 +70,9 @@ def run_ray(folder: Path, out: Path, task: Task, threads: int | None) -> tuple[f
         exp.jobs,
         plan,
         weights=lambda: resolve(task, model=ModelChoice.BUNDLED, quiet=True),
-        network=ray_runner.NetworkSettings(task, threads=threads),
-        settings=RaySettings(),
+        task=task,
+        settings=RestoreSettings(threads=threads),
+        cluster=RaySettings(),
     ):
         first = first or time.perf_counter()
         results.append(r)
@@ -81,12 +84,12 @@ def run_ray(folder: Path, out: Path, task: Task, threads: int | None) -> tuple[f
 
 def payload_bytes(path: Path, task: Task) -> dict[str, int]:
     """Object-store bytes of one image: decode -> actor, actor -> encode, encode -> driver."""
-    decoded = ray_runner._decode(path, str(path), ray_runner.OutputFormat.SAME, None)
+    decoded = stages.decode(path, str(path), ray_runner.OutputFormat.SAME, None)
     restorer = Restorer(task, model=ModelChoice.BUNDLED, quiet=True)
     net = object.__new__(ray_runner._Network)
     net.restorer = restorer
     restored = net._restore(decoded)
-    written = ray_runner._finish(restored, lambda item: None)
+    written = stages.write(restored, lambda data: None, 95)
     return {
         "decoded": len(ray_runner._pack(decoded)),
         "restored": len(ray_runner._pack(restored)),
@@ -115,8 +118,8 @@ def photo_costs(work: Path, repeat: int) -> dict[str, Any]:
         t = time.perf_counter()
         data = encode_image(decoded.rgb, decoded.info, ray_runner.OutputFormat.JPEG)
         encode.append(time.perf_counter() - t)
-    item = ray_runner._decode(path, "photo", ray_runner.OutputFormat.SAME, None)
-    restored_bytes = decoded.rgb.nbytes  # float32 RGB back from the network
+    item = stages.decode(path, "photo", ray_runner.OutputFormat.SAME, None)
+    restored_bytes = item.nbytes if isinstance(item, stages.Decoded) else 0  # integers back
     return {
         "photo_bytes": path.stat().st_size,
         "encoded_bytes": len(data),

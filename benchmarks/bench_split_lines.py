@@ -1,4 +1,4 @@
-"""How visible MPRNet's split lines are, with and without `--hide-split-lines` (issue 13).
+"""How visible MPRNet's split lines are under `--split-lines keep|fix|hide` (issues 13, 21).
 
 Why: MPRNet cuts its input at half height (stages 1 and 2) and half width (stage 1);
 weights that do not hide the cuts leave lines at the image centre, and at every tile's
@@ -7,8 +7,11 @@ centre when tiled. The tiling benchmark scores tile *edges* only, so it missed t
 For each network and photo, a crop of --crop HxW (top-left) and the same crop moved
 down by 8 rows are degraded with the network's task degradation (noise:15, rain,
 blur:levin:1, fixed seeds; the moved crop is cut from the same degraded image) and
-restored four ways: one pass ("plain-1"), tiles of --tile px with --overlap ("plain-t"),
-and both again through `splitlines.restore_hiding_split_lines` ("hidden-1", "hidden-t").
+restored in one pass ("plain-1", `--split-lines keep`) and in tiles of --tile px with
+--overlap ("plain-t"), and both again through `splitlines.restore_fixing_split_lines`
+("fixed-1", "fixed-t", the default) and, with --methods, `restore_hiding_split_lines`
+("hidden-1", "hidden-t"). The network runs on the backend `mprnet derain` picks here
+(--backend auto: OpenVINO on CPUs that have it, bf16 where the CPU does bf16).
 Metrics, all on outputs quantised to 8-bit levels (0-255 scale, float):
 
 shift   D(r) = mean over columns and channels of |A(r) - B(r)|, for image rows r that
@@ -28,8 +31,14 @@ grad    g(X, r) = mean |X(r) - X(r-1)| (rows; columns likewise): the step across
         positions for the hidden runs), "pass" the same at the boundaries of all three
         hidden passes. Single photos carry structure of their own, so read these
         against the plain/hidden pair, not against 1.0 alone.
-time    seconds of each restore (hidden / plain, same image, measured one after the
-        other in this process).
+time    seconds of each restore (fixed or hidden / plain, same image, measured one after
+        the other in this process). And --time-size WxH: the first --time-count photos
+        resized to that size (bicubic; the test sets hold no 1-MP or 12-MP photos) and
+        restored with the DEFAULT options (tile from free memory) as `keep` and `fix`,
+        alternating, --rounds times: "time_ratio" = sum(fix) / sum(keep) over all rounds
+        (wall), "cpu_ratio" the same in this process's CPU seconds
+        (the first round includes OpenVINO's first-shape costs; "time_ratio_warm" leaves
+        it out).
 
 Networks: the bundled weights of each task (`bundled-TASK`), and the published widths
 with RANDOM weights (`random-TASK`, torch seed 0; run on --random-crop with
@@ -37,6 +46,8 @@ with RANDOM weights (`random-TASK`, torch seed 0; run on --random-crop with
 the shared Kodak24 set), never shipped.
 
 Run: python3 benchmarks/bench_split_lines.py --json benchmarks/results/split_lines.json
+     python3 benchmarks/bench_split_lines.py --networks bundled-derain --count 0 \
+         --time-size 1224x816 --time-count 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,17 +64,26 @@ import numpy as np
 import torch
 from benchlib import host_info, measured_at
 from numpy.typing import NDArray
+from PIL import Image
+from safetensors.torch import save_file
 
-from mprnet_cli.backends.torch import TorchBackend
+from mprnet_cli import Restorer
+from mprnet_cli.backends.base import Backend
 from mprnet_cli.imageio import read_image
 from mprnet_cli.metrics import line_contrast, line_steps, shifted_difference
-from mprnet_cli.model import MPRNet, build_model, read_checkpoint
+from mprnet_cli.model import MPRNet
+from mprnet_cli.model.checkpoint import state_dict_for_saving
 from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.splitlines import canvas_plan, pass_offsets, restore_hiding_split_lines
+from mprnet_cli.splitlines import (
+    canvas_plan,
+    pass_offsets,
+    restore_fixing_split_lines,
+    restore_hiding_split_lines,
+)
 from mprnet_cli.tasks import Task
 from mprnet_cli.tiling import TilePlan, plan_tiles, round_up
 from mprnet_cli.train.degrade import parse_degradation
-from mprnet_cli.weights import bundled_path, published_configs, registry
+from mprnet_cli.weights import published_configs
 
 SCHEMA = 1
 SHIFT = 8
@@ -94,29 +115,86 @@ def inside(positions: list[int], size: int, margin: int = 16) -> list[int]:
 # --------------------------------------------------------------------------- runs
 
 
-def network(name: str) -> MPRNet:
+RUNS = {
+    "plain": restore_array,
+    "fixed": restore_fixing_split_lines,
+    "hidden": restore_hiding_split_lines,
+}
+
+
+def network(name: str, backend: str, scratch: Path) -> Restorer:
+    """The network as `mprnet` runs it (same backend choice, precision and tile sizing)."""
     kind, task_name = name.split("-", 1)
     task = Task(task_name)
     if kind == "bundled":
-        spec = registry()[task].bundled
-        assert spec is not None
-        return build_model(read_checkpoint(bundled_path(spec)))
+        return Restorer(task, model="bundled", backend=backend, quiet=True)
     torch.manual_seed(0)
-    return MPRNet(published_configs()[task.value])
+    path = scratch / f"{name}.safetensors"
+    config = published_configs()[task.value]
+    save_file(
+        state_dict_for_saving(MPRNet(config)),
+        path,
+        metadata={"format": "mprnet", "config": json.dumps(config.to_dict())},
+    )
+    return Restorer(task, weights=path, backend=backend, quiet=True)
 
 
 def restore(
-    engine: TorchBackend, x: FloatImage, tile: int, overlap: int, hidden: bool
+    engine: Backend, x: FloatImage, tile: int | None, overlap: int, method: str
 ) -> tuple[FloatImage, float]:
     options = TileOptions(tile=tile, overlap=overlap)
     t0 = time.perf_counter()
-    run = restore_hiding_split_lines if hidden else restore_array
-    out, _ = run(engine, x, options)
+    out, _ = RUNS[method](engine, x, options)
     return out, time.perf_counter() - t0
 
 
+def time_default(
+    restorer: Restorer, photos: list[Path], size: tuple[int, int], rounds: int
+) -> dict[str, Any]:
+    """keep vs fix with the default options on resized photos, alternating, in one run."""
+    images = [
+        np.asarray(
+            Image.open(p).convert("RGB").resize(size, Image.Resampling.BICUBIC), dtype=np.float32
+        )
+        / 255.0
+        for p in photos
+    ]
+    seconds: dict[str, list[float]] = {"plain": [], "fixed": []}
+    cpu: dict[str, list[float]] = {"plain": [], "fixed": []}
+    for k in range(rounds):
+        order = ("plain", "fixed") if k % 2 == 0 else ("fixed", "plain")
+        for x in images:
+            for method in order:
+                c0 = time.process_time()
+                _, sec = restore(restorer.backend, x, None, restorer.options.overlap, method)
+                cpu[method].append(time.process_time() - c0)
+                seconds[method].append(sec)
+                print(
+                    f"  time round {k} {method:6s} {sec:.1f} s wall, {cpu[method][-1]:.1f} s CPU",
+                    flush=True,
+                )
+    n = len(images)
+    warm = {m: v[n:] for m, v in seconds.items()}
+    return {
+        "size": list(size),
+        "photos": [p.name for p in photos],
+        "rounds": rounds,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "time_ratio": sum(seconds["fixed"]) / sum(seconds["plain"]),
+        # CPU time of this process (all its threads): less swayed by other users' load.
+        "cpu_ratio": sum(cpu["fixed"]) / sum(cpu["plain"]),
+        "time_ratio_warm": sum(warm["fixed"]) / sum(warm["plain"]) if rounds > 1 else None,
+    }
+
+
 def measure_one(
-    engine: TorchBackend, degraded: FloatImage, crop: tuple[int, int], tile: int, overlap: int
+    engine: Backend,
+    degraded: FloatImage,
+    crop: tuple[int, int],
+    tile: int,
+    overlap: int,
+    methods: tuple[str, ...],
 ) -> dict[str, Any]:
     # Crops never exceed the degraded image (deblurring's 'valid' blur makes it smaller).
     h = min(crop[0], (degraded.shape[0] - SHIFT) // 8 * 8)
@@ -131,11 +209,11 @@ def measure_one(
     outs: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
     result: dict[str, Any] = {"crop": [h, w]}
     seconds: dict[str, float] = {}
-    for method in ("plain", "hidden"):
+    for method in methods:
         for mode, size in (("1", 0), ("t", tile)) if tile else (("1", 0),):
             key = f"{method}-{mode}"
-            a, ta = restore(engine, a_in, size, overlap, method == "hidden")
-            b, tb = restore(engine, b_in, size, overlap, method == "hidden")
+            a, ta = restore(engine, a_in, size, overlap, method)
+            b, tb = restore(engine, b_in, size, overlap, method)
             outs[key] = (levels(a), levels(b))
             seconds[key] = (ta + tb) / 2
     one = outs["plain-1"][0]
@@ -200,8 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-tile", type=int, default=128, help="0: one pass only")
     p.add_argument("--random-count", type=int, default=1)
     p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--methods", default="plain,fixed", help="of plain,fixed,hidden")
+    p.add_argument("--backend", default="auto", help="auto (as mprnet), torch or openvino")
+    p.add_argument("--time-size", help="WxH: also time keep vs fix at this size (default tiles)")
+    p.add_argument("--time-count", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, help="write all results here")
     args = p.parse_args(argv)
+    methods = tuple(args.methods.split(","))
+    scratch = Path(tempfile.mkdtemp(prefix="bench-split-"))
 
     photos = sorted(f for f in args.images.iterdir() if f.suffix.lower() == ".png")
     records = []
@@ -210,13 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         random = name.startswith("random")
         crop = tuple(int(v) for v in (args.random_crop if random else args.crop).split("x"))
         tile = args.random_tile if random else args.tile
-        engine = TorchBackend(network(name), torch.device("cpu"))
+        restorer = network(name, args.backend, scratch)
+        engine = restorer.backend
+        print(f"{name}: {engine.name} {engine.precision.value} on {engine.device}", flush=True)
         degradation = parse_degradation(DEGRADE[task], kernels_dir=args.kernels)
         for index, photo in enumerate(photos[: args.random_count if random else args.count]):
             degraded, _ = degradation(read_image(photo).rgb, index)
-            res = measure_one(engine, degraded, (crop[0], crop[1]), tile, args.overlap)
+            res = measure_one(engine, degraded, (crop[0], crop[1]), tile, args.overlap, methods)
             rec = {
                 "network": name,
+                "backend": f"{engine.name} {engine.precision.value}",
                 "image": photo.name,
                 "degrade": DEGRADE[task],
                 "crop": res["crop"],
@@ -226,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             records.append(rec)
             if args.json:  # after every photo: a long run that dies keeps what it measured
                 write_json(args, records)
-            for key in [k for k in ("plain-1", "hidden-1", "plain-t", "hidden-t") if k in res]:
+            keys = [f"{m}-{mode}" for mode in "1t" for m in methods]
+            for key in [k for k in keys if k in res]:
                 e = res[key]
                 extra = ""
                 if key.endswith("t"):
@@ -238,6 +327,26 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {e['seconds']:.1f} s ({e['seconds_vs_plain']:.2f}x)",
                     flush=True,
                 )
+        if args.time_size:
+            size = tuple(int(v) for v in args.time_size.split("x"))
+            timing = time_default(
+                restorer, photos[: args.time_count], (size[0], size[1]), args.rounds
+            )
+            records.append(
+                {
+                    "network": name,
+                    "backend": f"{engine.name} {engine.precision.value}",
+                    "timing": timing,
+                }
+            )
+            if args.json:
+                write_json(args, records)
+            print(
+                f"{name:16s} default-options time {args.time_size}: fix/keep "
+                f"{timing['time_ratio']:.3f} wall, {timing['cpu_ratio']:.3f} CPU "
+                f"(warm rounds, wall: {timing['time_ratio_warm']})",
+                flush=True,
+            )
     return 0
 
 

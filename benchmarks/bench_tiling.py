@@ -93,8 +93,8 @@ from mprnet_cli.pipeline import (
     ALIGN,
     TileOptions,
     _cut,
-    _reflect_index,
     auto_tile,
+    reflect_index,
     restore_array,
 )
 from mprnet_cli.tiling import Blender, Tile, plan_tiles, round_up
@@ -532,7 +532,7 @@ def restore_with_plan(
     """`restore_array` with a given plan (same cutting, engine and blending, no OOM logic)."""
     h, w = rgb.shape[:2]
     ph, pw = round_up(h, ALIGN), round_up(w, ALIGN)
-    rows, cols = _reflect_index(ph, h), _reflect_index(pw, w)
+    rows, cols = reflect_index(ph, h), reflect_index(pw, w)
     blender = Blender(ph, pw, 3, overlap)
     for t in tiles:
         x = torch.from_numpy(np.stack([_cut(rgb, t, rows, cols)])).permute(0, 3, 1, 2)

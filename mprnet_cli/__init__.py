@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["MprnetError", "Restorer", "Task", "__version__"]
+__all__ = ["MprnetError", "RestoreSettings", "Restorer", "Task", "__version__"]
 
 if TYPE_CHECKING:
     from mprnet_cli.api import Restorer
     from mprnet_cli.errors import MprnetError
+    from mprnet_cli.settings import RestoreSettings
     from mprnet_cli.tasks import Task
 
 
@@ -27,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from mprnet_cli.api import Restorer
 
         return Restorer
+    if name == "RestoreSettings":
+        from mprnet_cli.settings import RestoreSettings
+
+        return RestoreSettings
     if name == "Task":
         from mprnet_cli.tasks import Task
 

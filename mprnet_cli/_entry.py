@@ -39,6 +39,9 @@ def _write(text: str) -> None:
 
 
 def main() -> None:
+    from mprnet_cli._stdio import hold_closed_std_fds
+
+    hold_closed_std_fds()
     args = sys.argv[1:]
     if args in (["--version"], ["-V"]):
         from mprnet_cli import __version__

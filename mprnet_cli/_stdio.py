@@ -5,12 +5,13 @@ No third-party imports: `_entry` uses it before anything heavy is loaded.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
 import select
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 
 def write_stdout(data: str | bytes, stream: BinaryIO | None = None) -> None:
@@ -23,6 +24,8 @@ def write_stdout(data: str | bytes, stream: BinaryIO | None = None) -> None:
     decides whether that stops a run or simply ends it. Other write errors (a full
     disk behind `> file`) raise OSError."""
     try:
+        if sys.stdout is None and stream is None:  # closed before we started (`>&-`)
+            raise BrokenPipeError(errno.EPIPE, "stdout is closed")
         if isinstance(data, str):
             sys.stdout.write(data)
             sys.stdout.flush()
@@ -35,9 +38,33 @@ def write_stdout(data: str | bytes, stream: BinaryIO | None = None) -> None:
             else:
                 write_all(fd, data)
     except BrokenPipeError:
+        if sys.stdout is None:
+            raise
         if stream is None or _fileno(stream) == _fileno(sys.stdout):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise
+
+
+def hold_closed_std_fds() -> None:
+    """Point closed descriptors 0-2 (`>&-`, `<&-`: cron, daemons) at /dev/null.
+
+    Python then leaves `sys.stdin`/`sys.stdout` None (so a run that needs them can say they
+    are closed), but no file the run opens (an input, a temp output) can land on fd 0-2,
+    where a library printing to "stdout" would write into it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # a lower one was free too: it gets its own turn in this loop
+                os.dup2(opened, fd)
+                os.close(opened)
+
+
+def binary(stream: TextIO | None) -> BinaryIO | None:
+    """A text stream's bytes (`sys.stdin.buffer`), or None when the stream is closed."""
+    buffer: BinaryIO | None = getattr(stream, "buffer", None)
+    return buffer
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -3,6 +3,8 @@
     >>> from mprnet_cli import Restorer
     >>> r = Restorer("derain", device="cpu")
     >>> clean = r.restore(rainy)          # numpy array or Pillow image, any size
+    >>> s = RestoreSettings(device="cpu", strength=0.8)   # or the settings, as one value
+    >>> r = Restorer("derain", settings=s)
 
 Weights are loaded once per Restorer. A Restorer pickles as its settings and
 reloads its weights on the other side, so it can be sent to worker processes.
@@ -20,11 +22,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import BackendChoice, Ensemble, Precision, SplitLines
 from mprnet_cli.device import check_precision, choose_precision, resolve_device
-from mprnet_cli.errors import CheckpointError, UsageError
+from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
-from mprnet_cli.model.checkpoint import build_model, read_checkpoint
+from mprnet_cli.model.checkpoint import build_model, check_rgb, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.pipeline import (
     Progress,
@@ -34,10 +36,10 @@ from mprnet_cli.pipeline import (
     estimate_bytes_per_pixel,
     restore_array,
 )
-from mprnet_cli.quality import apply_strength, check_ensemble, check_strength, self_ensemble
-from mprnet_cli.splitlines import restore_hiding_split_lines
+from mprnet_cli.quality import apply_strength, self_ensemble
+from mprnet_cli.settings import RestoreSettings, settings_of
+from mprnet_cli.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
-from mprnet_cli.tiling import DEFAULT_OVERLAP
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])
@@ -49,78 +51,54 @@ class Restorer:
     def __init__(
         self,
         task: Task | str | None = None,
-        *,
         weights: str | os.PathLike[str] | None = None,
-        model: ModelChoice | str = ModelChoice.AUTO,
-        device: str = "auto",
-        precision: Precision | str = Precision.AUTO,
-        backend: BackendChoice | str = BackendChoice.AUTO,
-        tile: int | None = None,
-        tile_overlap: int = DEFAULT_OVERLAP,
-        tile_batch: int = 1,
-        compile: bool = False,
-        strength: float = 1.0,
-        ensemble: Ensemble | int | str = Ensemble.OFF,
-        hide_split_lines: bool = False,
-        tile_for_speed: bool = True,
+        settings: RestoreSettings | None = None,
+        *,
         notify: Callable[[str], None] | None = None,
         quiet: bool = False,
+        **options: Any,
     ) -> None:
-        """`tile_for_speed=False` tiles only where memory demands it (whole images when
+        """`settings` (default: `RestoreSettings()`) with `options` as keyword overrides of
+        its fields (`device="cpu"`, `tile=0`, ...); `weights` overrides `settings.weights`.
+
+        `tile_for_speed=False` tiles only where memory demands it (whole images when
         they fit), so results do not depend on the device's speed-minded tile choice:
         what evaluation protocols need."""
+        if weights is not None:
+            options["weights"] = weights
+        self.settings: RestoreSettings = settings_of(settings, **options)
         try:
             self.task = Task(task) if task is not None else None
-            model_choice = ModelChoice(model)
-            prec = Precision(precision)
-            backend_choice = BackendChoice(backend)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-        self.ensemble = check_ensemble(ensemble)
-        self.strength = check_strength(strength)
-        self.hide_split_lines = hide_split_lines
-        self._settings: dict[str, Any] = {
-            "task": self.task,
-            "weights": os.fspath(weights) if weights is not None else None,
-            "model": model_choice,
-            "device": device,
-            "precision": prec,
-            "backend": backend_choice,
-            "tile": tile,
-            "tile_overlap": tile_overlap,
-            "tile_batch": tile_batch,
-            "compile": compile,
-            "strength": self.strength,
-            "ensemble": self.ensemble,
-            "hide_split_lines": hide_split_lines,
-            "tile_for_speed": tile_for_speed,
-            "quiet": quiet,
-        }
-        self.options = TileOptions(tile=tile, overlap=tile_overlap, batch=tile_batch)
-        if backend_choice is BackendChoice.OPENVINO and device.strip().lower() == "auto":
+        self._quiet = quiet
+        s = self.settings
+        self.ensemble = s.ensemble
+        self.strength = s.strength
+        self.split_lines = s.split_lines
+        self.hide_split_lines = s.split_lines is SplitLines.HIDE
+        self.options = TileOptions(tile=s.tile, overlap=s.overlap, batch=s.tile_batch)
+        device = s.device
+        if s.backend is BackendChoice.OPENVINO and device == "auto":
             device = "cpu"  # OpenVINO runs on the CPU; auto must not pick a GPU for it
         self.device = resolve_device(device)
-        self.precision = choose_precision(self.device, prec)
+        self.precision = choose_precision(self.device, s.precision)
         check_precision(self.device, self.precision)
         self.resolved: ResolvedWeights = resolve(
-            self.task, weights=weights, model=model_choice, notify=notify, quiet=quiet
+            self.task, weights=s.weights, model=s.model, notify=notify, quiet=quiet
         )
         checkpoint = read_checkpoint(self.resolved.path)
-        if (checkpoint.config.in_c, checkpoint.config.out_c) != (3, 3):
-            raise CheckpointError(
-                f"{self.resolved.path}: this MPRNet maps {checkpoint.config.in_c} to "
-                f"{checkpoint.config.out_c} channels; mprnet restores RGB photos (3 to 3)"
-            )
+        check_rgb(checkpoint)
         self.config: MPRNetConfig = checkpoint.config
         spec = BackendSpec(
             build_model(checkpoint),
             self.device,
-            prec,
+            s.precision,
             memory=self._bytes_per_pixel,
-            compile=compile,
+            compile=s.compile,
         )
-        self.backend: Backend = create(backend_choice, spec, notify=None if quiet else notify)
-        if not tile_for_speed:
+        self.backend: Backend = create(s.backend, spec, notify=None if quiet else notify)
+        if not s.tile_for_speed:
             self.backend.ignore_speed_limits()
 
     def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
@@ -134,7 +112,7 @@ class Restorer:
 
     # -- pickling: settings travel, weights are reloaded on the other side
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self._settings)
+        return {"task": self.task, "settings": self.settings, "quiet": self._quiet}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
@@ -153,18 +131,23 @@ class Restorer:
         *,
         progress: Progress | None = None,
         warn: Warn | None = None,
+        strength: float | None = None,
+        ensemble: Ensemble | None = None,
     ) -> tuple[NDArray[np.float32], RunStats]:
         """The core call: (H, W, 3) float32 in [0, 1] in, restored float32 and run stats out.
 
         Applies the ensemble (around the network), the split-line passes (around the
         tile loop) and the strength (on the result), each only when asked for.
+        `strength` and `ensemble` override the Restorer's own for this call only (a
+        service shares one network between requests that ask for different ones).
         """
-        forward = self_ensemble(self.backend, self.ensemble)
-        run = restore_hiding_split_lines if self.hide_split_lines else restore_array
+        mode = self.ensemble if ensemble is None else ensemble
+        forward = self_ensemble(self.backend, mode)
+        run = _SPLIT_LINE_RUNS[self.split_lines]
         restored, stats = run(
             self.backend, rgb, self.options, forward=forward, progress=progress, warn=warn
         )
-        return apply_strength(restored, rgb, self.strength), stats
+        return apply_strength(restored, rgb, self.strength if strength is None else strength), stats
 
     @overload
     def restore(self, image: Image.Image) -> Image.Image: ...
@@ -184,6 +167,13 @@ class Restorer:
         if isinstance(image, np.ndarray):
             return _restore_numpy(self, image)
         raise TypeError(f"restore() takes a numpy array or a PIL image, not {type(image).__name__}")
+
+
+_SPLIT_LINE_RUNS = {
+    SplitLines.KEEP: restore_array,
+    SplitLines.FIX: restore_fixing_split_lines,
+    SplitLines.HIDE: restore_hiding_split_lines,
+}
 
 
 def _to_float(a: np.ndarray[Any, Any]) -> NDArray[np.float32]:

@@ -28,6 +28,10 @@ class InputError(MprnetError):
     """An input file is missing, unreadable, not an image or too large."""
 
 
+class ImageTooLargeError(InputError):
+    """An image has more pixels than --max-pixels allows (a decompression bomb, or a huge scan)."""
+
+
 class OutputError(MprnetError):
     """The output cannot be written (exists, no space, no permission)."""
 
@@ -90,16 +94,23 @@ def describe_os_error(exc: OSError) -> str:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (batch schedulers, `timeout`, systemd, Kubernetes), handled exactly like
-    Ctrl-C: the write in progress finishes, finished outputs are reported, then the summary.
-    A KeyboardInterrupt so that every Ctrl-C path covers it; its own exit code (128 + 15,
-    the shell's convention for SIGTERM) tells the two apart."""
+    """SIGTERM or SIGHUP (batch schedulers, `timeout`, systemd, Kubernetes, a closed
+    terminal or ssh session), handled exactly like Ctrl-C: the write in progress finishes,
+    finished outputs are reported, then the summary. A KeyboardInterrupt so that every
+    Ctrl-C path covers it; its own exit code (128 + the signal's number, the shell's
+    convention: 143 for SIGTERM, 129 for SIGHUP) tells them apart."""
 
     exit_code = 143
-    received = False  # set by the handler: the exit code stays 143 on every path
+    signal_name = "SIGTERM"
+    received = False  # set by the handler: the exit code stays 128 + N on every path
 
 
 def raise_terminated(signum: int, frame: object) -> None:
-    """SIGTERM handler: raise `Terminated` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    """SIGTERM/SIGHUP handler: raise `Terminated` in the main thread, as SIGINT raises
+    KeyboardInterrupt."""
+    import signal
+
     Terminated.received = True
+    Terminated.exit_code = 128 + signum
+    Terminated.signal_name = signal.Signals(signum).name
     raise Terminated

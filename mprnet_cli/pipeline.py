@@ -117,7 +117,7 @@ def estimate_bytes_per_pixel(config: MPRNetConfig, precision: Precision, device_
     )
 
 
-def _reflect_index(n: int, size: int) -> NDArray[np.intp]:
+def reflect_index(n: int, size: int) -> NDArray[np.intp]:
     """Indices 0..n-1 of an axis of length `size` reflect-padded at the far end (torch 'reflect')."""
     idx = np.arange(n)
     if size == 1:
@@ -171,7 +171,7 @@ def restore_array(
     h, w = rgb.shape[:2]
     align = backend.capabilities.align
     ph, pw = round_up(h, align), round_up(w, align)
-    rows, cols = _reflect_index(ph, h), _reflect_index(pw, w)
+    rows, cols = reflect_index(ph, h), reflect_index(pw, w)
 
     tile = options.tile
     if tile is None:

@@ -8,7 +8,6 @@ image was cut or which engine ran it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -16,8 +15,9 @@ from numpy.typing import NDArray
 
 from mprnet_cli.backends.base import Batch
 from mprnet_cli.choices import Ensemble
-from mprnet_cli.errors import UsageError
 from mprnet_cli.pipeline import BatchFn
+from mprnet_cli.settings import check_ensemble as check_ensemble
+from mprnet_cli.settings import check_strength as check_strength
 
 Transform = Callable[[Batch], Batch]
 
@@ -68,26 +68,6 @@ def self_ensemble(forward: BatchFn, mode: Ensemble) -> BatchFn:
         return (total / np.float32(len(pairs))).astype(np.float32, copy=False)
 
     return averaged
-
-
-def check_ensemble(value: Ensemble | int | str) -> Ensemble:
-    """`value` (1, 2, 8, "2", Ensemble.MIRROR, ...) as an `Ensemble`, else a `UsageError`."""
-    if isinstance(value, Ensemble):
-        return value
-    try:
-        return Ensemble(str(value).strip())
-    except ValueError:
-        raise UsageError(f"--ensemble must be 1, 2 or 8, got {value!r}") from None
-
-
-def check_strength(strength: float) -> float:
-    """`strength` as a float in [0, 1], else a `UsageError` saying so."""
-    value = float(strength)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise UsageError(
-            f"--strength must be between 0 (input unchanged) and 1 (fully restored), got {strength}"
-        )
-    return value
 
 
 def apply_strength(

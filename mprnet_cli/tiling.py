@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from mprnet_cli.settings import DEFAULT_OVERLAP as DEFAULT_OVERLAP
+
 __all__ = [
     "Blender",
     "Tile",
@@ -30,7 +32,6 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 
 ALIGN = 8  # MPRNet down-samples three times: tile sides must be multiples of 2**3
-DEFAULT_OVERLAP = 32
 
 
 def valid_tile(tile: int, align: int = ALIGN) -> bool:

@@ -15,10 +15,12 @@ order, else the bundled compact weights with one notice line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat as stat_module
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -208,16 +210,19 @@ def _remembered(note: str, path: Path, compute: Callable[[], str]) -> str:
 
     Hashing an 80 MB checkpoint or reading its shapes costs a fraction of a
     second, so the answer is kept in a note in mprnet's cache, keyed by the
-    file's size and mtime: any change to the file makes it computed again.
+    file's size, mtime, inode and ctime: any change to the file makes it computed
+    again, including a same-size swap with its mtime restored (`cp -p`, `rsync -t`),
+    which gets a new inode or ctime (ctime cannot be set back from user space).
     """
     stat = path.stat()
     store = cache_root() / note
     key = str(path.resolve())
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
     db = _read_store(store)
     hit = db.get(key)
-    if isinstance(hit, list) and hit[:2] == stamp and len(hit) == 3 and isinstance(hit[2], str):
-        return hit[2]
+    n = len(stamp)
+    if isinstance(hit, list) and len(hit) == n + 1 and hit[:n] == stamp and isinstance(hit[n], str):
+        return str(hit[n])
     value = compute()
     db[key] = [*stamp, value]
     _write_store(store, db)  # if it cannot be written, the next run only computes again
@@ -264,7 +269,10 @@ def _write_store(path: Path, data: dict[str, Any]) -> bool:
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         tmp.replace(path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        # The cache may be read-only or not a folder at all (MPRNET_CACHE naming a file):
+        # removing the temp file fails the same way, and a note is only a hint.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         return False
     return True
 
@@ -435,10 +443,12 @@ def import_file(task: Task, file: str | os.PathLike[str]) -> Path:
     Later runs then use it like a download (after any cached Hub source).
     """
     src = Path(file).expanduser()
-    if not src.is_file():
-        raise WeightsError(f"weights file not found: {src}")
+    _check_regular_file(src)
     spec = registry()[task].published
     check_network(task, src, str(src))
+    from mprnet_cli.model.checkpoint import check_weights, read_checkpoint
+
+    check_weights(read_checkpoint(src))  # complete and finite: never keep NaN weights
     sha = sha256_file(src)
     pinned = {s.sha256 for s in spec.sources if s.sha256}
     if pinned and sha not in pinned:
@@ -454,12 +464,21 @@ def import_file(task: Task, file: str | os.PathLike[str]) -> Path:
         shutil.copyfile(src, tmp)
         tmp.replace(dest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(f"cannot copy {src} into {folder}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WeightsError(
+            f"cannot copy {src} into the mprnet cache {cache_root()} "
+            f"({exc.strerror or exc}); make it a writable folder or set MPRNET_CACHE to one"
+        ) from exc
     records = _read_store(_imports_path())
     records[task.value] = {"path": str(dest), "sha256": sha, "from": str(src.resolve())}
     if not _write_store(_imports_path(), records):
-        raise WeightsError(f"cannot record the import in {_imports_path()}; is the cache writable?")
+        with contextlib.suppress(OSError):
+            dest.unlink(missing_ok=True)
+        raise WeightsError(
+            f"cannot record the import in {_imports_path()}; make the mprnet cache "
+            "writable or set MPRNET_CACHE to a writable folder"
+        )
     for old in folder.iterdir():  # an earlier import under another name is no longer used
         if old != dest and not old.name.startswith("."):
             old.unlink(missing_ok=True)
@@ -467,6 +486,32 @@ def import_file(task: Task, file: str | os.PathLike[str]) -> Path:
 
 
 # --------------------------------------------------------------------------- resolution
+
+
+_NOT_FILES = (
+    (stat_module.S_ISCHR, "a character device"),
+    (stat_module.S_ISBLK, "a block device"),
+    (stat_module.S_ISFIFO, "a pipe (FIFO)"),
+    (stat_module.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular_file(path: Path) -> None:
+    """A weights file must be a regular file: say what it is otherwise, not "not found"."""
+    if path.is_dir():
+        raise WeightsError(
+            f"{path} is a folder; give the weights file in it (.pth, .pt or .safetensors)"
+        )
+    if path.is_file():
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    what = next((name for test, name in _NOT_FILES if test(mode)), "not a regular file")
+    raise WeightsError(
+        f"{path} is {what}, not a weights file; give a .pth, .pt or .safetensors file"
+    )
 
 
 def bundled_path(spec: BundledWeights) -> Path:
@@ -520,12 +565,7 @@ def resolve(
         if model is not ModelChoice.AUTO:
             raise UsageError("--weights and --model cannot be combined: pick one")
         path = Path(weights).expanduser()
-        if path.is_dir():
-            raise WeightsError(
-                f"{path} is a folder; give the weights file in it (.pth, .pt or .safetensors)"
-            )
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}")
+        _check_regular_file(path)
         return ResolvedWeights(path, Source.FILE, task)
     if task is None:
         raise UsageError("name a task or pass --weights FILE")
@@ -541,19 +581,40 @@ def resolve(
             raise
         resolved = _resolve_bundled(task, entry)
         if notify:
-            notify(bundled_notice(entry.bundled))
+            notify(bundled_notice(entry.bundled, first=_first_time(f"bundled-{task.value}")))
         return resolved
 
 
-def bundled_notice(bundled: BundledWeights) -> str:
-    """What a user hears when the compact weights stand in: how good they are, and the way out."""
+def bundled_notice(bundled: BundledWeights, *, first: bool = True) -> str:
+    """What a user hears when the compact weights stand in: in full the first time (how
+    good they are, the way out), then one short line; both say how to silence it."""
     task = bundled.task.value
+    if not first:
+        return (
+            f"Using the bundled compact {task} weights (published ones not cached, Hub "
+            "unreachable); --model bundled or -q hides this line"
+        )
     quality = f": {bundled.note}" if bundled.note else ""
     return (
         f"Using the bundled compact {task} weights (the published ones are not cached and the "
         f"Hub is unreachable){quality}. For the published network run "
-        f"`mprnet weights download {task}` once online"
+        f"`mprnet weights download {task}` once online; --model bundled uses these without "
+        "this notice (shown in full once)"
     )
+
+
+def _first_time(notice: str) -> bool:
+    """True the first time `notice` is shown with this mprnet cache (a marker file there).
+
+    A cache that cannot be written (read-only home, container) cannot remember: every run
+    is the first, and the notice stays in full."""
+    marker = cache_root() / "notices" / notice
+    if marker.exists():
+        return False
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    return True
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 
 from mprnet_cli import __version__
 from mprnet_cli._entry import HELP_FILE
-from mprnet_cli.batch import JSON_FIELDS
 from mprnet_cli.cli import app, progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
+from mprnet_cli.jobs import JSON_FIELDS
 
 RNG = np.random.default_rng(7)
 FAST = ["--tile", "0", "--threads", "1"]
@@ -317,6 +317,7 @@ def test_killed_batch_leaves_whole_files_and_rerun_completes(
     if sig == signal.SIGINT:
         assert code == 130, stderr
         assert "interrupted" in stderr and "Traceback" not in stderr
+        assert "error" not in stderr.splitlines()[-1]  # the summary, no line repeating it
         assert temps(tmp_path) == []
     else:
         assert code == -signal.SIGKILL
@@ -532,7 +533,7 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
     import mprnet_cli.cli.restore
     from mprnet_cli import imageio
 
-    real_write, real_fail = imageio.write_image, mprnet_cli.cli.output.fail
+    real_write, real_fail = imageio.write_file, mprnet_cli.cli.output.fail
     stopped = threading.Event()
     writes: list[str] = []
 
@@ -553,16 +554,26 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
     at_report: dict[str, Any] = {}
     before = set(threading.enumerate())
 
-    def fail(message: str, code: int = 1) -> Any:
+    def record() -> None:
         at_report["threads"] = [t.name for t in set(threading.enumerate()) - before]
         at_report["outputs"] = sorted(p.name for p in (tmp_path / "out").iterdir())
         at_report["writes"] = len(writes)
+
+    def fail(message: str, code: int = 1) -> Any:
+        record()
         return real_fail(message, code)
 
+    real_summary = mprnet_cli.cli.output.Reporter.summary
+
+    def summary(self: Any, **kwargs: Any) -> None:  # Ctrl-C's report: the summary alone
+        record()
+        real_summary(self, **kwargs)
+
     monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
-    monkeypatch.setattr("mprnet_cli.batch.write_image", held_write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", held_write)
     monkeypatch.setattr(mprnet_cli.cli.restore, "print_json", consumer_stops)
     monkeypatch.setattr(mprnet_cli.cli.output, "fail", fail)
+    monkeypatch.setattr(mprnet_cli.cli.output.Reporter, "summary", summary)
     result = invoke("derain", "in", "-o", "out", "--json", "--threads", "1", cwd=tmp_path)
     assert result.exit_code == (130 if stop == "ctrl-c" else 1), result.output
     # No thread the run started is alive when the error is reported, so nothing can be
@@ -583,8 +594,8 @@ def test_stdin_needs_an_output_and_stdout_takes_one_input(tmp_path: Path) -> Non
 
 
 def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    """--strength 0 gives the input back; --ensemble and --hide-split-lines change the result."""
-    save_png(tmp_path / "a.png")
+    """--strength 0 gives the input back; --ensemble and --split-lines change the result."""
+    save_png(tmp_path / "a.png", size=96)  # 96 px: room for a window across each line
     base: list[str | Path] = ["derain", "a.png", "-w", tiny_checkpoint, *FAST, "-q", "-o"]
     outputs = {}
     for name, extra in [
@@ -592,6 +603,9 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
         ("zero", ["--strength", "0"]),
         ("mirror", ["--ensemble", "2"]),
         ("hidden", ["--hide-split-lines"]),
+        ("hide", ["--split-lines", "hide"]),
+        ("keep", ["--split-lines", "keep"]),
+        ("fix", ["--split-lines", "fix"]),
     ]:
         result = invoke(*base, f"{name}.png", *extra, cwd=tmp_path)
         assert result.exit_code == 0, result.output
@@ -600,6 +614,11 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
     assert not np.array_equal(outputs["plain"], outputs["zero"])
     assert not np.array_equal(outputs["mirror"], outputs["plain"])
     assert not np.array_equal(outputs["hidden"], outputs["plain"])
+    assert np.array_equal(outputs["hide"], outputs["hidden"])  # the alias
+    assert np.array_equal(outputs["keep"], outputs["plain"])  # the default
+    assert not np.array_equal(outputs["fix"], outputs["plain"])
+    clash = invoke(*base, "x.png", "--split-lines", "keep", "--hide-split-lines", cwd=tmp_path)
+    assert clash.exit_code == 2 and "contradicts --split-lines keep" in clash.stderr
 
 
 def test_single_file_output_skip_and_overwrite(tmp_path: Path, tiny_checkpoint: Path) -> None:
@@ -683,3 +702,111 @@ def test_progress_bars_never_touch_stdout(
     assert len(records) == 2 and all(r["tiles"] > 1 for r in records)  # tile bars shown
     assert "images" in result.stderr and "tiles" in result.stderr
     assert "{" not in result.stderr
+
+
+# --------------------------------------------------------------------------- issue 23: first minute
+
+
+class Instant:
+    """A stand-in network (1 - x, one tile): for tests about the CLI, not the network."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def restore_rgb(self, rgb: Any, **kwargs: Any) -> Any:
+        from mprnet_cli.pipeline import RunStats
+
+        return 1.0 - rgb, RunStats(tiles=1, device="cpu", seconds=0.0)
+
+
+@pytest.fixture()
+def instant(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mprnet_cli.api.Restorer", Instant)
+
+
+def test_output_file_in_new_folders_creates_them(tmp_path: Path, instant: None) -> None:
+    """-o new/sub/out.png makes its folders, as -o DIR does."""
+    save_png(tmp_path / "a.png")
+    result = invoke("derain", "a.png", "-o", "new/sub/out.png", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "new" / "sub" / "out.png") as im:
+        assert im.size == (16, 16)
+
+
+@pytest.mark.parametrize("closed", [0, 1], ids=["stdin", "stdout"])
+def test_a_closed_stdin_or_stdout_matters_only_when_used(
+    tmp_path: Path, checkpoint: Path, closed: int
+) -> None:
+    """`mprnet denoise x.png >&-` (cron, daemons): restores; `-` or `-o -` say it is closed."""
+    save_png(tmp_path / "x.png")
+
+    def run(*args: str | Path) -> Any:
+        return mprnet(
+            *args, "-w", checkpoint, *FAST, cwd=tmp_path, preexec_fn=lambda: os.close(closed)
+        )
+
+    plain = run("denoise", "x.png")
+    assert plain.returncode == 0, plain.stderr.decode()
+    with Image.open(tmp_path / "x_denoised.png") as im:
+        im.load()
+    use = ["denoise", "-", "-o", "y.png"] if closed == 0 else ["denoise", "x.png", "-o", "-"]
+    used = run(*use)
+    assert used.returncode == 2
+    (line,) = used.stderr.decode().splitlines()
+    assert f"{'stdin' if closed == 0 else 'stdout'} is closed" in line
+
+
+def test_hide_split_lines_is_no_warning_and_passes_are_no_tiles(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    save_png(tmp_path / "a.png")
+    result = invoke(
+        "derain", "a.png", "--hide-split-lines", "--json", "-w", tiny_checkpoint, *FAST,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["warnings"] == [] and record["tiles"] == 1
+    assert "warning" not in result.stderr and "1 tile)" in result.stderr
+
+
+def test_subfolders_left_out_without_r_are_mentioned(tmp_path: Path, instant: None) -> None:
+    save_png(tmp_path / "trip" / "a.png")
+    save_png(tmp_path / "trip" / "day2" / "b.png")
+    result = invoke("derain", "trip", cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "mprnet: trip: 1 subfolder not searched; -r/--recursive includes it" in result.stderr
+
+
+def test_rerun_with_a_shell_glob_resumes(tmp_path: Path, instant: None) -> None:
+    for name in ("p1.png", "p2.png"):
+        save_png(tmp_path / name)
+    assert invoke("denoise", "p1.png", cwd=tmp_path).exit_code == 0  # then stopped
+    again = invoke("denoise", "p1.png", "p1_denoised.png", "p2.png", cwd=tmp_path)
+    assert again.exit_code == 0, again.output
+    assert "1 input left out, named like this command's outputs" in again.stderr
+    assert again.stderr.splitlines()[-1].startswith("1 restored, 1 skipped")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "p1.png", "p1_denoised.png", "p2.png", "p2_denoised.png"
+    ]  # fmt: skip
+
+
+def test_an_unwritable_output_folder_is_one_line_for_the_run(
+    tmp_path: Path, instant: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only file system (mocked: root writes anywhere): one error, its advice once."""
+    import errno
+
+    from mprnet_cli.imageio import atomic
+
+    def read_only(folder: Path, name: str) -> Any:
+        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+
+    monkeypatch.setattr(atomic, "create_temp", read_only)
+    for name in ("a.png", "b.png", "c.png"):
+        save_png(tmp_path / name)
+    result = invoke("derain", "a.png", "b.png", "c.png", "-o", "out", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "mprnet: error: out: the file system is read-only; write elsewhere"
+    ]

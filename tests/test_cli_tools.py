@@ -347,6 +347,14 @@ def test_bench_default_mode_is_what_a_restore_runs(
         ("reference", "torch", "fp32"),
         ("default", "torch", "bf16" if fast_bf16 else "fp32"),
     ]
-    code, out, err = invoke(*args)  # no --modes: default alone (with the reference)
+    code, out, err = invoke(*args)  # no --modes: default alone, as the README says
     assert code == 0, err
-    assert [json.loads(line)["mode"] for line in out.splitlines()] == ["reference", "default"]
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["mode"], r["speedup_vs_reference"]) for r in rows] == [("default", None)]
+    plain = invoke(*args[:-1], "deblur")  # a line as each task starts, then its row
+    assert plain[0] == 0, plain[2]
+    assert "derain: timing default" in plain[2] and "deblur: timing default" in plain[2]
+    assert [line.split()[:2] for line in plain[1].splitlines()] == [
+        ["derain", "default"],
+        ["deblur", "default"],
+    ]

@@ -944,7 +944,7 @@ def test_failure_while_encoding_leaves_nothing(
     def boom(*args: object, **kwargs: object) -> bytes:
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(mio_encode, "encode_image", boom)
+    monkeypatch.setattr(mio_encode, "encode_pixels", boom)
     with pytest.raises(RuntimeError, match="exploded"):
         mio.write_image(
             tmp_path / "out.png", np.zeros((2, 2, 3), np.float32), info_for(), OutputFormat.PNG
@@ -1136,3 +1136,39 @@ def test_corrupt_exif_gives_one_note() -> None:
     )
     notes = [n for n in mio.read_image(jpeg).info.notes if "EXIF" in n]
     assert notes == ["the EXIF data is malformed and was not copied"]
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+@pytest.mark.parametrize("content", ["png", "nothing"])
+def test_a_fifo_is_read_as_a_stream(tmp_path: Path, content: str) -> None:
+    """`mprnet derain <(cat a.png)` or a named pipe: was "file is empty" (size 0)."""
+    pixels = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("wb") as fh:
+            fh.write(buffer.getvalue() if content == "png" else b"")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        if content == "png":
+            decoded = mio.read_image(fifo)
+            assert (decoded.width, decoded.height) == (6, 4)
+            np.testing.assert_array_equal(np.rint(decoded.rgb * 255).astype(np.uint8), pixels)
+        else:
+            with pytest.raises(InputError, match="input is empty"):
+                mio.read_image(fifo)
+    finally:
+        writer.join(timeout=30)
+
+
+def test_a_stream_is_read_up_to_a_limit() -> None:
+    with pytest.raises(InputError, match="from a pipe or device; save it to a file"):
+        mio_decode._read_bounded(io.BytesIO(b"x" * 11), "dev", limit=10)
+    assert mio_decode._read_bounded(io.BytesIO(b"x" * 10), "dev", limit=10) == b"x" * 10

@@ -1,6 +1,6 @@
 """Tests for mprnet_cli.jobs.Planner: the per-job rules both runners apply.
 
-Inputs and output names are tested through `mprnet_cli.batch` (tests/test_batch.py), which
+Inputs and output names are tested through `mprnet_cli.runners.local` (tests/test_runners_local.py), which
 re-exports them; these tests call the planner the way the Ray runner does: up front, from
 names alone.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,3 +148,111 @@ def test_records_at_write_keep_what_was_known() -> None:
         None,
         "cpu",
     )
+
+
+def test_screening_by_name_reads_no_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sniff=False` (the Ray driver) plans `--format same` from extensions alone; the output
+    a decode settles is screened by the same rules (`screen_settled`)."""
+    (tmp_path / "a.jpg").write_bytes(b"\x89PNG\r\n\x1a\n a PNG called .jpg")
+    (tmp_path / "b.tif").write_bytes(b"II*\x00")
+    (tmp_path / "b_x.tif").write_bytes(b"exists")
+    exp = expand_inputs([str(tmp_path)], suffix="_x")
+    plan = plan_outputs(exp, None, suffix="_x")
+    planner = Planner(plan, exp.jobs)
+
+    def no_reading(*a: Any, **k: Any) -> Any:
+        raise AssertionError("an input was read to plan its output")
+
+    monkeypatch.setattr("mprnet_cli.jobs.outputs.predict_format", no_reading)
+    a, b = (planner.screen(job, sniff=False) for job in exp.jobs)
+    assert isinstance(a, Screened) and a.target == tmp_path / "a_x.jpg"
+    assert isinstance(b, Result) and b.status is Status.SKIPPED
+    planner.release(tmp_path / "a_x.jpg")
+    settled = planner.screen_settled(a.job, tmp_path / "a_x.png")
+    assert isinstance(settled, Screened) and settled.target == tmp_path / "a_x.png"
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_subfolders_left_out_without_r_are_counted(cwd: Path) -> None:
+    save(cwd / "trip" / "a.png")
+    save(cwd / "trip" / "day2" / "b.png")
+    save(cwd / "trip" / "day3" / "c.png")
+    (cwd / "trip" / ".cache").mkdir()  # hidden: -r would not search it either
+    exp = expand_inputs(["trip"], suffix=SUFFIX)
+    assert [j.label for j in exp.jobs] == ["trip/a.png"]
+    assert exp.notes == ("trip: 2 subfolders not searched; -r/--recursive includes them",)
+    deep = expand_inputs(["trip"], recursive=True, suffix=SUFFIX)
+    assert len(deep.jobs) == 3 and deep.notes == ()
+
+
+def test_a_glob_into_an_unreadable_folder_warns(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As -r does for a subfolder (root reads every folder, so the refusal is mocked)."""
+    save(cwd / "locked" / "a.png")
+    save(cwd / "open" / "b.png")
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    why = (
+        "folder skipped: permission denied; check the permissions of it and of the folders above it"
+    )
+    exp = expand_inputs(["locked/*.png"], suffix=SUFFIX)
+    assert [j.error for j in exp.jobs] == ["no image files match this pattern"]
+    assert exp.warnings == (f"locked: {why}",)
+    both = expand_inputs(["*/*.png"], suffix=SUFFIX)
+    assert [j.label for j in both.jobs] == ["open/b.png"]
+    assert both.warnings == (f"locked: {why}",)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_searched(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    depth = 1200
+    top = cwd / "top"
+    top.mkdir()
+    save(top / "a.png")
+    os.chdir(top)
+    try:
+        for _ in range(depth):  # one level at a time: mkdir(parents=True) itself recurses
+            Path("d").mkdir()
+            os.chdir("d")
+        save(Path("x.png"))
+        os.chdir(cwd)
+        exp = expand_inputs(["top"], recursive=True, suffix=SUFFIX)
+        assert [j.source for j in exp.jobs] == [
+            Path("top/a.png"),
+            Path("top", *["d"] * depth, "x.png"),
+        ]
+    finally:  # bottom-up, one level at a time: shutil.rmtree (pytest's clean-up) recurses too
+        os.chdir(top)
+        for _ in range(depth):
+            os.chdir("d")
+        for entry in Path().iterdir():
+            entry.unlink()
+        for _ in range(depth):
+            os.chdir("..")
+            Path("d").rmdir()
+        os.chdir(cwd)
+
+
+def test_explicit_inputs_named_like_our_outputs_are_left_out(cwd: Path) -> None:
+    """`mprnet denoise p*.png` rerun after a stop: the shell passes p1_x.png too."""
+    for name in ("p1.png", "p1_x.png", "p2.png"):
+        save(cwd / name)
+    args = ["p1.png", "p1_x.png", "p2.png"]
+    exp = expand_inputs(args, suffix=SUFFIX)
+    assert [j.label for j in exp.jobs] == ["p1.png", "p2.png"]
+    assert exp.notes == (
+        "1 input left out, named like this command's outputs (*_x): p1_x.png; --overwrite "
+        "restores it too",
+    )
+    forced = expand_inputs(args, suffix=SUFFIX, overwrite=True)
+    assert [j.label for j in forced.jobs] == args and forced.notes == ()
+    alone = expand_inputs(["p1_x.png"], suffix=SUFFIX)  # named on its own: meant
+    assert [j.label for j in alone.jobs] == ["p1_x.png"]

@@ -295,3 +295,56 @@ def test_weights_holding_non_finite_values_are_refused(tmp_path: Path, value: fl
 def test_a_folder_is_not_a_weights_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a folder; give the weights file in it"):
         read_checkpoint(tmp_path)
+
+
+def _hostile_state(n_feat: int, scale: int = 4, num_cab: int = 1) -> dict[str, torch.Tensor]:
+    """Only the few tensors whose shapes declare the network (a small file, a big network)."""
+    squeeze = max(1, n_feat // 4)
+    z = torch.zeros
+    return {
+        "shallow_feat1.0.weight": z(n_feat, 3, 3, 3),
+        "shallow_feat1.1.CA.conv_du.0.weight": z(squeeze, n_feat, 1, 1),
+        "stage1_encoder.down12.down.1.weight": z(n_feat + scale, n_feat, 1, 1),
+        f"stage3_orsnet.orb1.body.{num_cab}.weight": z(1),
+        "stage3_orsnet.orb1.body.0.CA.conv_du.0.weight": z(squeeze, n_feat, 1, 1),
+        "tail.weight": z(3, n_feat + scale, 3, 3),
+    }
+
+
+@pytest.mark.parametrize(
+    ("n_feat", "num_cab", "what"), [(2048, 1, "n_feat 2048 > 192"), (8, 10**9, "num_cab")]
+)
+def test_a_small_file_declaring_a_huge_network_is_refused_on_reading(
+    tmp_path: Path, n_feat: int, num_cab: int, what: str
+) -> None:
+    """Audit 4.10: an 8 MB file declaring n_feat 2048 reached 2.6 GB before any check."""
+    path = tmp_path / "hostile.safetensors"
+    save_file(_hostile_state(n_feat, num_cab=num_cab), str(path))
+    assert path.stat().st_size < 40 << 20
+    with pytest.raises(CheckpointError, match=f"larger than mprnet accepts.*{what}"):
+        read_checkpoint(path)
+
+
+def test_missing_tensors_are_found_before_the_network_is_allocated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shapes are checked on PyTorch's meta device: no real network is built for a file
+    that cannot fill it (here: the widest accepted network, from 6 tensors)."""
+    import mprnet_cli.model.checkpoint as checkpoint
+
+    built: list[str] = []
+    real = checkpoint.MPRNet
+
+    def spy(config: MPRNetConfig) -> MPRNet:
+        model = real(config)
+        built.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(checkpoint, "MPRNet", spy)
+    path = tmp_path / "partial.safetensors"
+    save_file(_hostile_state(192, scale=128, num_cab=16), str(path))
+    ckpt = read_checkpoint(path)
+    assert ckpt.config.n_feat == 192
+    with pytest.raises(CheckpointError, match=r"missing .* tensors"):
+        build_model(ckpt)
+    assert built == ["meta"]

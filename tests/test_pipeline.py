@@ -12,7 +12,7 @@ from torch import nn
 import mprnet_cli.backends.torch as torch_backend
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
-from mprnet_cli.pipeline import TileOptions, _reflect_index, auto_tile, restore_array
+from mprnet_cli.pipeline import TileOptions, auto_tile, reflect_index, restore_array
 from tests.conftest import tiny_model
 
 
@@ -55,13 +55,13 @@ def test_identity_is_exact_for_any_size(shape: tuple[int, int], tile: int) -> No
     assert stats.tiles >= 1
 
 
-def test_reflect_index_matches_torch_reflect_pad() -> None:
+def testreflect_index_matches_torch_reflect_pad() -> None:
     for size in (2, 3, 7, 8, 13):
         for pad in range(1, min(8, size)):  # torch's reflect needs pad < size
             x = torch.arange(size, dtype=torch.float32)[None, None, :]
             padded = torch.nn.functional.pad(x, (0, pad), mode="reflect")[0, 0].long().numpy()
-            assert np.array_equal(_reflect_index(size + pad, size), padded)
-    assert np.array_equal(_reflect_index(8, 1), np.zeros(8))  # 1-pixel axis: replicate
+            assert np.array_equal(reflect_index(size + pad, size), padded)
+    assert np.array_equal(reflect_index(8, 1), np.zeros(8))  # 1-pixel axis: replicate
 
 
 def test_output_is_clipped_to_unit_range() -> None:

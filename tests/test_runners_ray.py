@@ -37,6 +37,7 @@ from mprnet_cli.jobs import (  # noqa: E402
 )
 from mprnet_cli.runners import RaySettings  # noqa: E402
 from mprnet_cli.runners import ray as ray_runner  # noqa: E402
+from mprnet_cli.settings import RestoreSettings  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
 from mprnet_cli.weights import resolve  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
@@ -209,6 +210,38 @@ def test_file_uris_work_like_paths(tmp_path: Path, checkpoint: Path, ray_cluster
     assert len(tree_files(tmp_path / "uri")) == 3
 
 
+def test_format_same_is_settled_by_decoding_never_by_reading_on_the_driver(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names plan the outputs; a file whose content is not what its extension says (a PNG
+    called .jpg, a JPEG called .png) is decoded, screened again under its real output
+    name and restored like locally. The driver reads no input's bytes to plan."""
+    save_png(tmp_path / "in" / "plain.png", size=20)
+    Image.fromarray(rand(20, 20, 3)).save(tmp_path / "in" / "png_inside.jpg", "PNG")
+    Image.fromarray(rand(16, 24, 3)).save(tmp_path / "in" / "jpeg_inside.png", "JPEG", quality=90)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "jpeg_inside_x.jpg").write_bytes(b"exists: skipped, not rewritten")
+    args = ["denoise", "in", "--json", "--suffix", "_x", "-w", checkpoint, *FAST]
+    local = invoke(*args, "-o", "local", cwd=tmp_path)
+    assert local.exit_code == 0, local.stderr
+    (tmp_path / "local" / "jpeg_inside_x.jpg").write_bytes(b"exists: skipped, not rewritten")
+
+    def no_reading(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the driver read an input to plan its output")
+
+    monkeypatch.setattr("mprnet_cli.jobs.outputs.predict_format", no_reading)
+    distributed = invoke(*args, "-o", "ray", *RAY, cwd=tmp_path)
+    assert distributed.exit_code == 0, distributed.stderr
+    assert tree_files(tmp_path / "ray") == tree_files(tmp_path / "local")
+    assert sorted(tree_files(tmp_path / "ray")) == [
+        "jpeg_inside_x.jpg",
+        "plain_x.png",
+        "png_inside_x.png",
+    ]
+    statuses = {Path(r["input"]).name: r["status"] for r in records(distributed.stdout)}
+    assert statuses == {"plain.png": "ok", "png_inside.jpg": "ok", "jpeg_inside.png": "skipped"}
+
+
 def test_quality_options_reach_the_actors(
     tmp_path: Path, checkpoint: Path, ray_cluster: str
 ) -> None:
@@ -356,6 +389,7 @@ def test_a_signal_stops_the_job_reports_every_output_and_leaves_no_temp_files(
     assert proc.returncode == code, stderr.decode()
     assert "interrupted" in stderr.decode() and "Traceback" not in stderr.decode()
     assert "SIGTERM received" not in stderr.decode()  # Ray's own handler stayed out of it
+    assert "logging.cc" not in stderr.decode()  # no note from Ray's core (issue 23, 3.4)
     assert " on None" not in stderr.decode()  # outputs found at the stop: no made-up timings
     assert 1 <= len(done) < 40, "the job finished before the signal; make it longer"
     for path in done:
@@ -411,27 +445,62 @@ def test_the_driver_downloads_the_weights_once_and_workers_never_do(
 # --------------------------------------------------------------------------- faults
 
 
-class CrashOnce:
-    """A restorer factory whose network kills its actor's process at the 3rd image, once."""
+class AtCall:
+    """A restorer factory whose network runs `hook` before its `at`-th image (a fault or a
+    wait injected inside an actor; the factory travels to the actors, so it pickles)."""
+
+    at = 0
+
+    def hook(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, task: Task | None, settings: RestoreSettings, weights: Path) -> Any:
+        real = ray_runner.default_restorer(task, settings, weights)
+        hook, at = self.hook, self.at
+
+        class Hooked:
+            calls = 0
+
+            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
+                Hooked.calls += 1
+                if Hooked.calls == at:
+                    hook()
+                return real.restore_rgb(rgb, **kw)
+
+        return Hooked()
+
+
+class CrashOnce(AtCall):
+    """Kills its actor's process at the 3rd image, once."""
+
+    at = 3
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __call__(self, settings: ray_runner.NetworkSettings, weights: Path) -> Any:
-        real = ray_runner.default_restorer(settings, weights)
-        marker = self.marker
+    def hook(self) -> None:
+        if not self.marker.exists():
+            self.marker.write_text("crashed")
+            os._exit(1)  # the actor's process dies mid-job
 
-        class Crashing:
-            calls = 0
 
-            def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
-                Crashing.calls += 1
-                if Crashing.calls == 3 and not marker.exists():
-                    marker.write_text("crashed")
-                    os._exit(1)  # the actor's process dies mid-job
-                return real.restore_rgb(rgb, **kw)
-
-        return Crashing()
+def restore_in_to_out(
+    tmp_path: Path, checkpoint: Path, factory: AtCall, **kw: Any
+) -> tuple[Any, list[Any]]:
+    """`restore_files` of tmp_path/in to tmp_path/out (suffix _x) with one actor."""
+    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
+    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
+    results = ray_runner.restore_files(
+        exp.jobs,
+        plan,
+        weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
+        task=Task.DERAIN,
+        settings=RestoreSettings(device="cpu", tile=0, threads=1),
+        cluster=RaySettings(workers=1),
+        factory=factory,
+        **kw,
+    )
+    return exp, list(results)
 
 
 def test_a_killed_actor_is_replaced_and_no_output_is_lost_or_duplicated(
@@ -439,19 +508,8 @@ def test_a_killed_actor_is_replaced_and_no_output_is_lost_or_duplicated(
 ) -> None:
     for i in range(8):
         save_png(tmp_path / "in" / f"{i}.png", size=24)
-    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
-    plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
     marker = tmp_path / "crashed"
-    results = list(
-        ray_runner.restore_files(
-            exp.jobs,
-            plan,
-            weights=lambda: resolve(Task.DERAIN, weights=checkpoint),
-            network=ray_runner.NetworkSettings(Task.DERAIN, device="cpu", tile=0, threads=1),
-            settings=RaySettings(workers=1),
-            factory=CrashOnce(marker),
-        )
-    )
+    exp, results = restore_in_to_out(tmp_path, checkpoint, CrashOnce(marker))
     assert marker.exists(), "the fault was not injected"
     assert sorted(r.input for r in results) == sorted(j.label for j in exp.jobs)
     assert {r.status for r in results} == {Status.OK}
@@ -530,6 +588,8 @@ def test_cluster_plan_sizes_the_actor_pool(
 ) -> None:
     plan = ray_runner.cluster_plan(resources, settings, device)
     assert (plan.workers, plan.cpus_per_worker, plan.gpus_per_worker) == want
+    # the pool grows from one actor to `workers`; --workers fixes its size
+    assert plan.min_workers == (want[0] if settings.workers else 1)
 
 
 @pytest.mark.parametrize(
@@ -556,7 +616,6 @@ def test_jobs_are_files_only() -> None:
             [Job(None)],
             plan,
             weights=lambda: None,  # type: ignore[arg-type, return-value]
-            network=ray_runner.NetworkSettings(),
         )
 
 
@@ -567,11 +626,10 @@ def unfinished_run(tmp_path: Path, out: Path, **kw: Any) -> Any:
         jobs,
         plan_outputs(expand_inputs(["x.png"]), str(out), suffix="_x"),
         weights=lambda: None,  # type: ignore[arg-type, return-value]
-        network=ray_runner.NetworkSettings(),
-        settings=RaySettings(),
+        task=None,
+        settings=RestoreSettings(),
+        cluster=RaySettings(),
         overwrite=False,
-        jpeg_quality=95,
-        max_pixels=None,
         callbacks=ray_runner.Callbacks(**kw),
         factory=ray_runner.default_restorer,
     )
@@ -604,3 +662,127 @@ def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes
     run = unfinished_run(tmp_path, out)
     run._sweep_unfinished()
     assert sorted(p.name for p in out.iterdir()) == [".c_x.png.00000000.tmp", "a_x.png"]
+
+
+def test_jobs_travel_in_chunks_that_grow_to_the_byte_and_count_limits() -> None:
+    """Many small images share a task (after a first chunk of one, for an early first
+    record); a large one travels alone; the driver keeps only the packed chunks."""
+    from mprnet_cli.runners.ray import files, plan, stages
+
+    chunker = files._Chunker()
+    packed = [chunker.add(stages.Planned(i, f"{i}.png", "", f"{i}_x.png"), 800) for i in range(600)]
+    packed.append(chunker.take())
+    sizes = [len(stages._unpack(c)) for c in packed if c is not None]
+    assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256, 89]
+    assert [p.index for c in packed if c is not None for p in stages._unpack(c)] == list(range(600))
+    big = plan._CHUNK_BYTES
+    chunks = [chunker.add(stages.Planned(i, f"{i}.tif", "", ""), big) for i in range(3)]
+    assert all(c is not None and len(stages._unpack(c)) == 1 for c in chunks)
+
+
+class WaitForFirstRecord(AtCall):
+    """At its 2nd image, waits (up to 60 s) until the driver has received the 1st image's
+    record: the driver writes to a FIFO then."""
+
+    at = 2
+
+    def __init__(self, fifo: Path) -> None:
+        self.fifo = fifo
+
+    def hook(self) -> None:
+        import select
+
+        fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            ready, _, _ = select.select([fd], [], [], 60)
+        finally:
+            os.close(fd)
+        if not ready:
+            raise RuntimeError("the first record never reached the driver")
+
+
+def test_each_record_reaches_the_driver_when_its_chunk_is_written(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str
+) -> None:
+    """Image 1 travels alone (the first chunk); image 2's restore waits for image 1's record
+    on the driver, which came only after the next block was ready before (iter_rows)."""
+    for i in range(3):
+        save_png(tmp_path / "in" / f"{i}.png", size=16)
+    fifo = tmp_path / "first-record"
+    os.mkfifo(fifo)
+    # Held open for the whole run, so the actor's reader waits for data, never for a writer.
+    signal_fd = os.open(fifo, os.O_RDWR)
+    seen: list[Any] = []
+
+    def finished(result: Any) -> None:
+        seen.append(result)
+        if len(seen) == 1:
+            os.write(signal_fd, b"1")
+
+    try:
+        callbacks = ray_runner.Callbacks(finished=finished)
+        _, results = restore_in_to_out(
+            tmp_path, checkpoint, WaitForFirstRecord(fifo), callbacks=callbacks
+        )
+    finally:
+        os.close(signal_fd)
+    assert [r.status for r in results] == [Status.OK] * 3, [r.error for r in results]
+    assert seen == results
+
+
+# --------------------------------------------------------------------------- joining, weights
+
+
+@pytest.mark.parametrize(
+    ("address", "env_address", "expected"),
+    [
+        (None, None, "local"),  # private: never a Ray found on the machine (audit 4.5)
+        ("10.0.0.1:6379", None, "10.0.0.1:6379"),
+        (None, "10.0.0.2:6379", None),  # ray.init reads RAY_ADDRESS itself
+    ],
+)
+def test_a_cluster_is_joined_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, address: str | None, env_address: str | None, expected: Any
+) -> None:
+    from mprnet_cli.runners.ray import cluster
+
+    if env_address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env_address)
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kw: calls.append(kw))
+    assert cluster._connect(address) is True
+    assert len(calls) == 1 and calls[0].get("address") == expected
+    # Setting it made Ray's core print "logging.cc: Set ray log level ..." on every run.
+    assert "RAY_BACKEND_LOG_LEVEL" not in os.environ
+
+
+@pytest.mark.parametrize("damage", ["nan", "missing"])
+def test_bad_weights_fail_on_the_driver_before_ray_starts(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Audit 4.6: the actors failed instead, with ~200 lines of traceback (half on stdout,
+    breaking --json) naming their temporary copy of the file."""
+    from mprnet_cli.runners.ray import files
+
+    def no_ray(address: str | None) -> bool:
+        raise AssertionError("Ray was started for weights that cannot work")
+
+    monkeypatch.setattr(files, "_connect", no_ray)
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    if damage == "nan":
+        state["module.tail.weight"][0, 0, 0, 0] = float("nan")
+    else:
+        del state["module.sam12.conv1.weight"]
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": state}, bad)
+    save_png(tmp_path / "a.png")
+    result = invoke("derain", "a.png", "--json", "-w", bad, *FAST, *RAY, cwd=tmp_path)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0], result.stderr
+    assert ("NaN" if damage == "nan" else "missing 1 tensors") in lines[0]

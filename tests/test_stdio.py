@@ -10,7 +10,7 @@ import os
 import threading
 
 from mprnet_cli._stdio import name_bytes, printable, valid_text, write_stdout
-from mprnet_cli.batch import Result, Status
+from mprnet_cli.jobs import Result, Status
 
 
 def _nonblocking_pipe() -> tuple[int, int]:

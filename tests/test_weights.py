@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,7 +310,15 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert line.count("\n") == 0, proc.stderr  # one line
-    assert "--weights FILE" in line and "mprnet weights download derain" in line
+    # not the command just run, nor options `weights download` does not take
+    assert "mprnet weights import derain FILE" in line and "README: Weights" in line
+    assert "mprnet weights download" not in line and "--weights" not in line, line
+    assert "--model" not in line
+    every = run_cli(["weights", "download"], hub_env(tmp_path, reg, None))
+    assert every.returncode == 1
+    lines = every.stderr.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines[:3]] == ["derain", "deblur", "denoise"]
+    assert lines[-1] == "mprnet: error: 3 of 3 downloads failed (derain, deblur, denoise)"
 
 
 @pytest.mark.parametrize(
@@ -390,6 +399,12 @@ def test_auto_falls_back_to_bundled_with_notice(
     assert resolved.source is Source.BUNDLED
     assert len(notes) == 1
     assert BUNDLED_NOTE in notes[0] and "run `mprnet weights download derain`" in notes[0]
+    assert "--model bundled" in notes[0]
+    resolve(Task.DERAIN, notify=notes.append)  # the next time, with the same cache: short
+    assert len(notes) == 2 and BUNDLED_NOTE not in notes[1]
+    assert notes[1].startswith("Using the bundled compact derain weights")
+    assert "--model bundled or -q hides this line" in notes[1]
+    assert len(notes[1]) < min(130, len(notes[0]))
     with pytest.raises(OfflineError):
         resolve(Task.DERAIN, model=ModelChoice.PUBLISHED)
     assert resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED
@@ -457,3 +472,113 @@ def test_shipped_registry_describes_the_bundled_files_and_tells_networks_apart()
         assert entry.published.sources
         bundled = resolve(task, model=ModelChoice.BUNDLED)
         assert network_of(bundled.path) == bundled.config
+
+
+# --------------------------------------------------------------------------- unusable caches
+
+
+def test_a_cache_that_is_a_file_still_resolves_and_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit 4.1: MPRNET_CACHE naming a file made every run "unexpected OSError ... bug"
+    (removing the note's temp file failed inside the handler of the failed write)."""
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("MPRNET_CACHE", str(blocker))
+    torch.save({"state_dict": tiny_model().state_dict()}, tmp_path / "b.pth")
+    monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path, bundled="b.pth")))
+    for _ in range(2):  # nothing remembered: verified again, still fine
+        assert resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED
+    assert blocker.read_text() == "x"
+
+
+def test_a_read_only_cache_still_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only homes and containers (simulated: the tests run as root): every write and
+    unlink under the cache is refused with EACCES, as without write or search permission."""
+    import mprnet_cli.weights as weights
+
+    cache = tmp_path / "ro-cache"
+    monkeypatch.setenv("MPRNET_CACHE", str(cache))
+    torch.save({"state_dict": tiny_model().state_dict()}, tmp_path / "b.pth")
+    monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path, bundled="b.pth")))
+
+    def refused(self: Path, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    for name in ("write_text", "unlink", "mkdir", "replace"):
+        monkeypatch.setattr(Path, name, refused)
+    assert weights.resolve(Task.DERAIN, model=ModelChoice.BUNDLED).source is Source.BUNDLED
+    with pytest.raises(WeightsError, match="writable"):
+        import_file(Task.DERAIN, tmp_path / "b.pth")
+
+
+def test_import_into_a_cache_that_is_a_file_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path)))
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("MPRNET_CACHE", str(blocker))
+    fetched = tmp_path / "w.pth"
+    fetched.write_bytes(_checkpoint_bytes())
+    with pytest.raises(WeightsError, match=r"cannot copy .* set MPRNET_CACHE to one"):
+        import_file(Task.DERAIN, fetched)
+
+
+def test_import_refuses_nan_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path)))
+    state = tiny_model().state_dict()
+    state["tail.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "nan.pth"
+    torch.save({"state_dict": state}, bad)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        import_file(Task.DERAIN, bad)
+    with pytest.raises(OfflineError):  # nothing was kept
+        resolve(Task.DERAIN, model=ModelChoice.PUBLISHED, download=False)
+
+
+def test_a_device_as_weights_says_what_it_is(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="/dev/zero is a character device, not a weights file"):
+        resolve(None, weights="/dev/zero")
+    fifo = tmp_path / "w.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightsError, match="is a pipe"):
+        resolve(None, weights=fifo)
+    with pytest.raises(WeightsError, match="not found"):
+        resolve(None, weights=tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("swap", ["in place (cp -p)", "renamed over (rsync -t)"])
+def test_a_same_size_swap_with_mtime_restored_is_hashed_again(tmp_path: Path, swap: str) -> None:
+    """Audit 4.13: size and mtime alone let `cp -p` / `rsync -t` swap in another network."""
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc" * 1000)
+    sha = hashlib.sha256(f.read_bytes()).hexdigest()
+    verify_file(f, sha, 3000)
+    before = f.stat()
+    time.sleep(0.05)  # past the kernel's timestamp granularity
+    if swap.startswith("in place"):
+        f.write_bytes(b"abd" * 1000)
+    else:
+        other = tmp_path / "other.bin"
+        other.write_bytes(b"abd" * 1000)
+        other.replace(f)
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(IntegrityError, match="corrupt or altered"):
+        verify_file(f, sha, 3000)
+
+
+def test_a_run_with_the_cache_a_file_restores(tmp_path: Path) -> None:
+    """End to end, as the audit ran it: the bundled weights, nothing cached, nothing writable."""
+    import numpy as np
+    from PIL import Image
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("x")
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    env = {"MPRNET_CACHE": str(blocker), "HF_HUB_OFFLINE": "1"}
+    args = ["derain", str(tmp_path / "a.png"), "-o", str(tmp_path / "out.png"), "--threads", "1"]
+    proc = run_cli(args, env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.png").is_file() and "bug" not in proc.stderr

@@ -64,7 +64,9 @@ def openvino_installed() -> bool:
 
 def choose(choice: BackendChoice, device_type: str, *, compile: bool = False) -> BackendChoice:
     """What `--backend auto` means: OpenVINO on the CPU where it is installed (faster than
-    PyTorch there in both precisions, README speed table), PyTorch on GPUs and with --compile."""
+    PyTorch there in both precisions, README speed table), PyTorch on GPUs and with --compile.
+    On the CPU, `openvino.create_auto` then still runs PyTorch for compact networks and for
+    a network not converted yet (converting it in the background)."""
     if choice is not BackendChoice.AUTO:
         return choice
     if device_type == "cpu" and not compile and openvino_installed():
@@ -85,6 +87,11 @@ def create(choice: BackendChoice, spec: BackendSpec, notify: Notify | None = Non
         if spec.compile:
             raise UsageError("--compile is a PyTorch option; use --backend torch with it")
     try:
+        if choice is BackendChoice.AUTO and chosen is BackendChoice.OPENVINO:
+            from mprnet_cli.backends.openvino import create_auto
+
+            backend: Backend = create_auto(spec, notify)
+            return backend
         return REGISTRY[chosen](spec, notify)
     except BackendError as exc:
         if notify is not None:

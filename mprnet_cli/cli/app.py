@@ -5,7 +5,7 @@ that `mprnet --help` and `mprnet --version` stay instant. One module per command
 group; this one wires them together and owns the entry point.
 
 Exit codes: 0 success, 1 failure (some inputs failed, weights problems),
-2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from mprnet_cli import __version__
-from mprnet_cli.cli import bench, restore, train, weights
+from mprnet_cli.cli import bench, restore, serve, train, weights
 from mprnet_cli.cli import eval as evaluation
 from mprnet_cli.cli.output import INTERRUPTED_EXIT, plain
 from mprnet_cli.tasks import Task
@@ -60,20 +60,25 @@ app.command("train", short_help="Train an MPRNet of any width (resumable); write
 app.command("eval", short_help="PSNR/SSIM of restored vs clean images (the paper's protocol).")(
     evaluation.eval_command
 )
-app.command("bench", short_help="Speed per task (MP/s, GFLOP/s, memory) vs the reference mode.")(
-    bench.bench_command
+app.command(
+    "bench", short_help="Speed per task (MP/s, GFLOP/s, memory); modes compared in one run."
+)(bench.bench_command)
+app.command("serve", short_help="HTTP API and web page restoring images; networks kept warm.")(
+    serve.serve_command
 )
 app.add_typer(weights.app, name="weights")
 
 
 def main() -> None:
-    """Console-script entry point: SIGTERM handled like Ctrl-C, usage errors as one line."""
+    """Console-script entry point: SIGTERM and SIGHUP handled like Ctrl-C, usage errors as
+    one line."""
     import signal
 
     from mprnet_cli.errors import Terminated, raise_terminated
 
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, raise_terminated)
+    for name in ("SIGTERM", "SIGHUP"):  # SIGHUP: the terminal or ssh session went away
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), raise_terminated)
     try:
         # standalone_mode=False: Typer's own parsing errors come back to us as exceptions,
         # so they get the same one-line form as mprnet's (instead of a usage block).
@@ -103,4 +108,6 @@ def _usage_line(exc: Exception) -> str:
     text = text[:1].lower() + text[1:].rstrip(".")
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None) or "mprnet"
-    return f"{plain(text)}; see `{command} --help`"
+    # "Did you mean 'derain'?" ends a sentence: the hint starts the next one
+    see = " See" if text.endswith("?") else "; see"
+    return f"{plain(text)}{see} `{command} --help`"

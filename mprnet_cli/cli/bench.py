@@ -16,6 +16,7 @@ from mprnet_cli.cli.options import (
     parse_tasks,
 )
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
+from mprnet_cli.cli.values import plural, whole
 
 
 def bench_command(
@@ -37,15 +38,21 @@ def bench_command(
         ),
     ] = None,
     batch: Annotated[
-        int, typer.Option("--batch", metavar="N", min=1, help="Images per forward pass.")
+        int, typer.Option("--batch", metavar="N", parser=whole(1), help="Images per forward pass.")
     ] = 1,
     repeat: Annotated[
-        int, typer.Option("--repeat", metavar="N", min=1, help="Timed runs (median is reported).")
+        int,
+        typer.Option(
+            "--repeat", metavar="N", parser=whole(1), help="Timed runs (median is reported)."
+        ),
     ] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line per result.")] = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Time each network (random weights) and compare with the reference execution, in one run."""
+    """Time each network (random weights); --modes reference,... compares modes in one run.
+
+    TASK: derain, deblur or denoise; several, or none for all three.
+    """
     chosen = parse_tasks(tasks)
     try:
         w, h = (int(v) for v in size.lower().split("x"))
@@ -71,7 +78,10 @@ def bench_command(
                 )
         else:
             names = ["default"]
-        say(f"benchmarking on {describe(dev)}, {w}x{h}, {torch_threads()} threads", quiet=json_out)
+        say(
+            f"benchmarking on {describe(dev)}, {w}x{h}, {plural(torch_threads(), 'thread')}",
+            quiet=json_out,
+        )
 
         def show(r: bench.BenchResult) -> None:
             if json_out:
@@ -82,7 +92,8 @@ def bench_command(
                 f"{r.task:8s} {r.mode:13s} {r.backend:8s} {r.precision:4s} "
                 f"{r.megapixels_per_second:8.3f} MP/s  "
                 f"{r.seconds_per_12mp:8.1f} s/12MP  {r.gflops:8.1f} GFLOP/s  "
-                f"peak {r.peak_memory_bytes / 2**20:7.0f} MiB  {speed} vs reference",
+                f"peak {r.peak_memory_bytes / 2**20:7.0f} MiB"
+                + (f"  {speed} vs reference" if r.speedup_vs_reference else ""),
                 flush=True,
             )
 
@@ -95,6 +106,10 @@ def bench_command(
             batch=batch,
             repeat=repeat,
             on_result=show,
+            on_task=lambda task, timed: say(
+                f"{task}: timing {', '.join(timed)} ({plural(repeat, 'round')} at least)",
+                quiet=json_out,
+            ),
             default=bench.default_mode(backend, precision),
         )
 

@@ -9,27 +9,30 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
-from mprnet_cli.cli.options import (
-    BackendOpt,
-    DeviceOpt,
-    EnsembleOpt,
-    HideSplitLinesOpt,
-    ModelOpt,
-    PrecisionOpt,
-    QuietOpt,
-    RestoreSettings,
-    StrengthOpt,
-    TaskArg,
-    ThreadsOpt,
-    TileOpt,
-    WeightsOpt,
-    one_task,
-    parse_tile,
-)
+from mprnet_cli.cli.options import QuietOpt, TaskArg, one_task, settings_options
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
+from mprnet_cli.cli.values import whole
+from mprnet_cli.settings import RestoreSettings
+
+# The paper's protocol restores whole images: tile only where memory demands it, so
+# scores do not depend on the device's speed-minded tile choice.
+_EVAL_SETTINGS = settings_options(
+    "weights",
+    "model",
+    "device",
+    "precision",
+    "backend",
+    "tile",
+    "strength",
+    "ensemble",
+    "split_lines",
+    "hide_split_lines",
+    "threads",
+    tile_for_speed=False,
+)
 
 
+@_EVAL_SETTINGS
 def eval_command(
     task_name: TaskArg,
     input_dir: Annotated[
@@ -48,15 +51,8 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
-    weights: WeightsOpt = None,
-    model: ModelOpt = ModelChoice.AUTO,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = Precision.AUTO,
-    backend: BackendOpt = BackendChoice.AUTO,
-    tile: TileOpt = "auto",
-    strength: StrengthOpt = 1.0,
-    ensemble: EnsembleOpt = Ensemble.OFF,
-    hide_split_lines: HideSplitLinesOpt = False,
+    *,
+    settings: RestoreSettings,
     seed: Annotated[
         int,
         typer.Option("--seed", metavar="N", help="Base seed of --degrade (image i uses seed + i)."),
@@ -64,29 +60,20 @@ def eval_command(
     limit: Annotated[
         int | None,
         typer.Option(
-            "--limit", metavar="N", min=1, help="Only the first N pairs.", show_default=False
+            "--limit",
+            metavar="N",
+            parser=whole(1),
+            help="Only the first N pairs.",
+            show_default=False,
         ),
     ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON line per image, then a summary line.")
     ] = False,
     quiet: QuietOpt = False,
-    threads: ThreadsOpt = None,
 ) -> None:
     """PSNR/SSIM over degraded/clean pairs (the paper's protocol), and the same for the untouched input."""
     task = one_task(task_name)
-    settings = RestoreSettings(
-        weights=weights,
-        model=model,
-        device=device,
-        precision=precision,
-        backend=backend,
-        tile=parse_tile(tile),
-        strength=strength,
-        ensemble=ensemble,
-        hide_split_lines=hide_split_lines,
-        threads=threads,
-    )
     with errors_to_exit():
         import json as jsonlib
 
@@ -95,10 +82,12 @@ def eval_command(
 
         degradation = parse_degradation(degrade) if degrade else None
         pairs = iter_pairs(input_dir, target_dir, degradation, seed=seed, limit=limit)
-        # The paper's protocol restores whole images: tile only where memory demands it,
-        # so scores do not depend on the device's speed-minded tile choice.
-        restorer = settings.restorer(
-            task, notify=lambda m: say(m, quiet=quiet), quiet=quiet, tile_for_speed=False
+        from mprnet_cli.api import Restorer
+        from mprnet_cli.device import set_threads
+
+        set_threads(settings.threads)
+        restorer = Restorer(
+            task, settings=settings, notify=lambda m: say(m, quiet=quiet), quiet=quiet
         )
 
         def show(r: Any) -> None:

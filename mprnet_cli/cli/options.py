@@ -1,21 +1,29 @@
 """Options more than one command takes: `Annotated` aliases, their parsers, and the
-typed settings of the network they add up to.
+declaration of each `RestoreSettings` field on the command line (`SETTINGS_OPTIONS`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Final, Optional
 
 import typer
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import (
+    BackendChoice,
+    Ensemble,
+    ModelChoice,
+    OutputFormat,
+    Precision,
+    SplitLines,
+)
+from mprnet_cli.cli.output import errors_to_exit
+from mprnet_cli.cli.values import choice, number, whole
+from mprnet_cli.settings import RestoreSettings, settings_of
 from mprnet_cli.tasks import Task
-
-if TYPE_CHECKING:
-    from mprnet_cli.api import Restorer
-    from mprnet_cli.runners.ray import NetworkSettings
 
 OutputOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional at runtime on 3.10
@@ -33,13 +41,16 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         "-w",
+        metavar="FILE",
         help="Weights file (.pth/.pt/.safetensors) to use instead of the task's.",
         show_default=False,
     ),
 ]
 ModelOpt = Annotated[
     ModelChoice,
-    typer.Option("--model", "-m", help="Which weights when no file is given."),
+    typer.Option(
+        "--model", "-m", parser=choice(ModelChoice), help="Which weights when no file is given."
+    ),
 ]
 DeviceOpt = Annotated[
     str,
@@ -55,6 +66,7 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         envvar="MPRNET_PRECISION",
+        parser=choice(Precision),
         help="Arithmetic precision (auto: bf16 on CUDA GPUs and on CPUs with native bf16, "
         "else fp32).",
     ),
@@ -64,6 +76,7 @@ BackendOpt = Annotated[
     typer.Option(
         "--backend",
         envvar="MPRNET_BACKEND",
+        parser=choice(BackendChoice),
         help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
     ),
 ]
@@ -80,7 +93,7 @@ OverlapOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--tile-overlap",
-        min=0,
+        parser=whole(0),
         metavar="N",
         help="Overlap between tiles in pixels, less than --tile (default: 32, less for "
         "smaller tiles).",
@@ -88,13 +101,47 @@ OverlapOpt = Annotated[
     ),
 ]
 TileBatchOpt = Annotated[
-    int, typer.Option("--tile-batch", metavar="N", min=1, help="Tiles per forward pass (GPU).")
+    int,
+    typer.Option(
+        "--tile-batch", metavar="N", parser=whole(1), help="Tiles per forward pass (GPU)."
+    ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", "-f", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-TaskArg = Annotated[Task, typer.Argument(metavar="TASK", help="derain, deblur or denoise.")]
+FormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        metavar="FORMAT",
+        help="png, jpg, webp, tiff, or same: the input's format where it can hold the result, "
+        "else png.",
+    ),
+]
+JpegQualityOpt = Annotated[
+    int,
+    typer.Option(
+        "--jpeg-quality", metavar="Q", parser=whole(1, 100), help="JPEG and WebP quality (1-100)."
+    ),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        metavar="N",
+        parser=whole(0),
+        show_default=False,
+        help="Refuse images with more pixels than this (decompression bombs); 0: no limit "
+        "(default: 16384x16384, 268 MP).",
+    ),
+]
+
+TaskArg = Annotated[
+    Task, typer.Argument(metavar="TASK", parser=choice(Task), help="derain, deblur or denoise.")
+]
+#: Hidden from the Arguments list, where Typer would print a type name
+#: (`<list[derain|deblur|denoise]>`): each command's help text says what TASK takes.
 TasksArg = Annotated[
-    list[Task] | None, typer.Argument(metavar="TASK", help="Tasks (default: all).")
+    list[Task] | None, typer.Argument(metavar="TASK", parser=choice(Task), hidden=True)
 ]
 CompileOpt = Annotated[
     bool,
@@ -108,8 +155,8 @@ StrengthOpt = Annotated[
     float,
     typer.Option(
         "--strength",
-        min=0.0,
-        max=1.0,
+        metavar="S",
+        parser=number(0.0, 1.0),
         help="Blend the result with the input: 1 fully restored, 0 the input unchanged "
         "(for textures the network smooths too much).",
     ),
@@ -118,16 +165,27 @@ EnsembleOpt = Annotated[
     Ensemble,
     typer.Option(
         "--ensemble",
+        parser=choice(Ensemble),
         help="Average over flipped/rotated copies: 1 off, 2 the input and its left-right "
         "mirror, 8 all rotations and mirrors (2x / 8x the time).",
+    ),
+]
+SplitLinesOpt = Annotated[
+    Optional[SplitLines],  # noqa: UP045
+    typer.Option(
+        "--split-lines",
+        help="The network's split lines (centre row/column of the image or of each tile): "
+        "keep (default) leaves them, fix re-runs thin windows across them (12-19% more "
+        "pixels through the network on 1-MP photos, more on small ones), hide blends "
+        "three shifted passes (3-5x the time).",
+        show_default=False,
     ),
 ]
 HideSplitLinesOpt = Annotated[
     bool,
     typer.Option(
         "--hide-split-lines",
-        help="Three shifted passes blended away from the network's split lines (tile and "
-        "image centre rows/columns): 3-5x the time.",
+        help="Same as --split-lines hide.",
     ),
 ]
 ThreadsOpt = Annotated[
@@ -135,7 +193,7 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         metavar="N",
-        min=1,
+        parser=whole(1),
         help="CPU threads for the network (default: one per core).",
         show_default=False,
     ),
@@ -181,70 +239,109 @@ def one_task(name: Task | str) -> Task:
     return task
 
 
-#: `RestoreSettings` fields that are not the network's own settings (the rest are passed by
-#: name to `Restorer` and to `runners.ray.NetworkSettings`).
-_NOT_NETWORK = frozenset({"weights", "model", "threads"})
+_FORMAT_SPELLINGS = {"jpeg": "jpg", "tif": "tiff"}
+
+
+def parse_format(value: str) -> OutputFormat:
+    """--format value (jpeg and tif accepted too) -> `OutputFormat`."""
+    text = value.strip().lower()
+    try:
+        return OutputFormat(_FORMAT_SPELLINGS.get(text, text))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected png, jpg, webp, tiff or same, got {value!r}", param_hint="--format"
+        ) from None
+
+
+# --------------------------------------------------------------------------- settings
+
+_FIELD_DEFAULT: Final = object()
 
 
 @dataclass(frozen=True)
-class RestoreSettings:
-    """The network options of a restore or eval command, parsed and typed once.
+class SettingOption:
+    """How one `RestoreSettings` field is spelled on the command line."""
 
-    Field names are those of `Restorer` and `runners.ray.NetworkSettings`, so both are
-    built from `network()` without listing the fields again.
+    annotation: Any  # an `Annotated[type, typer.Option(...)]` alias
+    parse: Callable[[Any], Any] | None = None  # command-line value -> field value
+    default: Any = _FIELD_DEFAULT  # the command-line spelling of the field's default
+
+
+#: The command-line declaration of each `RestoreSettings` field a command may offer
+#: (defaults come from the field itself). `settings_options` adds them to a command.
+SETTINGS_OPTIONS: Final[dict[str, SettingOption]] = {
+    "format": SettingOption(FormatOpt, parse_format, "same"),
+    "jpeg_quality": SettingOption(JpegQualityOpt),
+    "max_pixels": SettingOption(MaxPixelsOpt),
+    "weights": SettingOption(WeightsOpt),
+    "model": SettingOption(ModelOpt),
+    "device": SettingOption(DeviceOpt),
+    "precision": SettingOption(PrecisionOpt),
+    "backend": SettingOption(BackendOpt),
+    "tile": SettingOption(TileOpt, parse_tile, "auto"),
+    "tile_overlap": SettingOption(OverlapOpt),
+    "tile_batch": SettingOption(TileBatchOpt),
+    "strength": SettingOption(StrengthOpt),
+    "ensemble": SettingOption(EnsembleOpt),
+    "split_lines": SettingOption(SplitLinesOpt, default=None),
+    "hide_split_lines": SettingOption(HideSplitLinesOpt, default=False),
+    "threads": SettingOption(ThreadsOpt),
+    "compile": SettingOption(CompileOpt),
+}
+
+Command = Callable[..., None]
+
+
+def _cli_default(name: str) -> Any:
+    declared = SETTINGS_OPTIONS[name].default
+    if declared is not _FIELD_DEFAULT:
+        return declared
+    return RestoreSettings.__dataclass_fields__[name].default
+
+
+def settings_from_options(values: Mapping[str, Any], **fixed: Any) -> RestoreSettings:
+    """The command-line values of `SETTINGS_OPTIONS` (by field name) -> `RestoreSettings`;
+    `fixed`: fields a command sets itself. A bad combination exits as a usage error."""
+    parsed = {
+        name: (SETTINGS_OPTIONS[name].parse or (lambda v: v))(value)
+        for name, value in values.items()
+    }
+    with errors_to_exit():
+        return settings_of(None, **parsed, **fixed)
+
+
+def settings_options(*names: str, **fixed: Any) -> Callable[[Command], Command]:
+    """Give a command the options of `names` (all of `SETTINGS_OPTIONS` when none) in place
+    of its `settings: RestoreSettings` parameter, which receives them built into one value.
+
+    The command declares no option of its own for them, so a new setting reaches every
+    command that offers it from its one `SETTINGS_OPTIONS` line.
     """
+    chosen = names or tuple(SETTINGS_OPTIONS)
 
-    weights: Path | None = None
-    model: ModelChoice = ModelChoice.AUTO
-    device: str = "auto"
-    precision: Precision = Precision.AUTO
-    backend: BackendChoice = BackendChoice.AUTO
-    tile: int | None = None  # None: from free memory, 0: one pass
-    tile_overlap: int | None = None  # None: the default (an explicit one must fit the tile)
-    tile_batch: int = 1
-    compile: bool = False
-    strength: float = 1.0
-    ensemble: Ensemble = Ensemble.OFF
-    hide_split_lines: bool = False
-    threads: int | None = None
-
-    def check(self) -> None:
-        """Usage errors the single options cannot see: an explicit overlap as big as the tile."""
-        from mprnet_cli.errors import UsageError
-
-        tile, overlap = self.tile, self.tile_overlap
-        if tile and overlap is not None and overlap >= tile:
-            raise UsageError(
-                f"--tile-overlap {overlap} must be smaller than --tile {tile} "
-                f"(e.g. --tile-overlap {min(32, tile // 4)})"
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        params = list(signature.parameters.values())
+        at = [p.name for p in params].index("settings")
+        added = [
+            inspect.Parameter(
+                name,
+                params[at].kind,
+                default=_cli_default(name),
+                annotation=SETTINGS_OPTIONS[name].annotation,
             )
+            for name in chosen
+        ]
 
-    def network(self) -> dict[str, Any]:
-        """The settings `Restorer` and `runners.ray.NetworkSettings` share, by field name."""
-        from mprnet_cli.tiling import DEFAULT_OVERLAP
+        def wrapper(**kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name in chosen}
+            command(**kwargs, settings=settings_from_options(values, **fixed))
 
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_NETWORK}
-        if values["tile_overlap"] is None:
-            values["tile_overlap"] = DEFAULT_OVERLAP
-        return values
+        wrapper.__name__ = command.__name__
+        wrapper.__doc__ = command.__doc__
+        new = signature.replace(parameters=[*params[:at], *added, *params[at + 1 :]])
+        wrapper.__signature__ = new  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in new.parameters.values()}
+        return wrapper
 
-    def restorer(self, task: Task, **kwargs: Any) -> Restorer:
-        """A local `Restorer` with these settings (`kwargs`: notify, quiet, tile_for_speed)."""
-        from mprnet_cli.api import Restorer
-        from mprnet_cli.device import set_threads
-
-        set_threads(self.threads)
-        return Restorer(task, weights=self.weights, model=self.model, **self.network(), **kwargs)
-
-    def ray_network(self, task: Task) -> NetworkSettings:
-        """The Ray actors' settings (weights are resolved once by the driver, not here)."""
-        from mprnet_cli.runners import load_ray
-
-        if self.compile:
-            from mprnet_cli.errors import UsageError
-
-            raise UsageError("--compile is not supported with --engine ray yet; drop it")
-        settings: NetworkSettings = load_ray().NetworkSettings(
-            task, threads=self.threads, **self.network()
-        )
-        return settings
+    return decorate

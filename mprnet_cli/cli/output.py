@@ -68,7 +68,7 @@ def errors_to_exit() -> Iterator[None]:
         if debug_enabled():
             raise
         if isinstance(exc, Terminated):
-            fail("terminated (SIGTERM)", Terminated.exit_code)
+            fail(f"terminated ({Terminated.signal_name})", Terminated.exit_code)
         fail("interrupted", INTERRUPTED_EXIT)
     except Exception as exc:
         if debug_enabled():
@@ -100,8 +100,9 @@ def progress_enabled(
 class Reporter:
     """Everything a batch says on stderr: bars (files, tiles of big images), lines, summary."""
 
-    def __init__(self, total: int, *, quiet: bool, bar: bool) -> None:
+    def __init__(self, total: int, *, quiet: bool, bar: bool, count: bool = False) -> None:
         self.quiet = quiet
+        self.count = count  # --watch: each line starts with the running count, [n]
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self._bar: Progress | None = None
         if bar:
@@ -158,11 +159,15 @@ class Reporter:
             self._bar.update(self._tiles, total=total, completed=done, visible=True)
 
     def finished(self, result: Result) -> None:
+        from mprnet_cli.cli.values import plural
+
         status = result.status.value
         self.counts[status] += 1
         if self._bar is not None:
             self._bar.advance(self._files)
         source = "<stdin>" if result.input == "-" else result.input
+        if self.count:
+            source = f"[{sum(self.counts.values())}] {source}"
         if status == "failed":
             self.line(f"mprnet: {source}: {result.error or 'failed'}")
             return
@@ -176,19 +181,19 @@ class Reporter:
             self.note(
                 f"{source} -> {target} "
                 f"({result.seconds or 0:.1f} s on {result.device}, {result.backend} "
-                f"{result.precision}, {result.tiles} tile(s))"
+                f"{result.precision}, {plural(result.tiles or 0, 'tile')})"
             )
         else:
             self.note(f"{source}: skipped, {result.output} exists")
 
-    def summary(self, *, interrupted: bool = False) -> None:
+    def summary(self, *, interrupted: bool = False, why: str = "interrupted") -> None:
         c = self.counts
         skipped = f"{c['skipped']} skipped" + (
             " (exist; --overwrite to replace)" if c["skipped"] else ""
         )
         text = f"{c['ok']} restored, {skipped}, {c['failed']} failed"
         if interrupted:
-            text += "; interrupted: run the same command again to resume"
+            text += f"; {why}: run the same command again to resume"
         self.note(text)
 
 

@@ -12,6 +12,7 @@ import typer
 
 from mprnet_cli.cli.options import DeviceOpt, QuietOpt, TaskArg, ThreadsOpt, one_task
 from mprnet_cli.cli.output import errors_to_exit, say
+from mprnet_cli.cli.values import whole
 
 
 def _parse_width(text: str) -> tuple[int, int, int]:
@@ -50,20 +51,23 @@ def train_command(
         str, typer.Option("--width", metavar="N,S,O", help="N_FEAT,SCALE_UNET,SCALE_ORSNET.")
     ] = "32,16,12",
     num_cab: Annotated[
-        int, typer.Option("--num-cab", metavar="N", min=1, help="CABs per stage-3 block.")
+        int, typer.Option("--num-cab", metavar="N", parser=whole(1), help="CABs per stage-3 block.")
     ] = 4,
     steps: Annotated[
         int,
         typer.Option(
             "--steps",
             metavar="N",
-            min=0,
+            parser=whole(0),
             help="Optimiser steps in total (0: fit to --max-minutes).",
         ),
     ] = 20_000,
-    batch: Annotated[int, typer.Option("--batch", metavar="N", min=1, help="Crops per step.")] = 8,
+    batch: Annotated[
+        int, typer.Option("--batch", metavar="N", parser=whole(1), help="Crops per step.")
+    ] = 8,
     crop: Annotated[
-        int, typer.Option("--crop", metavar="N", min=16, help="Crop size (multiple of 8).")
+        int,
+        typer.Option("--crop", metavar="N", parser=whole(16), help="Crop size (multiple of 8)."),
     ] = 128,
     lr: Annotated[
         float, typer.Option("--lr", metavar="RATE", help="Peak learning rate (cosine decay).")
@@ -84,7 +88,10 @@ def train_command(
     save_every: Annotated[
         int,
         typer.Option(
-            "--save-every", metavar="N", min=1, help="Checkpoint and validate every N steps."
+            "--save-every",
+            metavar="N",
+            parser=whole(1),
+            help="Checkpoint and validate every N steps.",
         ),
     ] = 500,
     export: Annotated[
@@ -100,7 +107,8 @@ def train_command(
         typer.Option("--init", help="Start from these weights (fine-tuning).", show_default=False),
     ] = None,
     warmup: Annotated[
-        int, typer.Option("--warmup", metavar="N", min=0, help="Learning-rate warm-up steps.")
+        int,
+        typer.Option("--warmup", metavar="N", parser=whole(0), help="Learning-rate warm-up steps."),
     ] = 200,
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore an existing checkpoint in OUT.")

@@ -11,6 +11,7 @@ import typer
 from mprnet_cli.choices import ModelChoice
 from mprnet_cli.cli.options import ModelOpt, QuietOpt, TaskArg, TasksArg, parse_tasks
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
+from mprnet_cli.cli.values import whole
 
 app = typer.Typer(
     help="List, download, import and locate network weights.",
@@ -89,28 +90,64 @@ def weights_download(
         int | None,
         typer.Option(
             "--source",
-            min=1,
+            metavar="N",
+            parser=whole(1),
             help="Only this published source (its # in `weights list`), not each in order.",
             show_default=False,
         ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fetch the published weights into the Hugging Face cache (once; later runs need no network)."""
+    """Fetch the published weights into the Hugging Face cache (once; later runs need no network).
+
+    TASK: derain, deblur or denoise; several, or none for all three.
+    """
     chosen = parse_tasks(tasks)
     with errors_to_exit():
+        from mprnet_cli.errors import OfflineError, UsageError, WeightsError
         from mprnet_cli.weights import download_published, registry
 
         entries = registry()
+        failed: list[str] = []
+        offline = False
         for task in chosen:
-            got = download_published(
-                entries[task].published,
-                notify=lambda m: say(m, quiet=quiet),
-                force=force,
-                quiet=quiet,
-                source=source,
-            )
+            try:
+                if offline:  # the Hub is no nearer for the next task: say so, do not wait again
+                    raise OfflineError(task.value)
+                got = download_published(
+                    entries[task].published,
+                    notify=lambda m: say(m, quiet=quiet),
+                    force=force,
+                    quiet=quiet,
+                    source=source,
+                )
+            except UsageError:
+                raise
+            except OfflineError:
+                offline = True
+                failed.append(task.value)
+                say(f"mprnet: {task.value}: {_offline_advice(task.value)}")
+                continue
+            except WeightsError as exc:
+                failed.append(task.value)
+                say(f"mprnet: {task.value}: {exc}")
+                continue
             say(f"{task.value}: {got.path}", quiet=quiet)
+        if len(chosen) > 1 and failed:  # each task's own line above; one verdict for the run
+            say(
+                f"mprnet: error: {len(failed)} of {len(chosen)} downloads failed ({', '.join(failed)})"
+            )
+        if failed:
+            raise typer.Exit(1)
+
+
+def _offline_advice(task: str) -> str:
+    """What to do when the Hub cannot be reached: this very command is no answer."""
+    return (
+        "the Hugging Face Hub cannot be reached (offline, or HF_HUB_OFFLINE is set). "
+        "Try again when connected, or fetch the file by hand (README: Weights, the authors' "
+        f"Google Drive links) and run `mprnet weights import {task} FILE`"
+    )
 
 
 @app.command("import")

@@ -27,9 +27,14 @@ from mprnet_cli.imageio.atomic import (
 from mprnet_cli.imageio.decode import DEFAULT_MAX_PIXELS, read_image
 from mprnet_cli.imageio.encode import (
     DEFAULT_JPEG_QUALITY,
+    OutputPixels,
     encode_image,
+    encode_pixels,
     output_notes,
+    prepare_pixels,
+    write_file,
     write_image,
+    write_pixels,
 )
 from mprnet_cli.imageio.formats import (
     IMAGE_EXTENSIONS,
@@ -59,9 +64,11 @@ __all__ = [
     "FloatArray",
     "ImageInfo",
     "OutputFormat",
+    "OutputPixels",
     "UIntArray",
     "check_writable_folder",
     "encode_image",
+    "encode_pixels",
     "extension_for",
     "format_from_suffix",
     "in_uint16_range",
@@ -69,6 +76,7 @@ __all__ = [
     "list_images",
     "output_notes",
     "predict_format",
+    "prepare_pixels",
     "read_image",
     "resolve_format",
     "temp_target",
@@ -76,5 +84,7 @@ __all__ = [
     "to_uint16",
     "unit_rgb",
     "write_bytes_atomic",
+    "write_file",
     "write_image",
+    "write_pixels",
 ]

@@ -58,6 +58,10 @@ def _atomic_write(target: Path, data: bytes, *, overwrite: bool) -> None:
         raise
 
 
+#: Bytes a temporary file's name adds to its output's: "." before, ".<8 hex>.tmp" after.
+TEMP_NAME_EXTRA: Final = 14
+
+
 def create_temp(folder: Path, name: str) -> tuple[Path, int]:
     """Hidden temp file next to the target (same filesystem, so the rename is atomic).
 
@@ -95,7 +99,9 @@ def check_writable_folder(folder: Path, *, create: bool = False) -> None:
             reason = "cannot create this folder (a part of its path is missing or not a folder)"
         else:
             reason = describe_os_error(exc)
-        raise OutputError(f"{folder}: {reason}; choose another -o") from None
+        if ";" not in reason:  # describe_os_error's own advice ("write elsewhere") suffices
+            reason += "; choose another -o"
+        raise OutputError(f"{folder}: {reason}") from None
 
 
 _TEMP_NAME: Final = re.compile(r"\.(?P<target>.+)\.[0-9a-f]{8}\.tmp")

@@ -52,6 +52,7 @@ import dataclasses
 import io
 import os
 import re
+import stat
 import struct
 import threading
 import zlib
@@ -64,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
-from mprnet_cli.errors import InputError
+from mprnet_cli.errors import ImageTooLargeError, InputError
 from mprnet_cli.imageio.formats import container_of
 from mprnet_cli.imageio.metadata import (
     EXIF_MALFORMED,
@@ -84,8 +85,8 @@ from mprnet_cli.imageio.pixels import (
     unit_rgb,
 )
 from mprnet_cli.imageio.warnings_capture import warnings_as_notes
+from mprnet_cli.settings import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_PIXELS: Final = 16384 * 16384
 _STDIN_NAME: Final = "<stdin>"
 
 _PILLOW_LOCK = threading.Lock()
@@ -148,6 +149,12 @@ def read_image(
     label = name or os.fspath(source)
     try:
         with Path(source).open("rb") as fp:
+            mode = os.fstat(fp.fileno()).st_mode
+            if not stat.S_ISREG(mode):  # a FIFO, `<(cat a.png)`, a device: read as a stream
+                data = _read_bounded(fp, label)
+                if not data:
+                    raise InputError(f"{label}: input is empty; expected an image file")
+                return _read_stream(io.BytesIO(data), label, max_pixels)
             if os.fstat(fp.fileno()).st_size == 0:
                 raise InputError(f"{label}: file is empty; expected an image file")
             return _read_stream(fp, label, max_pixels)
@@ -159,6 +166,21 @@ def read_image(
         raise InputError(f"{label}: permission denied; check the file's permissions") from None
     except OSError as exc:  # I/O errors while reading the file itself
         raise InputError(f"{label}: cannot read ({_one_line(exc)})") from None
+
+
+#: The most a pipe or device is read for one image (1 GiB): `/dev/zero` as an input ends
+#: in an error, not in all the memory there is.
+STREAM_LIMIT: Final = 1 << 30
+
+
+def _read_bounded(fp: IO[bytes], label: str, limit: int = STREAM_LIMIT) -> bytes:
+    """All of a non-seekable input (decoders need to seek), up to `limit` bytes."""
+    data = fp.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(
+            f"{label}: more than {limit >> 20} MiB from a pipe or device; save it to a file"
+        )
+    return data
 
 
 def _read_stream(fp: IO[bytes], label: str, max_pixels: int | None) -> DecodedImage:
@@ -190,7 +212,7 @@ def open_and_decode(fp: IO[bytes], label: str, max_pixels: int | None) -> Decode
     with im:
         width, height = im.size
         if max_pixels is not None and width * height > max_pixels:
-            raise InputError(
+            raise ImageTooLargeError(
                 f"{label}: {width}x{height} is {_pixel_count(width * height)}, above the "
                 f"limit of {_pixel_count(max_pixels)}; raise --max-pixels if you trust this file"
             )

@@ -39,8 +39,8 @@ from mprnet_cli.imageio.atomic import write_atomic
 from mprnet_cli.imageio.formats import NICE_NAMES, resolve_format
 from mprnet_cli.imageio.metadata import EXIF_HEADER, exif_into_ifd, icc_space
 from mprnet_cli.imageio.pixels import FloatArray, ImageInfo, UIntArray, to_uint8, to_uint16
+from mprnet_cli.settings import DEFAULT_JPEG_QUALITY as DEFAULT_JPEG_QUALITY
 
-DEFAULT_JPEG_QUALITY: Final = 95
 #: At and above this quality JPEGs keep full chroma resolution (4:4:4).
 _FULL_CHROMA_QUALITY: Final = 90
 _JPEG_MAX_SIDE: Final = 65500  # libjpeg's JPEG_MAX_DIMENSION
@@ -99,33 +99,34 @@ def output_notes(
     return _plan(info, fmt, info.has_alpha if has_alpha is None else has_alpha).notes
 
 
-def encode_image(
-    rgb: FloatArray,
-    info: ImageInfo,
-    fmt: OutputFormat,
-    *,
-    alpha: UIntArray | None = None,
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-) -> bytes:
-    """Encode restored float RGB (H, W, 3) as a complete file; `jpeg_quality` is also WebP's."""
+@dataclass(frozen=True)
+class OutputPixels:
+    """A restored image quantised exactly as it will be stored: (H, W, C) uint8/uint16 with
+    gray, alpha and flattening applied. Compact (it is what a runner ships between stages);
+    `encode_pixels` only compresses it."""
+
+    pixels: npt.NDArray[Any]
+    plan: _Plan
+    lossless: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+def prepare_pixels(
+    rgb: FloatArray, info: ImageInfo, fmt: OutputFormat, *, alpha: UIntArray | None = None
+) -> OutputPixels:
+    """Restored float RGB (H, W, 3) -> the integer pixels `fmt` will store."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or not np.issubdtype(rgb.dtype, np.floating):
         raise ValueError(f"rgb must be a float (H, W, 3) array, got {rgb.dtype} {rgb.shape}")
     h, w = rgb.shape[:2]
     if alpha is not None and (alpha.shape != (h, w) or alpha.dtype not in (np.uint8, np.uint16)):
         raise ValueError(f"alpha must be uint8/uint16 {(h, w)}, got {alpha.dtype} {alpha.shape}")
-    if not 1 <= jpeg_quality <= 100:
-        raise UsageError(f"quality must be between 1 and 100, got {jpeg_quality}")
-    plan = _plan(info, fmt, alpha is not None)
-    limit = {OutputFormat.JPEG: _JPEG_MAX_SIDE, OutputFormat.WEBP: _WEBP_MAX_SIDE}.get(plan.fmt)
-    if limit is not None and max(w, h) > limit:
-        raise OutputError(
-            f"{NICE_NAMES[plan.fmt]} cannot store a {w}x{h} image "
-            f"(max {limit} pixels per side); choose --format png or tiff"
-        )
     if w == 0 or h == 0:
         raise ValueError("cannot encode an empty image")
-
+    plan = _plan(info, fmt, alpha is not None)
     if plan.flatten and alpha is not None:
         a = alpha.astype(np.float32) / float(np.iinfo(alpha.dtype).max)
         rgb = np.clip(np.nan_to_num(rgb.astype(np.float32)), 0, 1) * a[..., None] + (
@@ -138,12 +139,41 @@ def encode_image(
         pixels = np.concatenate([pixels.reshape(h, w, -1), a_out[..., None]], axis=2)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
+    return OutputPixels(pixels, plan, info.lossless)
 
+
+def encode_pixels(prepared: OutputPixels, *, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """Compress prepared pixels as a complete file; `jpeg_quality` is also WebP's."""
+    if not 1 <= jpeg_quality <= 100:
+        raise UsageError(f"quality must be between 1 and 100, got {jpeg_quality}")
+    plan, pixels = prepared.plan, prepared.pixels
+    w, h = prepared.size
+    limit = {OutputFormat.JPEG: _JPEG_MAX_SIDE, OutputFormat.WEBP: _WEBP_MAX_SIDE}.get(plan.fmt)
+    if limit is not None and max(w, h) > limit:
+        raise OutputError(
+            f"{NICE_NAMES[plan.fmt]} cannot store a {w}x{h} image "
+            f"(max {limit} pixels per side); choose --format png or tiff"
+        )
     if plan.fmt is OutputFormat.TIFF:
         return tiff_bytes(pixels, icc=plan.icc, exif=plan.exif, dpi=plan.dpi)
     if plan.fmt is OutputFormat.PNG and plan.depth == 16 and pixels.shape[2] > 1:
         return png16_bytes(pixels, icc=plan.icc, exif=plan.exif, dpi=plan.dpi)
-    return _pillow_bytes(pixels, plan, jpeg_quality, lossless=info.lossless)
+    return _pillow_bytes(pixels, plan, jpeg_quality, lossless=prepared.lossless)
+
+
+def encode_image(
+    rgb: FloatArray,
+    info: ImageInfo,
+    fmt: OutputFormat,
+    *,
+    alpha: UIntArray | None = None,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> bytes:
+    """Encode restored float RGB (H, W, 3) as a complete file; `jpeg_quality` is also WebP's."""
+    if not 1 <= jpeg_quality <= 100:
+        raise UsageError(f"quality must be between 1 and 100, got {jpeg_quality}")
+    prepared = prepare_pixels(rgb, info, fmt, alpha=alpha)
+    return encode_pixels(prepared, jpeg_quality=jpeg_quality)
 
 
 def _alpha_at_depth(alpha: UIntArray, depth: int) -> UIntArray:
@@ -339,5 +369,33 @@ def write_image(
         raise OutputError(f"{target}: is a folder; give a file name for the output")
     if not overwrite and target.exists():
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
-    data = encode_image(rgb, info, fmt, alpha=alpha, jpeg_quality=jpeg_quality)
+    write_pixels(
+        target, prepare_pixels(rgb, info, fmt, alpha=alpha), jpeg_quality, overwrite=overwrite
+    )
+
+
+def write_pixels(
+    path: str | os.PathLike[str],
+    prepared: OutputPixels,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Compress and write atomically: the final name holds the complete file or nothing new."""
+    target = Path(path)
+    _check_target(target, overwrite=overwrite)
+    write_file(target, encode_pixels(prepared, jpeg_quality=jpeg_quality), overwrite=overwrite)
+
+
+def _check_target(target: Path, *, overwrite: bool) -> None:
+    if target.is_dir():
+        raise OutputError(f"{target}: is a folder; give a file name for the output")
+    if not overwrite and target.exists():
+        raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False) -> None:
+    """Write an encoded image atomically (`OutputExistsError` if it exists, unless `overwrite`)."""
+    target = Path(path)
+    _check_target(target, overwrite=overwrite)
     write_atomic(target, data, overwrite=overwrite)

@@ -1,6 +1,6 @@
 """The job planner: INPUT arguments -> jobs, output names, and the per-job rules every runner applies.
 
-A runner (the threaded one in `mprnet_cli.batch`, the Ray one in `mprnet_cli.runners.ray`)
+A runner (the threaded one in `mprnet_cli.runners.local`, the Ray one in `mprnet_cli.runners.ray`)
 is an executor: it decodes, restores and writes. What the inputs are, what each output is
 called, whether it may be written (collisions, input == output, an existing output without
 --overwrite, an unwritable folder), which temporary files a killed run left for it, and
@@ -11,15 +11,19 @@ needs). The `Planner` holds one run's state (claimed outputs, checked folders).
 Inputs (`expand_inputs`)
 ------------------------
 * A file named explicitly is always attempted, whatever its extension (a missing one fails
-  with a clear message). `-` is stdin and must be the only INPUT.
+  with a clear message); a pipe or device is read as a stream. Among several files named
+  one by one (a shell's glob), those that look like our own outputs are left out with one
+  note unless `overwrite`, so a rerun resumes. `-` is stdin and must be the only INPUT.
 * A folder contributes its direct images; with `recursive` also those of its subfolders.
   Images are recognised by extension (`IMAGE_EXTENSIONS`, case-insensitive). Hidden files and
   folders (leading dot), the output folder, and files that look like our own outputs (stem
   ending with the suffix) are left out, so that running the same command again resumes
-  instead of restoring the outputs.
+  instead of restoring the outputs. Without `recursive`, a note counts the subfolders
+  left out. Folders are searched with a stack (any depth), unreadable ones warned about.
 * An argument containing `*`, `?` or `[` that is not an existing path is a glob, expanded
   here with `glob.glob(recursive=True)` (so `**` works) when the shell did not; its matches
-  are filtered like a folder's files, and folders it matches are scanned like folders.
+  are filtered like a folder's files, and folders it matches are scanned like folders;
+  a folder the glob could not look into is warned about (glob itself is silent).
 * Duplicates (same real path) are dropped; order is argument order, then sorted paths.
 * An object-store URI (`s3://`, `gs://`, `abfs://`: a `locations.StorePath`) follows the
   same rules: a prefix is a folder, `-r` descends, globs are matched segment by segment,
@@ -39,11 +43,13 @@ Outputs (`plan_outputs`, `OutputPlan`)
 
 Rules per job (`Planner`)
 -------------------------
-* `check(job, target)`: the output is claimed by one job only (a second one fails naming
+* `check(job, target)`: a name too long for the file system (with its temporary file's)
+  fails that job alone; the output is claimed by one job only (a second one fails naming
   the first), never the input itself, another input, a folder or a special file; an
   existing output is skipped unless --overwrite; temporary files a killed run left for it
   are removed once `STALE_TEMP_SECONDS` old.
-* `folder_problem(folder)`: the output folder is created (-o DIR) and test-written once, so
+* `folder_problem(folder)`: the output folder is created (-o DIR, -o new/dir/FILE) and
+  test-written once, so
   an unwritable output fails before any restore time is spent.
 * `screen(job)`: the rules applied to the output predicted before decoding, for runners
   that plan everything up front (Ray).

@@ -67,6 +67,7 @@ class Expansion:
     jobs: list[Job]
     single_file: bool
     warnings: tuple[str, ...] = ()  # entries skipped because they could not be looked at
+    notes: tuple[str, ...] = ()  # what was left out on purpose (subfolders without -r)
 
 
 def _is_pattern(arg: str) -> bool:
@@ -84,10 +85,23 @@ def _pattern_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path()
 
 
-def _key(path: Where) -> str:
+def _key(path: Where, folders: dict[str, str] | None = None) -> str:
+    """What identifies a file: its real path (symbolic links resolved), or an object's URI.
+
+    `folders` caches the real path of each folder for one run: a path whose last part is
+    not a symbolic link is then its folder's real path plus its name (one `lstat`, not one
+    per path component; planning thousands of files in one folder is dominated by this).
+    """
     if isinstance(path, StorePath):
         return str(path)
-    return os.path.normcase(os.path.realpath(path))
+    text = os.fspath(path)
+    folder, name = os.path.split(text)
+    if folders is None or name in ("", ".", "..") or os.path.islink(text):  # noqa: PTH114
+        return os.path.normcase(os.path.realpath(text))
+    real = folders.get(folder)
+    if real is None:
+        real = folders[folder] = os.path.realpath(folder or os.curdir)
+    return os.path.normcase(real + os.sep + name if real != os.sep else os.sep + name)
 
 
 def _why_not(exc: OSError) -> str:
@@ -95,6 +109,13 @@ def _why_not(exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied; check the permissions of it and of the folders above it"
     return f"cannot read ({exc.strerror or exc})"
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # as os.walk: what cannot be looked at is not searched as a folder
+        return False
 
 
 def _kind(path: Where) -> str | OSError:
@@ -123,6 +144,7 @@ class _Scanner:
         self.suffix = suffix
         self.exclude = _key(exclude) if exclude is not None else None
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
     def named(self, path: Where) -> bool:
         """The name rules alone: an image's extension, not hidden, not one of our outputs."""
@@ -149,27 +171,62 @@ class _Scanner:
             return self.prefix(folder, root)
         jobs: list[Job] = []
         unreadable: list[OSError] = []
-
-        def skipped(exc: OSError) -> None:
-            where = Path(exc.filename) if exc.filename else folder
-            if _key(where) == _key(folder):
-                unreadable.append(exc)
+        not_searched = 0
+        # os.walk's order (top-down, sorted) with a stack instead of recursion: a tree
+        # deeper than Python's recursion limit (1,000 levels) is no error.
+        stack = [folder]
+        while stack:
+            here = stack.pop()
+            try:
+                with os.scandir(here) as listing:
+                    entries = list(listing)
+            except OSError as exc:
+                if here is folder:
+                    unreadable.append(exc)
+                else:
+                    self.warnings.append(f"{here}: folder skipped: {_why_not(exc)}")
+                continue
+            dirs = sorted(e.name for e in entries if _is_dir(e) and self._searchable(here / e.name))
+            files = sorted(e.name for e in entries if not _is_dir(e))
+            jobs.extend(Job(here / f, root=root) for f in files if self.wanted(here / f))
+            if self.recursive:  # symbolic links to folders are not followed, as os.walk
+                stack.extend(here / d for d in reversed(dirs) if not (here / d).is_symlink())
             else:
-                self.warnings.append(f"{where}: folder skipped: {_why_not(exc)}")
-
-        for top, dirs, files in os.walk(folder, onerror=skipped):
-            here = Path(top)
-            dirs[:] = sorted(
-                d
-                for d in dirs
-                if self.recursive
-                and not d.startswith(".")
-                and (self.exclude is None or _key(here / d) != self.exclude)
-            )
-            jobs.extend(Job(here / f, root=root) for f in sorted(files) if self.wanted(here / f))
+                not_searched += len(dirs)
         if unreadable and not jobs:
             return [Job(folder, error=f"cannot list this folder: {_why_not(unreadable[0])}")]
+        if jobs and not_searched:
+            self.notes.append(
+                f"{folder}: {not_searched} subfolder{'s' if not_searched > 1 else ''} not "
+                f"searched; -r/--recursive includes {'them' if not_searched > 1 else 'it'}"
+            )
         return jobs
+
+    def _searchable(self, path: Path) -> bool:
+        """Not hidden and not the output folder: a folder -r would search."""
+        return not path.name.startswith(".") and (
+            self.exclude is None or _key(path) != self.exclude
+        )
+
+    def unlistable_folders(self, pattern: str) -> None:
+        """Warn about the folders a glob could not look into (glob itself skips them
+        silently), as -r does for subfolders."""
+        head = str(Path(pattern).parent)
+        folders = (
+            glob.glob(head, recursive=True)  # noqa: PTH207 - the shell's semantics
+            if any(c in _GLOB_CHARS for c in head)
+            else [head]
+        )
+        for name in folders:
+            try:
+                with os.scandir(name):
+                    pass
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                self.warnings.append(
+                    f"{name.rstrip(os.sep) or name}: folder skipped: {_why_not(exc)}"
+                )
 
     def prefix(self, folder: StorePath, root: Where) -> list[Job]:
         """`folder` for an object store: one listing; hidden and excluded prefixes left out."""
@@ -195,11 +252,15 @@ def expand_inputs(
     recursive: bool = False,
     suffix: str = "",
     exclude: Where | None = None,
+    overwrite: bool = False,
 ) -> Expansion:
     """Files, folders, globs and `-` -> deduplicated jobs (see the module docstring).
 
     `exclude` is the output folder, never scanned for inputs. Arguments that yield nothing
     (an empty folder, a glob without matches) become failed jobs so they are reported.
+    Among several files named one by one (a shell's glob), those named like our outputs
+    (`suffix`) are left out with one note, so that a rerun resumes instead of restoring
+    them again; unless `overwrite`.
     """
     if not args:
         raise UsageError("give at least one INPUT (a file, folder, glob or - for stdin)")
@@ -208,18 +269,20 @@ def expand_inputs(
     scanner = _Scanner(recursive, suffix, exclude)
     jobs: list[Job] = []
     seen: set[str] = set()
+    folders: dict[str, str] = {}
 
     def add(found: Iterable[Job]) -> None:
         for job in found:
             if job.error is not None:
                 jobs.append(job)
                 continue
-            key = STDIN_ARG if job.source is None else _key(job.source)
+            key = STDIN_ARG if job.source is None else _key(job.source, folders)
             if key not in seen:
                 seen.add(key)
                 jobs.append(job)
 
     single_file = False
+    ours: list[str] = []
     for arg in args:
         if arg == STDIN_ARG:
             add([Job(None)])
@@ -237,6 +300,9 @@ def expand_inputs(
                 found = [Job(path, error=f"no images in this folder{hint}")]
             add(found)
         elif not _is_pattern(arg):
+            if len(args) > 1 and not overwrite and suffix and path.stem.endswith(suffix):
+                ours.append(arg)
+                continue
             add([Job(path, root=path.parent)])
             single_file = len(args) == 1
         elif isinstance(path, StorePath):
@@ -251,10 +317,23 @@ def expand_inputs(
                     matched.extend(scanner.folder(mpath, root=root))
                 elif scanner.wanted(mpath):
                     matched.append(Job(mpath, root=root))
+            scanner.unlistable_folders(arg)
             if not matched:
                 matched = [Job(None, error="no image files match this pattern", label_override=arg)]
             add(matched)
-    return Expansion(jobs, single_file, tuple(dict.fromkeys(scanner.warnings)))
+    if ours:
+        named = ", ".join(ours[:3]) + (", ..." if len(ours) > 3 else "")
+        scanner.notes.append(
+            f"{len(ours)} input{'s' if len(ours) > 1 else ''} left out, named like this "
+            f"command's outputs (*{suffix}): {named}; --overwrite restores "
+            f"{'them' if len(ours) > 1 else 'it'} too"
+        )
+    return Expansion(
+        jobs,
+        single_file,
+        tuple(dict.fromkeys(scanner.warnings)),
+        tuple(dict.fromkeys(scanner.notes)),
+    )
 
 
 def _store_matches(pattern: str, scanner: _Scanner) -> list[Job]:

@@ -93,6 +93,20 @@ class OutputPlan:
         target = self.target(job, fmt)
         return None if isinstance(target, _Stdout) else target
 
+    def guess(self, job: Job) -> Where | None:
+        """The output path from the input's name alone (no read: `--format same` takes the
+        format its extension names, png for the others); the decode stage settles it."""
+        source = job.source
+        if self.destination is Destination.STDOUT or source is None:
+            return None
+        if self.destination is Destination.FILE:
+            return self.path
+        fmt = self.format
+        if fmt is OutputFormat.SAME:
+            fmt = format_from_suffix(source.name) or OutputFormat.PNG
+        target = self.target(job, fmt)
+        return None if isinstance(target, _Stdout) else target
+
 
 def plan_outputs(
     expansion: Expansion,

@@ -16,6 +16,7 @@ from typing import Final
 
 from mprnet_cli.errors import OutputError
 from mprnet_cli.imageio import check_writable_folder, temp_target
+from mprnet_cli.imageio.atomic import TEMP_NAME_EXTRA
 from mprnet_cli.jobs.inputs import Job, _key, _why_not
 from mprnet_cli.jobs.outputs import Destination, OutputPlan
 from mprnet_cli.jobs.records import Result, Status, failed
@@ -66,6 +67,23 @@ class _TempSweeper:
                     tmp.unlink()
 
 
+def _name_too_long(target: Path) -> str | None:
+    """Why `target`'s name cannot be written here (with its temporary file's), else None."""
+    try:
+        limit = os.pathconf(target.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # the folder is yet to be made, or no such limit is known
+        limit = 255
+    size = len(os.fsencode(target.name))
+    if size + TEMP_NAME_EXTRA <= limit:
+        return None
+    return (
+        f"its output name is {size} bytes long, and this file system takes at most "
+        f"{limit - TEMP_NAME_EXTRA} for an output (its temporary file's name is "
+        f"{TEMP_NAME_EXTRA} bytes longer); rename the input, use a shorter --suffix or "
+        "-o FILE"
+    )
+
+
 @dataclass(frozen=True)
 class Screened:
     """A job the planner let through, with the output it is to write (claimed)."""
@@ -87,12 +105,16 @@ class Planner:
     _folders: dict[str, str | None] = field(default_factory=dict)  # folder -> why unwritable
     _sweeper: _TempSweeper = field(init=False)
     _listed: dict[StorePath, dict[StorePath, str]] = field(default_factory=dict)
+    _real_folders: dict[str, str] = field(default_factory=dict)  # `_key`'s cache
 
     def __post_init__(self) -> None:
         self._inputs = {
-            _key(j.source) for j in self.jobs if j.source is not None and j.error is None
+            self._key(j.source) for j in self.jobs if j.source is not None and j.error is None
         }
         self._sweeper = _TempSweeper(self.max_temp_age)
+
+    def _key(self, path: Where) -> str:
+        return _key(path, self._real_folders)
 
     def exists_ahead(self, job: Job) -> bool:
         """Its predicted output exists already (and is not the input): no need to decode it.
@@ -102,7 +124,14 @@ class Planner:
         if self.overwrite or source is None or not source.is_file():
             return False
         predicted = self.plan.predict(job)
-        return predicted is not None and predicted.exists() and _key(predicted) != _key(source)
+        try:
+            return (
+                predicted is not None
+                and predicted.exists()
+                and self._key(predicted) != self._key(source)
+            )
+        except OSError:  # a name too long, say: `check` fails this job alone, on the main thread
+            return False
 
     def check(self, job: Job, target: Where) -> Result | None:
         """Collisions, input == output and existing outputs; None when the job may write.
@@ -110,9 +139,12 @@ class Planner:
         Claims `target` for `job` (a later job with the same output fails), and removes the
         stale temporary files a killed run left for it.
         """
-        key = _key(target)
+        key = self._key(target)
         if isinstance(target, StorePath):
             return self._check_object(job, target, key)
+        too_long = _name_too_long(target)
+        if too_long is not None:
+            return failed(job, too_long, target)
         self._sweeper.sweep(target)
         verdict = self._claim(job, target, key)
         if verdict is not None:
@@ -141,7 +173,7 @@ class Planner:
                 target,
             )
         self._claims[key] = job.label
-        if job.source is not None and key == _key(job.source):
+        if job.source is not None and key == self._key(job.source):
             return failed(job, "the output would replace the input; change --suffix or -o", target)
         return None
 
@@ -177,35 +209,43 @@ class Planner:
 
     def release(self, target: Where) -> None:
         """Forget a claim (the runner claims the settled name again after decoding)."""
-        self._claims.pop(_key(target), None)
+        self._claims.pop(self._key(target), None)
 
     def folder_problem(self, folder: Where) -> str | None:
         """Why nothing can be written in `folder` (checked once per folder), else None."""
         if isinstance(folder, StorePath):  # prefixes need no creating: the bucket must exist
             folder = folder.bucket
-        key = _key(folder)
+        key = self._key(folder)
         if key not in self._folders:
             if isinstance(folder, StorePath):
                 self._folders[key] = folder.problem()
                 return self._folders[key]
             try:
-                check_writable_folder(folder, create=self.plan.destination is Destination.DIRECTORY)
+                # -o DIR and -o new/sub/out.png alike: the folders the user named are made
+                create = self.plan.destination in (Destination.DIRECTORY, Destination.FILE)
+                check_writable_folder(folder, create=create)
                 self._folders[key] = None
             except OutputError as exc:
                 self._folders[key] = str(exc)
         return self._folders[key]
 
-    def screen(self, job: Job) -> Result | Screened:
+    def screen(self, job: Job, *, sniff: bool = True) -> Result | Screened:
         """A job's fate from its name alone: its record (failed, skipped) or its claimed target.
 
         A job whose output cannot be predicted (its file is unreadable) goes through with
-        no target; decoding it reports why.
+        no target; decoding it reports why. `sniff` False: the output's format is guessed
+        from the input's extension instead of its first bytes (no read per input); the
+        runner's decode stage settles it and comes back to `screen_settled` if it differs.
         """
         if job.error is not None:
             return failed(job, job.error)
-        predicted = self.plan.predict(job)
+        predicted = self.plan.predict(job) if sniff else self.plan.guess(job)
         if predicted is None:
             return Screened(job, None)
+        return self.screen_settled(job, predicted)
+
+    def screen_settled(self, job: Job, predicted: Where) -> Result | Screened:
+        """`screen` for an output already known (decoded, or predicted)."""
         verdict = self.check(job, predicted)
         if verdict is not None:
             return verdict

@@ -102,12 +102,15 @@ class RestorerLike(Protocol):
 
 @dataclass
 class Callbacks:
-    """Progress hooks, all called on the thread that iterates `run_batch`."""
+    """Progress hooks. A runner calls them one at a time (never two at once), but not
+    necessarily on the thread that iterates it: `finished` runs as soon as the result is
+    settled (its output written), on the thread that settled it."""
 
     started: Callable[[Job, int, int], None] | None = None  # job, width, height: restore begins
     tiles: Callable[[int, int], None] | None = None  # done, total tiles of the current image
-    # just before the result is yielded; also for results settled when the run is stopped
-    # (Ctrl-C, SIGTERM, an error), which are then never yielded
+    # when the output is written (or the failure known), before the result is yielded; also
+    # for results settled when the run is stopped (Ctrl-C, SIGTERM, an error), which are
+    # then never yielded
     finished: Callable[[Result], None] | None = None
 
 

@@ -162,17 +162,32 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(state_dict=state, config=config, metadata=metadata, path=path)
 
 
-def build_model(checkpoint: Checkpoint) -> MPRNet:
-    """An MPRNet in eval mode holding the checkpoint's weights."""
-    model = MPRNet(checkpoint.config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in checkpoint.state_dict]
-    unexpected = [k for k in checkpoint.state_dict if k not in expected]
+def expected_shapes(config: MPRNetConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor an MPRNet of `config` holds, with its shape, without allocating it
+    (the network is built on PyTorch's meta device: shapes only, no storage)."""
+    with torch.device("meta"):
+        model = MPRNet(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_weights(checkpoint: Checkpoint) -> None:
+    """Refuse weights that cannot build a working network, before anything is allocated.
+
+    Every tensor's presence and shape is checked against the detected configuration
+    (whose size `detect_config` has already bounded), so that a small hostile file
+    declaring a huge network is refused before that network's memory is asked for;
+    then every value must be finite (NaN weights would turn every output black).
+    """
+    expected = expected_shapes(checkpoint.config)
+    state = checkpoint.state_dict
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     wrong = [
-        f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-        for k, v in checkpoint.state_dict.items()
-        if k in expected and v.shape != expected[k].shape
+        f"{k} {tuple(v.shape)} (expected {expected[k]})"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != expected[k]
     ]
+    where = f"{checkpoint.path}: " if checkpoint.path else ""
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -181,25 +196,36 @@ def build_model(checkpoint: Checkpoint) -> MPRNet:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} wrong shapes (e.g. {wrong[0]})")
-        where = f"{checkpoint.path}: " if checkpoint.path else ""
         raise CheckpointError(
             f"{where}these weights do not fit an MPRNet ({'; '.join(parts)}); they may come from a "
             "modified architecture: use a checkpoint of the published MPRNet"
         )
     broken = next(
-        (
-            k
-            for k, v in checkpoint.state_dict.items()
-            if v.is_floating_point() and not v.isfinite().all()
-        ),
+        (k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()),
         None,
     )
     if broken is not None:  # every output would be NaN: fail the run, not each image
-        where = f"{checkpoint.path}: " if checkpoint.path else ""
         raise CheckpointError(
             f"{where}the weights hold NaN or infinite values (e.g. {broken}); the file is "
             "damaged or from a diverged training run: use another checkpoint"
         )
+
+
+def check_rgb(checkpoint: Checkpoint) -> None:
+    """mprnet restores RGB photos: refuse a network with other input or output channels."""
+    config = checkpoint.config
+    if (config.in_c, config.out_c) != (3, 3):
+        where = f"{checkpoint.path}: " if checkpoint.path else ""
+        raise CheckpointError(
+            f"{where}this MPRNet maps {config.in_c} to {config.out_c} channels; mprnet "
+            "restores RGB photos (3 to 3)"
+        )
+
+
+def build_model(checkpoint: Checkpoint) -> MPRNet:
+    """An MPRNet in eval mode holding the checkpoint's weights (checked first)."""
+    check_weights(checkpoint)
+    model = MPRNet(checkpoint.config)
     model.load_state_dict(checkpoint.state_dict, strict=True)
     return model.eval()
 

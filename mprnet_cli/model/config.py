@@ -74,6 +74,31 @@ _CA_SQUEEZE = re.compile(r"\.CA\.conv_du\.0\.weight$")
 _ORB_BLOCK = re.compile(r"^stage3_orsnet\.orb1\.body\.(\d+)\.")
 
 
+# The largest network a checkpoint may describe: twice the widest published one (deblur:
+# n_feat 96, scale_unetfeats 48, scale_orsnetfeats 32, 8 CABs) in each dimension. A
+# configuration is read from a few tensor shapes, so without a bound a small hostile file
+# could declare a network of many gigabytes (n_feat 4096: ~10 GB) before any check runs.
+LIMITS = {
+    "in_c": 4,
+    "out_c": 4,
+    "n_feat": 192,
+    "scale_unetfeats": 128,
+    "scale_orsnetfeats": 128,
+    "num_cab": 16,
+    "kernel_size": 7,
+}
+
+
+def check_limits(values: Mapping[str, int]) -> None:
+    """Refuse a configuration larger than any MPRNet mprnet restores with."""
+    over = [f"{k} {values[k]} > {v}" for k, v in LIMITS.items() if values.get(k, 0) > v]
+    if over:
+        raise CheckpointError(
+            f"not a supported MPRNet checkpoint: its tensors describe a network larger than "
+            f"mprnet accepts ({', '.join(over)}); use a checkpoint of the published MPRNet"
+        )
+
+
 def _describe(keys: list[str]) -> str:
     sample = ", ".join(repr(k) for k in keys[:3])
     more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
@@ -113,6 +138,17 @@ def detect_config(state_dict: Mapping[str, _Shaped]) -> MPRNetConfig:
             "not an MPRNet checkpoint: stage-3 ORB has no channel-attention blocks"
         )
 
+    check_limits(
+        {
+            "in_c": in_c,
+            "out_c": out_c,
+            "n_feat": n_feat,
+            "scale_unetfeats": down_out - n_feat,
+            "scale_orsnetfeats": width3 - n_feat,
+            "num_cab": num_cab,
+            "kernel_size": k,
+        }
+    )
     squeezes = [
         (int(t.shape[1]), int(t.shape[0]))
         for key, t in state_dict.items()
@@ -121,7 +157,7 @@ def detect_config(state_dict: Mapping[str, _Shaped]) -> MPRNetConfig:
     reduction = _detect_reduction(squeezes)
 
     try:
-        return MPRNetConfig(
+        config = MPRNetConfig(
             in_c=in_c,
             out_c=out_c,
             n_feat=n_feat,
@@ -134,6 +170,7 @@ def detect_config(state_dict: Mapping[str, _Shaped]) -> MPRNetConfig:
         )
     except ValueError as exc:
         raise CheckpointError(f"not a valid MPRNet checkpoint: {exc}") from exc
+    return config
 
 
 def _detect_reduction(squeezes: list[tuple[int, int]]) -> int:
@@ -145,6 +182,9 @@ def _detect_reduction(squeezes: list[tuple[int, int]]) -> int:
     if not squeezes:
         raise CheckpointError("not an MPRNet checkpoint: no channel-attention layers")
     c0, m0 = squeezes[0]
+    widest = LIMITS["n_feat"] + 2 * max(LIMITS["scale_unetfeats"], LIMITS["scale_orsnetfeats"])
+    if any(c > widest for c, _ in squeezes):
+        raise CheckpointError("not an MPRNet checkpoint: a channel-attention layer is too wide")
     if m0 < 1:
         raise CheckpointError("not an MPRNet checkpoint: empty channel-attention layer")
     fits = [r for r in range(1, c0 + 1) if all(c // r == m for c, m in squeezes)]

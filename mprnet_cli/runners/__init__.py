@@ -1,7 +1,9 @@
 """Executors of restore jobs. Light to import: `ray` is imported by `runners.ray` alone.
 
-The threaded local runner is `mprnet_cli.batch.run_batch`; `load_ray()` returns the Ray
-runner module, or raises a `UsageError` that says what to install when Ray is missing.
+The engines sit behind one seam (`runners.base`: `RunRequest`, `Runner`, `get_runner`);
+`local` is the threaded runner of this machine, `ray` the Ray cluster's. `load_ray()`
+returns the Ray runner package, or raises a `UsageError` that says what to install when
+Ray is missing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class RaySettings:
     """The cluster options of `--engine ray` (None: decided from the cluster's resources)."""
 
     address: str | None = None  # --ray-address; None: the cluster `ray` finds, else a local one
-    workers: int | None = None  # --workers: inference actors
+    workers: int | None = None  # --workers: inference actors (a fixed pool when given)
     gpus_per_worker: float | None = None  # --gpus-per-worker, fractions allowed
 
 

@@ -22,32 +22,19 @@ import ray
 import ray.data
 import ray.exceptions
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, OutputFormat, Precision
-from mprnet_cli.errors import ClusterError, MprnetError, UsageError
-from mprnet_cli.imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, unit_rgb
-from mprnet_cli.jobs import image_notes, reason, unexpected
-from mprnet_cli.quality import check_ensemble, check_strength
-from mprnet_cli.runners import RaySettings
+from mprnet_cli.errors import ClusterError, UsageError
+from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners.ray.plan import (
-    _MAX_BLOCKS,
     _TASKS_PER_ACTOR,
     PAYLOAD,
     ClusterPlan,
-    NetworkSettings,
     RestorerFactory,
     _check_weights,
     cluster_plan,
     default_restorer,
 )
-from mprnet_cli.runners.ray.stages import (
-    _decode_column,
-    _Decoded,
-    _encode_column,
-    _Failed,
-    _pack,
-    _Restored,
-    _unpack,
-)
+from mprnet_cli.runners.ray.stages import _decode_column, _encode_column, _pack, _unpack
+from mprnet_cli.settings import RestoreSettings, settings_of
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -55,13 +42,15 @@ if TYPE_CHECKING:
 
 
 class _Network:
-    """Ray actor: loads the network once from the shipped weights, then restores rows."""
+    """Ray actor: loads the network once from the shipped weights, then restores payloads:
+    a chunk of files (a list of (planned, item)) or one Dataset row's item."""
 
     def __init__(
         self,
         weights: list[ray.ObjectRef[bytes]],  # in a list, so that Ray hands over the reference
         name: str,
-        settings: NetworkSettings,
+        task: Task | None,
+        settings: RestoreSettings,
         factory: RestorerFactory,
         threads: int,
     ) -> None:
@@ -72,7 +61,7 @@ class _Network:
         with tempfile.TemporaryDirectory(prefix="mprnet-weights-") as folder:
             path = Path(folder) / name
             path.write_bytes(data)
-            self.restorer = factory(settings, path)
+            self.restorer = factory(task, settings, path)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         batch[PAYLOAD] = np.array(
@@ -80,49 +69,30 @@ class _Network:
         )
         return batch
 
-    def _restore(self, item: Any) -> Any:
-        if not isinstance(item, _Decoded):
-            return item
-        rgb = unit_rgb(item.pixels, item.info.bit_depth)
-        warned: list[str] = []
-        try:
-            out, stats = self.restorer.restore_rgb(rgb, warn=warned.append)
-        except MprnetError as exc:
-            return _Failed(reason(exc, item.label), *item.size)
-        except Exception as exc:
-            return _Failed(unexpected(exc, "restoring"), *item.size)
-        notes = image_notes(
-            item.info,
-            item.fmt,
-            has_alpha=item.alpha is not None,
-            warned=warned,
-            run_notes=stats.notes,
-        )
-        return _Restored(
-            item.label,
-            out,
-            item.alpha,
-            item.info,
-            item.fmt,
-            item.seconds + stats.seconds,
-            stats.device,
-            stats.tiles,
-            notes,
-            backend=stats.backend,
-            precision=stats.precision,
-        )
+    def _restore(self, payload: Any) -> Any:
+        if isinstance(payload, list):
+            return [(planned, self._one(item)) for planned, item in payload]
+        return self._one(payload)
+
+    def _one(self, item: Any) -> Any:
+        """Restore one image and quantise it as it will be stored: integers travel back."""
+        if isinstance(item, stages.Decoded):
+            return stages.quantize(stages.restore(self.restorer, item))
+        return item
 
 
 # --------------------------------------------------------------------------- the cluster
 
 
 def _connect(address: str | None) -> bool:
-    """Join `address`, else the cluster `ray` finds, else start a local one; True if we did."""
+    """Join `address` (or RAY_ADDRESS) when given, else start a private local Ray; True if
+    we did either (a Ray this process already holds is used as it is)."""
     if ray.is_initialized():
         return False
-    # The reporter speaks for the run: Ray's start-up notes, its workers' output and its
-    # core's advisory log lines would bury the per-image lines (errors still raise).
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # The reporter speaks for the run: Ray's start-up notes and its workers' output would
+    # bury the per-image lines (errors still raise). RAY_BACKEND_LOG_LEVEL is left alone:
+    # setting it makes Ray's core print a line saying so on every run ("logging.cc: Set
+    # ray log level from environment variable"), and its default prints nothing here.
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     with _signal_handlers_kept():
         _init(address, quiet)
@@ -150,10 +120,10 @@ def _init(address: str | None, quiet: dict[str, Any]) -> None:
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(**quiet)
         else:
-            try:
-                ray.init(address="auto", **quiet)
-            except ConnectionError:
-                ray.init(include_dashboard=False, **quiet)
+            # "local" always starts a new Ray for this run: "auto" (and a bare init) join
+            # any Ray running on the machine, such as another run's private one, which then
+            # shuts down under this run.
+            ray.init(address="local", include_dashboard=False, **quiet)
     except ConnectionError as exc:
         raise UsageError(
             f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
@@ -186,17 +156,23 @@ def _ship_weights(resolved: ResolvedWeights) -> tuple[list[ray.ObjectRef[bytes]]
 def _infer_stage(
     ds: ray.data.Dataset,
     weights: tuple[list[ray.ObjectRef[bytes]], str],
-    network: NetworkSettings,
+    task: Task | None,
+    settings: RestoreSettings,
     cluster: ClusterPlan,
     factory: RestorerFactory,
 ) -> ray.data.Dataset:
+    threads = _threads(settings, cluster)
     return ds.map_batches(
         _Network,
-        fn_constructor_args=(weights[0], weights[1], network, factory, _threads(network, cluster)),
-        batch_size=1,
+        fn_constructor_args=(weights[0], weights[1], task, settings, factory, threads),
+        batch_size=1,  # one chunk of files (or one Dataset row) per call
         batch_format="numpy",
+        # The pool starts at `min_workers` and grows to `workers` while work waits (both
+        # equal with --workers).
         compute=ray.data.ActorPoolStrategy(
-            size=cluster.workers, max_tasks_in_flight_per_actor=_TASKS_PER_ACTOR
+            min_size=cluster.min_workers,
+            max_size=cluster.workers,
+            max_tasks_in_flight_per_actor=_TASKS_PER_ACTOR,
         ),
         num_cpus=cluster.cpus_per_worker,
         num_gpus=cluster.gpus_per_worker,
@@ -205,18 +181,23 @@ def _infer_stage(
         # stage when their remote arguments are equal, which would serialise decoding with
         # the network. (Crashed actors are restarted and their tasks retried: Ray Data's
         # defaults, max_restarts=-1 and max_task_retries=-1.)
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(_threads(network, cluster))}},
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
     )
 
 
-def _threads(network: NetworkSettings, cluster: ClusterPlan) -> int:
-    return network.threads or max(1, int(cluster.cpus_per_worker))
+def _threads(settings: RestoreSettings, cluster: ClusterPlan) -> int:
+    return settings.threads or max(1, int(cluster.cpus_per_worker))
 
 
-def _rows_of(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
-    """The job's result rows; a failure of the job itself (not of one file) as one line."""
+def _payloads_of(ds: ray.data.Dataset) -> Iterator[bytes]:
+    """The job's result payloads as each block arrives; a failure of the job itself (not
+    of one file) as one line.
+
+    Block by block without prefetching: `iter_rows` (prefetch_batches=1) holds each block
+    back until the next one is ready, which delayed every record by a chunk's time."""
     try:
-        yield from ds.iter_rows()
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            yield from batch[PAYLOAD]
     except ray.exceptions.RayError as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise ClusterError(
@@ -225,20 +206,16 @@ def _rows_of(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
         ) from exc
 
 
-def _blocks(n: int) -> int:
-    """One image per block up to `_MAX_BLOCKS` (fine-grained retries and balance)."""
-    return max(1, min(n, _MAX_BLOCKS))
-
-
 def _resources() -> dict[str, float]:
     """The cluster's resources (CPU, GPU, ...), for `cluster_plan` (ray leaves it untyped)."""
     resources: dict[str, float] = ray.cluster_resources()
     return resources
 
 
-def _dataset_of(rows: list[dict[str, Any]]) -> ray.data.Dataset:
-    """The rows as a Dataset of one row per block (up to `_MAX_BLOCKS`)."""
-    return ray.data.from_items(rows, override_num_blocks=_blocks(len(rows)))
+def _dataset_of(chunks: list[bytes]) -> ray.data.Dataset:
+    """Packed chunks of jobs as a Dataset of one chunk per row and per block."""
+    rows = [{"chunk": i, PAYLOAD: chunk} for i, chunk in enumerate(chunks)]
+    return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
 
 
 # --------------------------------------------------------------------------- datasets
@@ -250,70 +227,47 @@ def restore_dataset(
     *,
     column: str = "bytes",
     label_column: str | None = None,
-    weights: str | os.PathLike[str] | None = None,
-    model: ModelChoice | str = ModelChoice.AUTO,
-    device: str = "auto",
-    precision: Precision | str = Precision.AUTO,
-    tile: int | None = None,
-    tile_overlap: int = 32,
-    tile_batch: int = 1,
-    threads: int | None = None,
-    backend: BackendChoice | str = BackendChoice.AUTO,
-    strength: float = 1.0,
-    ensemble: Ensemble | int | str = Ensemble.OFF,
-    hide_split_lines: bool = False,
-    fmt: OutputFormat | str = OutputFormat.SAME,
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    settings: RestoreSettings | None = None,
     workers: int | None = None,
     gpus_per_worker: float | None = None,
     factory: RestorerFactory = default_restorer,
+    **overrides: Any,
 ) -> ray.data.Dataset:
     """Restore the encoded images in `ds[column]`; returns a lazy Dataset with four more columns.
 
-    ``restored`` (the encoded result, or None), ``format`` (png, jpg, webp, tiff; `fmt`
-    `same` keeps each image's kind as the CLI does), ``status`` (ok or failed) and
-    ``error`` (the reason, or None). Every other column passes through, so mprnet composes
-    with the caller's own pipeline (e.g. ``ray.data.read_parquet`` then ``write_parquet``).
-    A row that cannot be decoded or restored fails alone. Weights are resolved here, on
-    the driver, and shipped to the actors through the object store. `label_column` names
-    rows in error messages (default: "row"). Ray must be initialised (a Dataset exists).
+    `settings` (default: `RestoreSettings()`) with keyword `overrides` of its fields
+    (`device="cpu"`, `format="png"`, `jpeg_quality=90`, ...). Adds ``restored`` (the
+    encoded result, or None), ``format`` (png, jpg, webp, tiff; `format` `same` keeps each
+    image's kind as the CLI does), ``status`` (ok or failed) and ``error`` (the reason, or
+    None). Every other column passes through, so mprnet composes with the caller's own
+    pipeline (e.g. ``ray.data.read_parquet`` then ``write_parquet``). A row that cannot be
+    decoded or restored fails alone. Weights are resolved here, on the driver, and shipped
+    to the actors through the object store. `label_column` names rows in error messages
+    (default: "row"). Ray must be initialised (a Dataset exists).
     """
     from mprnet_cli.weights import resolve
 
+    if "fmt" in overrides:  # the keyword this function took before the settings existed
+        overrides["format"] = overrides.pop("fmt")
+    chosen = settings_of(settings, **overrides)
+    if chosen.compile:
+        raise UsageError("compile is not supported by the Ray engine yet; drop it")
     try:
         chosen_task = Task(task) if task is not None else None
-        out_fmt = OutputFormat(fmt)
-        network = NetworkSettings(
-            chosen_task,
-            device,
-            Precision(precision),
-            tile,
-            tile_overlap,
-            tile_batch,
-            threads=threads,
-            backend=BackendChoice(backend),
-            strength=check_strength(strength),
-            ensemble=check_ensemble(ensemble),
-            hide_split_lines=hide_split_lines,
-        )
-        model_choice = ModelChoice(model)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if not 1 <= jpeg_quality <= 100:
-        raise UsageError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}")
-    resolved = resolve(chosen_task, weights=weights, model=model_choice, quiet=True)
+    resolved = resolve(chosen_task, weights=chosen.weights, model=chosen.model, quiet=True)
     _check_weights(resolved)
-    cluster = cluster_plan(_resources(), RaySettings(None, workers, gpus_per_worker), device)
+    cluster = cluster_plan(_resources(), RaySettings(None, workers, gpus_per_worker), chosen.device)
     decoded = ds.map(
         functools.partial(
             _decode_column,
             column=column,
             label_column=label_column,
-            fmt=out_fmt,
-            max_pixels=max_pixels,
+            fmt=chosen.format,
+            max_pixels=chosen.max_pixels,
         ),
         num_cpus=1,
     )
-    net = _infer_stage(decoded, _ship_weights(resolved), network, cluster, factory)
-    return net.map(functools.partial(_encode_column, jpeg_quality=jpeg_quality), num_cpus=1)
+    net = _infer_stage(decoded, _ship_weights(resolved), chosen_task, chosen, cluster, factory)
+    return net.map(functools.partial(_encode_column, jpeg_quality=chosen.jpeg_quality), num_cpus=1)

@@ -8,13 +8,13 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mprnet_cli.errors import UsageError
-from mprnet_cli.imageio import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, temp_target
+from mprnet_cli.imageio import temp_target
 from mprnet_cli.jobs import (
     Callbacks,
     Destination,
@@ -24,37 +24,71 @@ from mprnet_cli.jobs import (
     Result,
     Screened,
     Status,
-    failed,
-    failed_at_write,
-    restored,
-    skipped_at_write,
 )
-from mprnet_cli.locations import StorePath, Where
-from mprnet_cli.runners import RaySettings
+from mprnet_cli.locations import StorePath, Where, location
+from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners.ray.cluster import (
     _connect,
     _dataset_of,
     _infer_stage,
+    _payloads_of,
     _quiet_ray_data,
     _resources,
-    _rows_of,
     _ship_weights,
     _stop,
 )
 from mprnet_cli.runners.ray.plan import (
-    PAYLOAD,
-    NetworkSettings,
+    _CHUNK_BYTES,
+    _CHUNK_IMAGES,
     RestorerFactory,
     _check_weights,
     cluster_plan,
     default_restorer,
 )
-from mprnet_cli.runners.ray.stages import _decode_file, _unpack, _write_file, _Written
+from mprnet_cli.runners.ray.stages import (
+    Planned,
+    Retarget,
+    _decode_chunk,
+    _pack,
+    _unpack,
+    _write_chunk,
+)
+from mprnet_cli.settings import RestoreSettings
+from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
+    from mprnet_cli.runners.base import RunRequest
     from mprnet_cli.weights import ResolvedWeights
 
 # --------------------------------------------------------------------------- files (the CLI)
+
+
+def run(request: RunRequest) -> Generator[Result, None, None]:
+    """The Ray engine behind the runner seam (`runners.base`); weights resolved on the
+    driver, once, and only when some job needs the network."""
+    from mprnet_cli.weights import resolve
+
+    settings = request.settings
+
+    def weights() -> ResolvedWeights:
+        return resolve(
+            request.task,
+            weights=settings.weights,
+            model=settings.model,
+            notify=request.notify,
+            quiet=request.quiet,
+        )
+
+    return restore_files(
+        request.jobs,
+        request.plan,
+        weights=weights,
+        task=request.task,
+        settings=settings,
+        cluster=request.cluster,
+        overwrite=request.overwrite,
+        callbacks=request.callbacks,
+    )
 
 
 def restore_files(
@@ -62,15 +96,15 @@ def restore_files(
     plan: OutputPlan,
     *,
     weights: Callable[[], ResolvedWeights],
-    network: NetworkSettings,
-    settings: RaySettings = RaySettings(),  # noqa: B008 - frozen
+    task: Task | None = None,
+    settings: RestoreSettings = RestoreSettings(),  # noqa: B008 - frozen
+    cluster: RaySettings = RaySettings(),  # noqa: B008 - frozen
     overwrite: bool = False,
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     callbacks: Callbacks | None = None,
     factory: RestorerFactory = default_restorer,
 ) -> Generator[Result, None, None]:
-    """Restore `jobs` on Ray, yielding one `Result` per job as it completes (any order).
+    """Restore `jobs` on Ray, yielding one `Result` per job as its output is written (any
+    order; a chunk of small files reports together).
 
     `weights` resolves the weights file on the driver; it is called only when some job
     needs the network. The planner's verdicts (skipped, failed early) come first.
@@ -79,17 +113,10 @@ def restore_files(
         raise UsageError(
             "--engine ray reads and writes files: stdin (-) and -o - need --engine local"
         )
+    if settings.compile:
+        raise UsageError("--compile is not supported with --engine ray yet; drop it")
     return _FileRun(
-        jobs,
-        plan,
-        weights,
-        network,
-        settings,
-        overwrite,
-        jpeg_quality,
-        max_pixels,
-        callbacks or Callbacks(),
-        factory,
+        jobs, plan, weights, task, settings, cluster, overwrite, callbacks or Callbacks(), factory
     ).run()
 
 
@@ -98,14 +125,16 @@ class _FileRun:
     jobs: Sequence[Job]
     plan: OutputPlan
     weights: Callable[[], ResolvedWeights]
-    network: NetworkSettings
-    settings: RaySettings
+    task: Task | None
+    settings: RestoreSettings
+    cluster: RaySettings
     overwrite: bool
-    jpeg_quality: int
-    max_pixels: int | None
     callbacks: Callbacks
     factory: RestorerFactory
     _pending: dict[int, Screened] = field(default_factory=dict)
+    _chunks: list[bytes] = field(default_factory=list)
+    _planner: Planner | None = None
+    _retargeted: list[tuple[int, str]] = field(default_factory=list)
 
     def _emit(self, result: Result) -> Result:
         if self.callbacks.finished is not None:
@@ -113,22 +142,24 @@ class _FileRun:
         return result
 
     def run(self) -> Generator[Result, None, None]:
-        planner = Planner(self.plan, self.jobs, overwrite=self.overwrite)
-        for index, job in enumerate(self.jobs):
-            verdict = planner.screen(job)
-            if isinstance(verdict, Result):
-                yield self._emit(verdict)
-            else:
-                self._pending[index] = verdict
+        planner = self._planner = Planner(self.plan, self.jobs, overwrite=self.overwrite)
+        # Names only: no input is read on the driver (`--format same` is settled by decoding)
+        yield from self._plan(
+            (index, planner.screen(job, sniff=False)) for index, job in enumerate(self.jobs)
+        )
         if not self._pending:
             return  # everything skipped or failed early: no weights, no Ray
         resolved = self.weights()
         _check_weights(resolved)
-        started = _connect(self.settings.address)
+        started = _connect(self.cluster.address)
         since = time.time()
         stopped = False
         try:
-            yield from self._stream(resolved)
+            yield from self._stream(resolved, retarget=True)
+            if self._retargeted:  # decoded as another format than their names said: again
+                yield from self._plan(self._replanned())
+                if self._chunks:
+                    yield from self._stream(resolved, retarget=False)
         except BaseException:
             # Ctrl-C, SIGTERM, a closed generator or an error: stop the workers first, then
             # report the outputs they finished that the driver had not heard of yet.
@@ -157,67 +188,72 @@ class _FileRun:
                 with contextlib.suppress(Exception):  # a broken reporter must not mask the cause
                     self._emit(Result(screened.job.label, str(target), Status.OK))
 
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        for index, screened in self._pending.items():
-            job = screened.job
-            yield {
-                "index": index,
-                "source": str(job.source),
-                "root": "" if job.root is None else str(job.root),
-                "target": "" if screened.target is None else str(screened.target),
-            }
+    def _plan(self, verdicts: Iterable[tuple[int, Result | Screened]]) -> Iterator[Result]:
+        """Report the planner's verdicts; chunk the jobs it let through."""
+        chunker = _Chunker()
+        for index, verdict in verdicts:
+            if isinstance(verdict, Result):
+                yield self._emit(verdict)
+                continue
+            self._pending[index] = verdict
+            full = chunker.add(_planned(index, verdict), _size(verdict.job.source))
+            if full is not None:
+                self._chunks.append(full)
+        last = chunker.take()
+        if last is not None:
+            self._chunks.append(last)
 
-    def _stream(self, resolved: ResolvedWeights) -> Iterator[Result]:
+    def _replanned(self) -> Iterator[tuple[int, Result | Screened]]:
+        """The retargeted jobs, screened again under the names their decoding settled."""
+        assert self._planner is not None
+        retargeted, self._retargeted = self._retargeted, []
+        for index, settled in retargeted:
+            screened = self._pending.pop(index)
+            if screened.target is not None:
+                self._planner.release(screened.target)
+            yield index, self._planner.screen_settled(screened.job, location(settled))
+
+    def _stream(self, resolved: ResolvedWeights, *, retarget: bool) -> Iterator[Result]:
         _quiet_ray_data()
-        cluster = cluster_plan(_resources(), self.settings, self.network.device)
-        rows = list(self._rows())
+        cluster = cluster_plan(_resources(), self.cluster, self.settings.device)
         cwd = str(Path.cwd())
-        ds = _dataset_of(rows)
-        ds = ds.map(
-            functools.partial(_decode_file, plan=self.plan, max_pixels=self.max_pixels, cwd=cwd),
-            num_cpus=1,
-        )
-        ds = _infer_stage(ds, _ship_weights(resolved), self.network, cluster, self.factory)
+        chunks, self._chunks = self._chunks, []
+        ds = _dataset_of(chunks)
+        del chunks
         ds = ds.map(
             functools.partial(
-                _write_file,
+                _decode_chunk,
                 plan=self.plan,
-                jpeg_quality=self.jpeg_quality,
+                max_pixels=self.settings.max_pixels,
+                cwd=cwd,
+                retarget=retarget,
+            ),
+            num_cpus=1,
+        )
+        ds = _infer_stage(
+            ds, _ship_weights(resolved), self.task, self.settings, cluster, self.factory
+        )
+        ds = ds.map(
+            functools.partial(
+                _write_chunk,
+                plan=self.plan,
+                jpeg_quality=self.settings.jpeg_quality,
                 overwrite=self.overwrite,
                 cwd=cwd,
             ),
             num_cpus=1,
         )
-        for row in _rows_of(ds):
-            screened = self._pending.pop(int(row["index"]), None)
-            if screened is None:
-                continue  # a retried task's second report of a finished job
-            yield self._emit(self._result(screened, _unpack(row[PAYLOAD])))
-
-    def _result(self, screened: Screened, written: _Written) -> Result:
-        job, target = screened.job, screened.target
-        if not written.written:
-            return failed(
-                job, written.error or "failed", width=written.width, height=written.height
-            )
-        assert target is not None and written.width is not None and written.height is not None
-        done = restored(
-            job,
-            target,
-            written.notes,
-            seconds=written.seconds,
-            device=written.device,
-            backend=written.backend,
-            precision=written.precision,
-            tiles=written.tiles,
-            width=written.width,
-            height=written.height,
-        )
-        if written.status is Status.SKIPPED:
-            return skipped_at_write(done)
-        if written.status is Status.FAILED:
-            return failed_at_write(done, written.error or "failed")
-        return done
+        for payload in _payloads_of(ds):
+            written: list[tuple[int, stages.Written | Retarget]] = _unpack(payload)
+            for index, outcome in written:
+                if isinstance(outcome, Retarget):
+                    if index in self._pending and (index, outcome.target) not in self._retargeted:
+                        self._retargeted.append((index, outcome.target))
+                    continue
+                screened = self._pending.pop(index, None)
+                if screened is None:
+                    continue  # a retried task's second report of a finished job
+                yield self._emit(stages.record(screened.job, screened.target, outcome))
 
     def _sweep_unfinished(self) -> None:
         """Remove the temporary files of writes that were cut short (Ctrl-C, an error).
@@ -242,3 +278,56 @@ def _mtime(target: Where) -> float:
     if isinstance(target, StorePath):
         return target.mtime() or 0.0
     return target.stat().st_mtime
+
+
+def _planned(index: int, screened: Screened) -> Planned:
+    job = screened.job
+    return Planned(
+        index,
+        str(job.source),
+        "" if job.root is None else str(job.root),
+        "" if screened.target is None else str(screened.target),
+    )
+
+
+@dataclass
+class _Chunker:
+    """Groups pending jobs into chunks of about `_CHUNK_BYTES` of input files (at most
+    `_CHUNK_IMAGES`), packed at once: the driver holds a few bytes per pending input.
+
+    The first chunks are small (1 image, then twice as many each time up to the limit), so
+    the first records come after one image's trip through the stages, not a full chunk's,
+    and the stages overlap from the start."""
+
+    _items: list[Planned] = field(default_factory=list)
+    _bytes: int = 0
+    _limit: int = 1
+
+    def add(self, planned: Planned, size: int) -> bytes | None:
+        """Add one job of `size` bytes; a full chunk (packed) when this one filled it."""
+        self._items.append(planned)
+        self._bytes += size
+        if self._bytes >= _CHUNK_BYTES or len(self._items) >= self._limit:
+            return self.take()
+        return None
+
+    def take(self) -> bytes | None:
+        """The chunk so far (packed), or None when empty; starts a new one."""
+        if not self._items:
+            return None
+        packed = _pack(self._items)
+        self._items, self._bytes = [], 0
+        self._limit = min(2 * self._limit, _CHUNK_IMAGES)
+        return packed
+
+
+def _size(source: Where | None) -> int:
+    """An input's size in bytes for chunking (an object, not asked: a nominal 1 MiB)."""
+    if isinstance(source, StorePath):
+        return 1 << 20
+    if source is None:
+        return 1
+    try:
+        return max(1, source.stat().st_size)
+    except OSError:
+        return 1

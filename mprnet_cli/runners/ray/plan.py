@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from mprnet_cli.choices import BackendChoice, Ensemble, ModelChoice, Precision
+from mprnet_cli.choices import ModelChoice
 from mprnet_cli.errors import ClusterError, UsageError
 from mprnet_cli.jobs import RestorerLike
 from mprnet_cli.runners import RaySettings
+from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
@@ -22,64 +23,40 @@ if TYPE_CHECKING:
 
 PAYLOAD: Final = "payload"
 _TASKS_PER_ACTOR: Final = 2
-_MAX_BLOCKS: Final = 10_000
+#: A chunk (one row, one block, one task per stage) holds inputs up to this many file bytes
+#: (`_CHUNK_IMAGES` at most): small images travel many to a task, large ones alone.
+_CHUNK_BYTES: Final = 1 << 20
+_CHUNK_IMAGES: Final = 256
 
 
 # --------------------------------------------------------------------------- settings
 
-
-@dataclass(frozen=True)
-class NetworkSettings:
-    """How each actor builds its network (the restore options other than the weights)."""
-
-    task: Task | None = None
-    device: str = "auto"
-    precision: Precision = Precision.AUTO
-    tile: int | None = None
-    tile_overlap: int = 32
-    tile_batch: int = 1
-    compile: bool = False
-    threads: int | None = None  # torch threads per actor (None: the actor's CPUs)
-    backend: BackendChoice = BackendChoice.AUTO
-    strength: float = 1.0
-    ensemble: Ensemble = Ensemble.OFF
-    hide_split_lines: bool = False
+#: Builds the restorer inside an actor from the task, the run's settings (shipped unchanged)
+#: and the weights file it was shipped (a test seam and the hook for custom restorers).
+#: Must be picklable: it travels to the actors.
+RestorerFactory = Callable[[Task | None, RestoreSettings, Path], RestorerLike]
 
 
-#: Builds the restorer inside an actor from the weights file it was shipped (a test seam and
-#: the hook for custom restorers). Must be picklable: it travels to the actors.
-RestorerFactory = Callable[[NetworkSettings, Path], RestorerLike]
-
-
-def default_restorer(settings: NetworkSettings, weights: Path) -> RestorerLike:
-    """`mprnet_cli.api.Restorer` on the shipped file (it never resolves weights itself)."""
+def default_restorer(task: Task | None, settings: RestoreSettings, weights: Path) -> RestorerLike:
+    """`mprnet_cli.api.Restorer` on the shipped file (it never resolves weights itself: the
+    driver chose the file, per `settings.weights` and `settings.model`)."""
     from mprnet_cli.api import Restorer
 
-    return Restorer(
-        settings.task,
-        weights=weights,
-        model=ModelChoice.AUTO,
-        device=settings.device,
-        precision=settings.precision,
-        tile=settings.tile,
-        tile_overlap=settings.tile_overlap,
-        tile_batch=settings.tile_batch,
-        compile=settings.compile,
-        backend=settings.backend,
-        strength=settings.strength,
-        ensemble=settings.ensemble,
-        hide_split_lines=settings.hide_split_lines,
-        quiet=True,
-    )
+    return Restorer(task, weights, settings.replace(model=ModelChoice.AUTO), quiet=True)
 
 
 @dataclass(frozen=True)
 class ClusterPlan:
     """How many inference actors, and what each reserves."""
 
-    workers: int
+    workers: int  # the most actors (the pool grows to it as work waits)
     cpus_per_worker: float
     gpus_per_worker: float
+    fixed: bool = False  # --workers given: exactly `workers` actors from the start
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers if self.fixed else 1
 
 
 def cluster_plan(
@@ -101,7 +78,7 @@ def cluster_plan(
         raise UsageError("--gpus-per-worker and --device cpu contradict each other; drop one")
     if gpw > 0:
         workers = settings.workers or max(1, math.floor(gpus / gpw))
-        return _fits(ClusterPlan(workers, 1.0, gpw), cpus, gpus)
+        return _fits(ClusterPlan(workers, 1.0, gpw, settings.workers is not None), cpus, gpus)
     if device.startswith("cuda"):
         raise UsageError(
             f"--device {device} needs GPUs on the workers: give --gpus-per-worker (the cluster "
@@ -109,7 +86,7 @@ def cluster_plan(
         )
     workers = settings.workers or max(1, int(cpus // 4))
     per = max(1.0, float((cpus - workers) // workers))
-    return _fits(ClusterPlan(workers, per, 0.0), cpus, gpus)
+    return _fits(ClusterPlan(workers, per, 0.0, settings.workers is not None), cpus, gpus)
 
 
 def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
@@ -132,7 +109,12 @@ def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
 
 
 def _check_weights(resolved: ResolvedWeights) -> None:
-    """Fail on the driver, with the local engine's message, before any actor tries."""
-    from mprnet_cli.model.checkpoint import read_checkpoint
+    """Fail on the driver, with the local engine's one line naming the user's file, before
+    Ray starts: every tensor present with its shape (what building the network checks)
+    and finite, RGB in and out. An actor failing on them instead would print Ray's
+    tracebacks (some on stdout) and name its temporary copy."""
+    from mprnet_cli.model.checkpoint import check_rgb, check_weights, read_checkpoint
 
-    read_checkpoint(resolved.path)
+    checkpoint = read_checkpoint(resolved.path)
+    check_rgb(checkpoint)
+    check_weights(checkpoint)

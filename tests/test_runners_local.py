@@ -1,4 +1,4 @@
-"""Tests for mprnet_cli.batch: jobs from arguments, output names, and the overlapped runner.
+"""Tests for mprnet_cli.runners.local (the local engine): jobs from arguments, output names, and the overlapped runner.
 
 Most runner tests use a stand-in restorer (1 - x, instant) so that they test the batch
 logic, not the network; one test runs a tiny real MPRNet through `Restorer`.
@@ -22,7 +22,9 @@ import pytest
 from PIL import Image
 
 from mprnet_cli import imageio as mio
-from mprnet_cli.batch import (
+from mprnet_cli.errors import OutOfMemoryError, UsageError
+from mprnet_cli.imageio import OutputFormat, read_image
+from mprnet_cli.jobs import (
     JSON_FIELDS,
     STALE_TEMP_SECONDS,
     Callbacks,
@@ -35,11 +37,9 @@ from mprnet_cli.batch import (
     expand_inputs,
     output_name,
     plan_outputs,
-    run_batch,
 )
-from mprnet_cli.errors import OutOfMemoryError, UsageError
-from mprnet_cli.imageio import OutputFormat, read_image
 from mprnet_cli.pipeline import RunStats
+from mprnet_cli.runners.local import run_batch
 
 SUFFIX = "_derained"
 
@@ -101,7 +101,10 @@ def run(
     **kw: Any,
 ) -> list[Result]:
     exclude = Path(output) if output not in (None, "-") else None
-    exp = expand_inputs(args, recursive=recursive, suffix=suffix, exclude=exclude)
+    overwrite = kw.get("overwrite", False)  # as the CLI passes it to both
+    exp = expand_inputs(
+        args, recursive=recursive, suffix=suffix, exclude=exclude, overwrite=overwrite
+    )
     plan = plan_outputs(exp, output, suffix=suffix, fmt=fmt)
     return list(run_batch(exp.jobs, restorer or Fake(), plan, **kw))
 
@@ -332,7 +335,7 @@ def test_rerun_skips_existing_outputs_without_decoding_or_loading_weights(
     mtimes = [p.stat().st_mtime_ns for p in sorted((cwd / "out").iterdir())]
 
     decodes: list[object] = []
-    monkeypatch.setattr("mprnet_cli.batch.read_image", lambda *a, **k: decodes.append(a))
+    monkeypatch.setattr("mprnet_cli.runners.stages.read_image", lambda *a, **k: decodes.append(a))
 
     def no_weights() -> Fake:
         raise AssertionError("weights loaded for a run with nothing to do")
@@ -443,7 +446,7 @@ def test_memory_stays_bounded_by_the_queues(cwd: Path, monkeypatch: pytest.Monke
     worst = {"ahead": 0, "behind": 0}
     bound = {"prefetch": 0, "pending": 0}
     moved = threading.Condition()
-    real_read, real_write = mio.read_image, mio.write_image
+    real_read, real_write = mio.read_image, mio.write_file
 
     def wait_until(ready: Callable[[], bool]) -> None:
         with moved:
@@ -471,8 +474,8 @@ def test_memory_stays_bounded_by_the_queues(cwd: Path, monkeypatch: pytest.Monke
             worst["behind"] = max(worst["behind"], counts["restored"] - counts["written"])
             moved.notify_all()
 
-    monkeypatch.setattr("mprnet_cli.batch.read_image", read)
-    monkeypatch.setattr("mprnet_cli.batch.write_image", write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.read_image", read)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", write)
     for prefetch, pending in [(1, 1), (2, 2)]:
         counts.update(decoded=0, restored=0, written=0)
         worst.update(ahead=0, behind=0)
@@ -490,7 +493,7 @@ def test_ctrl_c_lets_the_write_in_progress_finish_and_leaves_no_temp_files(
 ) -> None:
     for i in range(6):
         save(cwd / "in" / f"{i}.png", size=(8, 8))
-    real_write = mio.write_image
+    real_write = mio.write_file
     writes: list[int] = []
     second_write_started, interrupted = threading.Event(), threading.Event()
 
@@ -507,7 +510,7 @@ def test_ctrl_c_lets_the_write_in_progress_finish_and_leaves_no_temp_files(
             interrupted.set()
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("mprnet_cli.batch.write_image", slow_write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", slow_write)
     got: list[Result] = []
     with pytest.raises(KeyboardInterrupt):
         for result in run_batch(
@@ -603,7 +606,7 @@ def test_outputs_settled_when_interrupted_are_still_reported(
     for name in ("a.png", "b.png", "c.png"):
         save(cwd / "in" / name)
     writing, release = threading.Event(), threading.Event()
-    real_write = mio.write_image
+    real_write = mio.write_file
 
     def held_write(*args: Any, **kwargs: Any) -> None:
         writing.set()
@@ -616,7 +619,7 @@ def test_outputs_settled_when_interrupted_are_still_reported(
             release.set()
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("mprnet_cli.batch.write_image", held_write)
+    monkeypatch.setattr("mprnet_cli.runners.stages.write_file", held_write)
     reported: list[Result] = []
     exp = expand_inputs(["in"], suffix=SUFFIX)
     plan = plan_outputs(exp, "out", suffix=SUFFIX)
@@ -713,7 +716,7 @@ def test_a_folder_that_refuses_files_fails_its_jobs_before_restoring(
     results = run(["a.png", "b.png"], "out", restorer=fake)
     assert fake.calls == 0
     assert [r.error for r in results] == [
-        "out: the file system is read-only; write elsewhere; choose another -o"
+        "out: the file system is read-only; write elsewhere"  # its advice once, not doubled
     ] * 2
 
 
@@ -739,3 +742,61 @@ def test_special_files_are_never_replaced(cwd: Path) -> None:
     (result,) = run(["a.png"], "pipe.png", overwrite=True)
     assert result.status is Status.FAILED and "not a regular file" in (result.error or "")
     assert (cwd / "pipe.png").is_fifo()
+
+
+# --------------------------------------------------------------------------- truthful progress
+
+
+def test_each_result_is_reported_when_its_output_is_written(cwd: Path) -> None:
+    """Image 1's record reaches `finished` while image 2 is still being restored (it used to
+    wait for the next image to finish), and no record comes before its file exists."""
+    for name in ("a.png", "b.png", "c.png"):
+        save(cwd / "in" / name)
+    reported: list[tuple[str, bool]] = []
+    first = threading.Event()
+
+    def finished(result: Result) -> None:
+        reported.append((result.input, Path(result.output or "").is_file()))
+        first.set()
+
+    def on_call(n: int) -> None:
+        if n == 2:  # image 2's restore waits for image 1's record: it cannot come after
+            assert first.wait(10), "image 1 was reported only after image 2 was restored"
+
+    results = run(["in"], "out", restorer=Fake(on_call), callbacks=Callbacks(finished=finished))
+    assert [r.status for r in results] == [Status.OK] * 3
+    assert reported == [(f"in/{n}.png", True) for n in "abc"]  # in order, each file on disk
+
+
+def test_failures_are_reported_in_input_order_between_the_writes(cwd: Path) -> None:
+    save(cwd / "a.png")
+    (cwd / "b.png").write_bytes(b"not an image")
+    save(cwd / "c.png")
+    reported: list[str] = []
+    results = run(
+        ["a.png", "b.png", "c.png"],
+        callbacks=Callbacks(finished=lambda r: reported.append(r.input)),
+    )
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.OK]
+    assert reported == ["a.png", "b.png", "c.png"] == [r.input for r in results]
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_an_output_name_too_long_fails_that_input_alone(cwd: Path) -> None:
+    """A 250-byte stem: its output name is over 255 bytes (exists() raised ENAMETOOLONG in
+    the decode thread and aborted the batch). A 236-byte stem: a legal output name whose
+    temporary file's name is not; it fails up front, before any restore."""
+    longest, tight = "l" * 250 + ".png", "t" * 236 + ".png"
+    for name in ("a.png", longest, tight, "z.png"):
+        save(cwd / name)
+    fake = Fake()
+    results = run(["a.png", longest, tight, "z.png"], restorer=fake)
+    assert [r.status for r in results] == [Status.OK, Status.FAILED, Status.FAILED, Status.OK]
+    assert fake.calls == 2
+    for r in results[1:3]:
+        assert "bytes long" in (r.error or "") and "--suffix" in (r.error or ""), r.error
+    assert sorted(p.name for p in cwd.iterdir()) == sorted(
+        ["a.png", longest, tight, "z.png", f"a{SUFFIX}.png", f"z{SUFFIX}.png"]
+    )
