@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from mprnet_cli.backends.base import Backend, Capabilities
-from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.backends.base import Backend, BackendSpec, Capabilities, MemoryCost, Notify
+from mprnet_cli.choices import BackendChoice
 from mprnet_cli.errors import BackendError, UsageError
 
-__all__ = ["Backend", "BackendSpec", "Capabilities", "choose", "create"]
-
-Notify = Callable[[str], None]
-MemoryCost = Callable[[str, Precision], float]
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """What any backend needs to run one network."""
-
-    model: Any  # torch.nn.Module, in float32 on the CPU (Any: no torch import here)
-    device: Any  # torch.device
-    precision: Precision = Precision.AUTO
-    memory: MemoryCost | None = None
-    compile: bool = False
+__all__ = [
+    "Backend",
+    "BackendSpec",
+    "Capabilities",
+    "MemoryCost",
+    "Notify",
+    "choose",
+    "create",
+]
 
 
 def _torch(spec: BackendSpec, notify: Notify | None) -> Backend:

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mprnet_cli.backends import BackendSpec, Notify
-from mprnet_cli.backends.base import Batch, Capabilities, looks_like_oom
+from mprnet_cli.backends.base import BackendSpec, Batch, Capabilities, Notify, looks_like_oom
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import Precision
 from mprnet_cli.device import available_memory, choose_precision
