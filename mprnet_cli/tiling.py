@@ -35,6 +35,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float32]
 
+
 @dataclass(frozen=True)
 class Tile:
     """A half-open rectangle ``[y0, y1) x [x0, x1)`` of the padded image."""

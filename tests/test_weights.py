@@ -311,7 +311,7 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
     line = proc.stderr.strip()
     assert line.count("\n") == 0, proc.stderr  # one line
     # not the command just run, nor options `weights download` does not take
-    assert "mprnet weights import derain FILE" in line and "README: Weights" in line
+    assert "mprnet weights import derain FILE" in line and "docs/weights.md" in line
     assert "mprnet weights download" not in line and "--weights" not in line, line
     assert "--model" not in line
     every = run_cli(["weights", "download"], hub_env(tmp_path, reg, None))

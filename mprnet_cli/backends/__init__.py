@@ -1,7 +1,7 @@
 """Inference engines behind one protocol, and the small registry that picks one.
 
 `create` turns a `BackendChoice` into a running backend: `auto` takes the fastest
-one measured for the device (README, speed table), and an engine that is missing
+one measured for the device (docs/speed-and-memory.md, speed table), and an engine that is missing
 or cannot convert the network gives way to PyTorch with one notice line. This
 module imports neither torch nor openvino; each engine's module imports its own.
 """
@@ -56,7 +56,7 @@ def openvino_installed() -> bool:
 
 def choose(choice: BackendChoice, device_type: str, *, compile: bool = False) -> BackendChoice:
     """What `--backend auto` means: OpenVINO on the CPU where it is installed (faster than
-    PyTorch there in both precisions, README speed table), PyTorch on GPUs and with --compile.
+    PyTorch there in both precisions, docs/speed-and-memory.md speed table), PyTorch on GPUs and with --compile.
     On the CPU, `openvino.create_auto` then still runs PyTorch for compact networks and for
     a network not converted yet (converting it in the background)."""
     if choice is not BackendChoice.AUTO:

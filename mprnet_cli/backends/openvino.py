@@ -433,7 +433,7 @@ class OpenVinoBackend:
     """An exported MPRNet compiled for OpenVINO's CPU plugin at a precision hint.
 
     OpenVINO runs a model compiled for one static shape faster than the dynamic one
-    (derain 256², loaded 2-core Xeon: 1.3x in fp32, 1.7x in bf16; README), but each
+    (derain 256², loaded 2-core Xeon: 1.3x in fp32, 1.7x in bf16; docs/speed-and-memory.md), but each
     compilation costs about a second. So `shapes="adaptive"` (default) runs a shape's
     first batch on the dynamic model and compiles a static one when the shape comes
     back: the tiles of a large image, or a folder of same-size photos. "static" and
