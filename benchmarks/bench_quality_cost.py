@@ -1,7 +1,7 @@
 """Time cost of the quality options (`--ensemble 2|8`, `--hide-split-lines`) vs a plain run.
 
-Why: the README states each option's cost, and `--hide-split-lines` is opt-in because it
-costs more than 1.3x. Ratios are medians over --rounds rounds, the modes interleaved
+Why: docs/quality-and-split-lines.md states each option's cost, and
+`--hide-split-lines` is opt-in because it costs more than 1.3x. Ratios are medians over --rounds rounds, the modes interleaved
 within each round on the same image and Restorer settings, so a busy machine slows all
 modes alike (absolute seconds are noisy on a shared CPU; the ratios are the result).
 

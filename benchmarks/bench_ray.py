@@ -1,4 +1,4 @@
-"""What `--engine ray` costs and moves per image, for the README's scaling model.
+"""What `--engine ray` costs and moves per image, for the scaling model in docs/engines-and-ray.md.
 
 Why: the Ray engine splits each image into a decode task, a network call in an actor and an
 encode task, with object-store hops in between. On one machine that can only cost time;

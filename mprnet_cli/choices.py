@@ -58,7 +58,7 @@ class SplitLines(str, Enum):
 DEFAULT_SPLIT_LINES = SplitLines.KEEP
 """`fix` becomes the default once it meets issue 21's bars on the default command (split
 rows <= 0.6 levels one pass AND tiled, time <= 1.2x); measured: 0.31 one pass, 0.82 in
-256-px tiles, time not measurable on the loaded machine (README, Split lines)."""
+256-px tiles, time not measurable on the loaded machine (docs/quality-and-split-lines.md, Split lines)."""
 
 
 def split_lines_choice(value: SplitLines | str | None, hide: bool = False) -> SplitLines:

@@ -133,7 +133,7 @@ def choose_precision(device: torch.device | str, requested: Precision) -> Precis
     54 dB PSNR of float32 on real photos for all three tasks (benchmarks/
     precision_check.py). bf16 on CPUs with native bf16 dot products (AVX-512 BF16,
     AMX): 2.4-3.4x faster than the reference mode and 55-67 dB from float32
-    (README, speed table). float32 elsewhere: CPUs without native bf16 emulate it,
+    (docs/speed-and-memory.md, speed table). float32 elsewhere: CPUs without native bf16 emulate it,
     25x slower than float32.
     """
     if requested is not Precision.AUTO:

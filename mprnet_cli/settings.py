@@ -33,6 +33,8 @@ from mprnet_cli.choices import (
 )
 from mprnet_cli.errors import UsageError
 
+#: MPRNet down-samples three times: tile sides must be multiples of 2**3.
+ALIGN: Final = 8
 #: Overlap between tiles when none is given (the tile loop shrinks it for smaller tiles).
 DEFAULT_OVERLAP: Final = 32
 #: JPEG and WebP quality when none is given.
@@ -44,6 +46,12 @@ DEFAULT_VIDEO_QUALITY: Final = 18
 #: The largest --tile-overlap --tile auto takes: a quarter of its usual 512-px tile
 #: (`pipeline.DEFAULT_TILE`, not imported here: it brings torch into a usage error).
 AUTO_MAX_OVERLAP: Final = 128
+
+
+def valid_tile(tile: int, align: int = ALIGN) -> bool:
+    """The one tile-size rule (the CLI, `TileOptions` and the planner all ask here):
+    0 for one pass, else a multiple of `align` and at least `align`."""
+    return tile == 0 or (tile >= align and tile % align == 0)
 
 
 def check_ensemble(value: Ensemble | int | str) -> Ensemble:
@@ -144,14 +152,12 @@ class RestoreSettings:
 
     def _check_tiles(self) -> None:
         tile, overlap = self.tile, self.tile_overlap
-        if tile is not None:
-            from mprnet_cli.tiling import ALIGN, valid_tile  # numpy only
-
-            if isinstance(tile, bool) or not isinstance(tile, int) or not valid_tile(tile):
-                raise UsageError(
-                    f"--tile must be 0, auto or a multiple of {ALIGN} (at least {ALIGN}), "
-                    f"got {tile!r}"
-                )
+        if tile is not None and (
+            isinstance(tile, bool) or not isinstance(tile, int) or not valid_tile(tile)
+        ):
+            raise UsageError(
+                f"--tile must be 0, auto or a multiple of {ALIGN} (at least {ALIGN}), got {tile!r}"
+            )
         if tile and overlap is not None and overlap >= tile:
             raise UsageError(
                 f"--tile-overlap {overlap} must be smaller than --tile {tile} "

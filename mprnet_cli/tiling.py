@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+# The tile-size rule lives with the options it checks (settings is light; tiling imports it,
+# never the other way round), and is re-exported here for the tile loop.
+from mprnet_cli.settings import ALIGN as ALIGN
 from mprnet_cli.settings import DEFAULT_OVERLAP as DEFAULT_OVERLAP
+from mprnet_cli.settings import valid_tile as valid_tile
 
 __all__ = [
     "Blender",
@@ -30,14 +34,6 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float32]
-
-ALIGN = 8  # MPRNet down-samples three times: tile sides must be multiples of 2**3
-
-
-def valid_tile(tile: int, align: int = ALIGN) -> bool:
-    """The one tile-size rule (the CLI, `TileOptions` and the planner all ask here):
-    0 for one pass, else a multiple of `align` and at least `align`."""
-    return tile == 0 or (tile >= align and tile % align == 0)
 
 
 @dataclass(frozen=True)

@@ -403,7 +403,7 @@ def download_published(
                 notify(f"{tried[-1]}{more}")
     raise WeightsError(
         f"none of the published {spec.task.value} weights could be used ({'; '.join(tried)}). "
-        f"Fetch the file by hand (README: Weights) and run `mprnet weights import "
+        f"Fetch the file by hand (docs/weights.md) and run `mprnet weights import "
         f"{spec.task.value} FILE`, pass a file with --weights FILE, or use --model bundled"
     )
 

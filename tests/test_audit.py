@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import FAST, env, invoke, mprnet, temps
+from tests.helpers import FAST, env, invoke, mprnet, temps
 
 
 def save_png(path: Path, size: int = 16) -> None:

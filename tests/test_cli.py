@@ -11,126 +11,35 @@ import json
 import os
 import runpy
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
-from typer.testing import CliRunner
+from PIL import Image
 
 from mprnet_cli import __version__
 from mprnet_cli._entry import HELP_FILE
-from mprnet_cli.cli import app, progress_enabled
+from mprnet_cli.cli import progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
 from mprnet_cli.jobs import JSON_FIELDS
-
-RNG = np.random.default_rng(7)
-FAST = ["--tile", "0", "--threads", "1"]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def srgb_icc() -> bytes:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-def camera_exif(orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x010F] = "Canon"  # Make
-    exif[0x0110] = "EOS R5"  # Model
-    exif[0x0112] = orientation
-    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal
-    return exif.tobytes()
-
-
-def rand(h: int, w: int, c: int, dtype: Any = np.uint8) -> np.ndarray[Any, Any]:
-    top = 256 if dtype == np.uint8 else 65536
-    shape = (h, w) if c == 1 else (h, w, c)
-    return RNG.integers(0, top, shape, dtype=dtype)
-
-
-def save_png(path: Path, size: int = 16) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rand(size, size, 3)).save(path)
-
-
-def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out.pop("MPRNET_DEBUG", None)
-    out["HF_HUB_OFFLINE"] = "1"
-    out["NO_COLOR"] = "1"
-    return out
-
-
-def mprnet(*args: str | Path, cwd: Path, stdin: bytes | None = None, **kw: Any) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "mprnet_cli", *map(str, args)],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        env=kw.pop("env", env()),
-        timeout=120,
-        check=False,
-        **kw,
-    )
-
-
-def temps(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
-
-
-# --------------------------------------------------------------------------- the tree
-
-
-def make_tree(root: Path) -> None:
-    """One file per kind the issue lists, plus a corrupt file, a bomb and odd names."""
-    root.mkdir()
-    icc, s = srgb_icc(), 24
-    photo = Image.fromarray(rand(24, 32, 3))  # 32 wide, 24 high, stored rotated (6)
-    photo.save(root / "photo.jpg", quality=95, icc_profile=icc, exif=camera_exif(6))
-    cv2.imwrite(str(root / "rgb16.png"), rand(s, s, 3, np.uint16))
-    cv2.imwrite(str(root / "rgba16.png"), rand(s, s, 4, np.uint16))
-    Image.fromarray(rand(s, s, 4)).save(root / "rgba.png")
-    Image.fromarray(rand(s, s, 1)).save(root / "gray.png")
-    Image.fromarray(rand(s, s, 1, np.uint16)).save(root / "gray16.png")
-    Image.fromarray(rand(s, s, 3)).quantize(16).save(root / "palette.png")
-    Image.fromarray(rand(s, s, 3)).save(root / "scan.tif", icc_profile=icc)
-    cv2.imwrite(str(root / "deep.tif"), rand(s, s, 3, np.uint16))
-    Image.frombytes("CMYK", (s, s), rand(s, s, 4).tobytes()).save(root / "print.jpg", quality=95)
-    Image.fromarray(rand(s, s, 3)).save(root / "old.bmp")
-    Image.fromarray(rand(s, s, 3)).save(root / "web.webp", quality=90)
-    (root / "notes.txt").write_text("not an image: left alone")
-    sub = root / "sub dir"
-    sub.mkdir()
-    Image.fromarray(rand(s, s, 3)).save(sub / "café ☕.png")
-    data = (root / "photo.jpg").read_bytes()
-    # Cut halfway through the compressed pixels, never inside the headers: the file must
-    # read as a truncated JPEG whatever size the shared random generator's pixels compress to.
-    pixels = data.index(b"\xff\xda")
-    (sub / "broken.jpg").write_bytes(data[: pixels + (len(data) - pixels) // 2])
-    (sub / "bomb.png").write_bytes(png_claiming(40000, 40000))  # 1600 MP in 100 bytes
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A decompression bomb's header: a PNG that says it is huge (the pixels never come)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data).to_bytes(4, "big")
-        return len(data).to_bytes(4, "big") + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
+from tests.helpers import (
+    AS_FROM_A_TERMINAL,
+    FAST,
+    camera_exif,
+    env,
+    invoke,
+    make_tree,
+    mprnet,
+    rand,
+    save_png,
+    temps,
+)
 
 EXPECTED_OK = {
     "tree/photo.jpg": "out/photo_derained.jpg",
@@ -270,14 +179,6 @@ def start_batch(work: Path, checkpoint: Path, count: int = 16) -> tuple[list[str
         save_png(work / "in" / f"{i:02} ü.png", size=160)
     args = ["derain", "in", "-o", "out", "-w", str(checkpoint), *FAST]
     return args, work / "out"
-
-
-# A shell's background job inherits SIGINT ignored, and Python then keeps ignoring it:
-# the child restores the handler a terminal's Ctrl-C would find, then runs mprnet.
-AS_FROM_A_TERMINAL = (
-    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('mprnet_cli', run_name='__main__')"
-)
 
 
 def kill_after_first_output(args: list[str], work: Path, out: Path, sig: int) -> Any:
@@ -425,19 +326,6 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> No
     debug = mprnet(*args, cwd=tmp_path, env={**env(), "MPRNET_DEBUG": "1"})
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr.decode() and "UsageError" in debug.stderr.decode()
-
-
-runner = CliRunner()
-
-
-def invoke(*args: str | Path, cwd: Path | None = None, **kw: Any) -> Any:
-    old = Path.cwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        return runner.invoke(app, [str(a) for a in args], **kw)
-    finally:
-        os.chdir(old)
 
 
 def test_version() -> None:

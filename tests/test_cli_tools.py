@@ -347,7 +347,7 @@ def test_bench_default_mode_is_what_a_restore_runs(
         ("reference", "torch", "fp32"),
         ("default", "torch", "bf16" if fast_bf16 else "fp32"),
     ]
-    code, out, err = invoke(*args)  # no --modes: default alone, as the README says
+    code, out, err = invoke(*args)  # no --modes: default alone, as docs/speed-and-memory.md says
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["mode"], r["speedup_vs_reference"]) for r in rows] == [("default", None)]

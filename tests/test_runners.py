@@ -11,7 +11,7 @@ import pytest
 
 from mprnet_cli import runners
 from mprnet_cli.errors import UsageError
-from tests.test_cli import invoke, save_png
+from tests.helpers import invoke, save_png
 
 
 def test_engine_ray_without_ray_is_a_one_line_usage_error(

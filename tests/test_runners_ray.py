@@ -41,20 +41,23 @@ from mprnet_cli.settings import RestoreSettings  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
 from mprnet_cli.weights import resolve  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
-from tests.hub_server import FakeHub  # noqa: E402
-from tests.test_cli import (  # noqa: E402
+from tests.helpers import (  # noqa: E402  # noqa: E402
     AS_FROM_A_TERMINAL,
     FAST,
+    REPO_ID,
     camera_exif,
+    checkpoint_bytes,
     env,
+    hub_env,
     invoke,
     make_tree,
     rand,
     save_png,
     srgb_icc,
     temps,
+    write_registry,
 )
-from tests.test_weights import REPO_ID, _checkpoint_bytes, hub_env, write_registry  # noqa: E402
+from tests.hub_server import FakeHub  # noqa: E402
 
 RAY = ["--engine", "ray"]
 
@@ -408,7 +411,7 @@ def test_the_driver_downloads_the_weights_once_and_workers_never_do(
 ) -> None:
     """Published weights from a stand-in Hub: the driver fetches them; the actors (whose
     environment is offline and knows no such registry) restore with what it shipped."""
-    hub = FakeHub(REPO_ID, {"model_deraining.pth": _checkpoint_bytes(), "LICENSE.md": b"x"})
+    hub = FakeHub(REPO_ID, {"model_deraining.pth": checkpoint_bytes(), "LICENSE.md": b"x"})
     hub.start()
     try:
         for i in range(3):

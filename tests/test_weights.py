@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -24,7 +23,6 @@ from mprnet_cli.errors import (
     UsageError,
     WeightsError,
 )
-from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import (
     ModelChoice,
@@ -36,60 +34,25 @@ from mprnet_cli.weights import (
     resolve,
     verify_file,
 )
-from tests.conftest import REPO, TINY_CONFIG, tiny_model
+from tests.conftest import tiny_model
+from tests.helpers import (
+    BUNDLED_NOTE,
+    MODEL_SOURCE,
+    REPO_ID,
+    SPACE_ID,
+    SPACE_PATH,
+    SPACE_SOURCE,
+    checkpoint_bytes,
+    hub_env,
+    write_registry,
+)
 from tests.hub_server import FakeHub
-
-REPO_ID = "deepinv/MPRNet"
-SPACE_ID = "akhaliq/MPRNet"
-SPACE_PATH = "Deraining/pretrained_models/model_deraining.pth"
-MODEL_SOURCE = {"repo": REPO_ID, "repo_type": "model", "path": "model_deraining.pth"}
-SPACE_SOURCE = {"repo": SPACE_ID, "repo_type": "space", "path": SPACE_PATH}
-# Three distinct tiny networks stand in for the three published ones.
-TEST_CONFIGS = {
-    "derain": TINY_CONFIG,
-    "deblur": MPRNetConfig(n_feat=12, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1),
-    "denoise": MPRNetConfig(n_feat=8, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1),
-}
-BUNDLED_NOTE = "they remove some rain (test figure)"
-
-
-def _checkpoint_bytes(task: str = "derain") -> bytes:
-    buf = io.BytesIO()
-    model = tiny_model(config=TEST_CONFIGS[task])
-    state = {f"module.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"epoch": 1, "state_dict": state}, buf)
-    return buf.getvalue()
-
-
-def write_registry(
-    folder: Path,
-    *,
-    sources: list[dict[str, Any]] | None = None,
-    bundled: str | None = None,
-) -> Path:
-    """A registry like the shipped one, with tiny networks and the derain sources given."""
-    data = json.loads((REPO / "weights" / "registry.json").read_text())
-    for task, config in TEST_CONFIGS.items():
-        data["published"][task]["config"] = config.to_dict()
-    data["published"]["derain"]["sources"] = sources or [MODEL_SOURCE, SPACE_SOURCE]
-    data["bundled"] = {}
-    if bundled is not None:
-        data["bundled"]["derain"] = {
-            "file": bundled,
-            "sha256": hashlib.sha256((folder / bundled).read_bytes()).hexdigest(),
-            "config": TINY_CONFIG.to_dict(),
-            "license": "mprnet-academic",
-            "note": BUNDLED_NOTE,
-        }
-    path = folder / "registry.json"
-    path.write_text(json.dumps(data))
-    return path
 
 
 @pytest.fixture()
 def hub() -> Iterator[FakeHub]:
     server = FakeHub(
-        REPO_ID, {"model_deraining.pth": _checkpoint_bytes(), "LICENSE.md": b"academic"}
+        REPO_ID, {"model_deraining.pth": checkpoint_bytes(), "LICENSE.md": b"academic"}
     ).start()
     yield server
     server.stop()
@@ -107,21 +70,6 @@ def run_cli(
         cwd=cwd,
         timeout=240,
     )
-
-
-def hub_env(tmp_path: Path, registry_file: Path, endpoint: str | None) -> dict[str, str]:
-    env = {
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
-        "MPRNET_CACHE": str(tmp_path / "mprnet-cache"),
-        "MPRNET_REGISTRY": str(registry_file),
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_ETAG_TIMEOUT": "2",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
-    }
-    # A closed local port stands in for "no network" when the server is gone.
-    env["HF_ENDPOINT"] = endpoint or "http://127.0.0.1:9"
-    return env
 
 
 def cached_blob(tmp_path: Path) -> Path:
@@ -232,7 +180,7 @@ def _json_rows(env: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def test_first_source_missing_then_a_space_serves(tmp_path: Path) -> None:
-    server = FakeHub(SPACE_ID, {SPACE_PATH: _checkpoint_bytes()}, repo_type="space").start()
+    server = FakeHub(SPACE_ID, {SPACE_PATH: checkpoint_bytes()}, repo_type="space").start()
     try:
         reg = write_registry(tmp_path)
         env = hub_env(tmp_path, reg, server.url)
@@ -261,8 +209,8 @@ def test_first_source_missing_then_a_space_serves(tmp_path: Path) -> None:
 
 
 def test_a_file_of_another_task_is_refused_and_the_next_source_used(tmp_path: Path) -> None:
-    server = FakeHub(REPO_ID, {"model_deraining.pth": _checkpoint_bytes("deblur")})
-    server.serve(SPACE_ID, {SPACE_PATH: _checkpoint_bytes()}, repo_type="space").start()
+    server = FakeHub(REPO_ID, {"model_deraining.pth": checkpoint_bytes("deblur")})
+    server.serve(SPACE_ID, {SPACE_PATH: checkpoint_bytes()}, repo_type="space").start()
     try:
         reg = write_registry(tmp_path)
         proc = run_cli(["weights", "download", "derain"], hub_env(tmp_path, reg, server.url))
@@ -294,7 +242,7 @@ def test_all_sources_failing_lists_them_and_the_ways_out(tmp_path: Path, hub: Fa
 
 
 def test_source_option_fetches_only_that_source(tmp_path: Path, hub: FakeHub) -> None:
-    hub.serve(SPACE_ID, {SPACE_PATH: _checkpoint_bytes()}, repo_type="space")
+    hub.serve(SPACE_ID, {SPACE_PATH: checkpoint_bytes()}, repo_type="space")
     reg = write_registry(tmp_path)
     env = hub_env(tmp_path, reg, hub.url)
     proc = run_cli(["weights", "download", "derain", "--source", "2"], env)
@@ -311,7 +259,7 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path: Path) -> None:
     line = proc.stderr.strip()
     assert line.count("\n") == 0, proc.stderr  # one line
     # not the command just run, nor options `weights download` does not take
-    assert "mprnet weights import derain FILE" in line and "README: Weights" in line
+    assert "mprnet weights import derain FILE" in line and "docs/weights.md" in line
     assert "mprnet weights download" not in line and "--weights" not in line, line
     assert "--model" not in line
     every = run_cli(["weights", "download"], hub_env(tmp_path, reg, None))
@@ -339,7 +287,7 @@ def test_offline_variables_are_honoured(
 
 def test_hand_fetched_file_is_imported_and_used_offline(tmp_path: Path) -> None:
     fetched = tmp_path / "model_deraining.pth"
-    fetched.write_bytes(_checkpoint_bytes())
+    fetched.write_bytes(checkpoint_bytes())
     reg = write_registry(tmp_path)
     env = hub_env(tmp_path, reg, None)
     proc = run_cli(["weights", "import", "derain", str(fetched)], env)
@@ -359,7 +307,7 @@ def test_import_refuses_another_task_or_a_non_checkpoint(
 ) -> None:
     monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path)))
     deblur = tmp_path / "model_deblurring.pth"
-    deblur.write_bytes(_checkpoint_bytes("deblur"))
+    deblur.write_bytes(checkpoint_bytes("deblur"))
     with pytest.raises(
         CheckpointError, match="holds the published deblur network, not the published derain"
     ):
@@ -379,7 +327,7 @@ def test_imported_file_altered_later_is_detected(
 ) -> None:
     monkeypatch.setenv("MPRNET_REGISTRY", str(write_registry(tmp_path)))
     fetched = tmp_path / "w.pth"
-    fetched.write_bytes(_checkpoint_bytes())
+    fetched.write_bytes(checkpoint_bytes())
     stored = import_file(Task.DERAIN, fetched)
     assert resolve(Task.DERAIN, model=ModelChoice.PUBLISHED).path == stored
     with stored.open("ab") as f:
@@ -520,7 +468,7 @@ def test_import_into_a_cache_that_is_a_file_is_a_clear_error(
     blocker.write_text("x")
     monkeypatch.setenv("MPRNET_CACHE", str(blocker))
     fetched = tmp_path / "w.pth"
-    fetched.write_bytes(_checkpoint_bytes())
+    fetched.write_bytes(checkpoint_bytes())
     with pytest.raises(WeightsError, match=r"cannot copy .* set MPRNET_CACHE to one"):
         import_file(Task.DERAIN, fetched)
 

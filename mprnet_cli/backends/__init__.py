@@ -1,7 +1,7 @@
 """Inference engines behind one protocol, and the small registry that picks one.
 
 `create` turns a `BackendChoice` into a running backend: `auto` takes the fastest
-one measured for the device (README, speed table), and an engine that is missing
+one measured for the device (docs/speed-and-memory.md, speed table), and an engine that is missing
 or cannot convert the network gives way to PyTorch with one notice line. This
 module imports neither torch nor openvino; each engine's module imports its own.
 """
@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from mprnet_cli.backends.base import Backend, Capabilities
-from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.backends.base import Backend, BackendSpec, Capabilities, MemoryCost, Notify
+from mprnet_cli.choices import BackendChoice
 from mprnet_cli.errors import BackendError, UsageError
 
-__all__ = ["Backend", "BackendSpec", "Capabilities", "choose", "create"]
-
-Notify = Callable[[str], None]
-MemoryCost = Callable[[str, Precision], float]
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """What any backend needs to run one network."""
-
-    model: Any  # torch.nn.Module, in float32 on the CPU (Any: no torch import here)
-    device: Any  # torch.device
-    precision: Precision = Precision.AUTO
-    memory: MemoryCost | None = None
-    compile: bool = False
+__all__ = [
+    "Backend",
+    "BackendSpec",
+    "Capabilities",
+    "MemoryCost",
+    "Notify",
+    "choose",
+    "create",
+]
 
 
 def _torch(spec: BackendSpec, notify: Notify | None) -> Backend:
@@ -64,7 +56,7 @@ def openvino_installed() -> bool:
 
 def choose(choice: BackendChoice, device_type: str, *, compile: bool = False) -> BackendChoice:
     """What `--backend auto` means: OpenVINO on the CPU where it is installed (faster than
-    PyTorch there in both precisions, README speed table), PyTorch on GPUs and with --compile.
+    PyTorch there in both precisions, docs/speed-and-memory.md speed table), PyTorch on GPUs and with --compile.
     On the CPU, `openvino.create_auto` then still runs PyTorch for compact networks and for
     a network not converted yet (converting it in the background)."""
     if choice is not BackendChoice.AUTO:

@@ -9,8 +9,9 @@ No torch here: the protocol is numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +19,22 @@ from numpy.typing import NDArray
 from mprnet_cli.choices import Precision
 
 Batch = NDArray[np.float32]
+#: Where a backend reports a one-line notice (a fallback, a conversion step).
+Notify = Callable[[str], None]
+#: Peak bytes per input pixel for a device type and precision (`api.Restorer` measures it).
+MemoryCost = Callable[[str, Precision], float]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What any backend needs to run one network (here, not in the registry, so that
+    each engine's module imports it without importing the registry back)."""
+
+    model: Any  # torch.nn.Module, in float32 on the CPU (Any: no torch import here)
+    device: Any  # torch.device
+    precision: Precision = Precision.AUTO
+    memory: MemoryCost | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mprnet_cli.backends import BackendSpec, Notify
-from mprnet_cli.backends.base import Batch, Capabilities, looks_like_oom
+from mprnet_cli.backends.base import BackendSpec, Batch, Capabilities, Notify, looks_like_oom
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import Precision
 from mprnet_cli.device import available_memory, choose_precision
@@ -434,7 +433,7 @@ class OpenVinoBackend:
     """An exported MPRNet compiled for OpenVINO's CPU plugin at a precision hint.
 
     OpenVINO runs a model compiled for one static shape faster than the dynamic one
-    (derain 256², loaded 2-core Xeon: 1.3x in fp32, 1.7x in bf16; README), but each
+    (derain 256², loaded 2-core Xeon: 1.3x in fp32, 1.7x in bf16; docs/speed-and-memory.md), but each
     compilation costs about a second. So `shapes="adaptive"` (default) runs a shape's
     first batch on the dynamic model and compiles a static one when the shape comes
     back: the tiles of a large image, or a folder of same-size photos. "static" and

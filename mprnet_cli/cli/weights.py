@@ -145,7 +145,7 @@ def _offline_advice(task: str) -> str:
     """What to do when the Hub cannot be reached: this very command is no answer."""
     return (
         "the Hugging Face Hub cannot be reached (offline, or HF_HUB_OFFLINE is set). "
-        "Try again when connected, or fetch the file by hand (README: Weights, the authors' "
+        "Try again when connected, or fetch the file by hand (docs/weights.md, the authors' "
         f"Google Drive links) and run `mprnet weights import {task} FILE`"
     )
 
@@ -163,7 +163,7 @@ def weights_import(
 ) -> None:
     """Keep a checkpoint fetched by hand in the cache, after the checks a download gets.
 
-    Later runs then use it like a download (README: Weights, for the authors' Drive links).
+    Later runs then use it like a download (docs/weights.md, for the authors' Drive links).
     """
     (chosen,) = parse_tasks([task])
     with errors_to_exit():

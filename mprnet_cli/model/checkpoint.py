@@ -63,7 +63,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
 _UNSAFE = (
     "refused: besides tensors it holds Python objects{what}, and loading those means "
     "running whatever code the file names; mprnet reads tensors only. If you trust the "
-    "file, save its state dict as .safetensors (README: Weights)"
+    "file, save its state dict as .safetensors (docs/weights.md)"
 )
 
 

@@ -1,0 +1,208 @@
+"""Helpers several test modules share: generated images, CLI runs, a fake Hub's registry.
+
+Here, not in one test module that others import: importing a test module runs its
+module-level set-up and makes pytest's collection order matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from mprnet_cli.cli import app
+from mprnet_cli.model.config import MPRNetConfig
+from tests.conftest import REPO, TINY_CONFIG, tiny_model
+
+# --------------------------------------------------------------------------- images and runs
+
+RNG = np.random.default_rng(7)
+FAST = ["--tile", "0", "--threads", "1"]
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make
+    exif[0x0110] = "EOS R5"  # Model
+    exif[0x0112] = orientation
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal
+    return exif.tobytes()
+
+
+def rand(h: int, w: int, c: int, dtype: Any = np.uint8) -> np.ndarray[Any, Any]:
+    top = 256 if dtype == np.uint8 else 65536
+    shape = (h, w) if c == 1 else (h, w, c)
+    return RNG.integers(0, top, shape, dtype=dtype)
+
+
+def save_png(path: Path, size: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rand(size, size, 3)).save(path)
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out.pop("MPRNET_DEBUG", None)
+    out["HF_HUB_OFFLINE"] = "1"
+    out["NO_COLOR"] = "1"
+    return out
+
+
+def mprnet(*args: str | Path, cwd: Path, stdin: bytes | None = None, **kw: Any) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "mprnet_cli", *map(str, args)],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=kw.pop("env", env()),
+        timeout=120,
+        check=False,
+        **kw,
+    )
+
+
+def temps(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def make_tree(root: Path) -> None:
+    """One file per kind the issue lists, plus a corrupt file, a bomb and odd names."""
+    root.mkdir()
+    icc, s = srgb_icc(), 24
+    photo = Image.fromarray(rand(24, 32, 3))  # 32 wide, 24 high, stored rotated (6)
+    photo.save(root / "photo.jpg", quality=95, icc_profile=icc, exif=camera_exif(6))
+    cv2.imwrite(str(root / "rgb16.png"), rand(s, s, 3, np.uint16))
+    cv2.imwrite(str(root / "rgba16.png"), rand(s, s, 4, np.uint16))
+    Image.fromarray(rand(s, s, 4)).save(root / "rgba.png")
+    Image.fromarray(rand(s, s, 1)).save(root / "gray.png")
+    Image.fromarray(rand(s, s, 1, np.uint16)).save(root / "gray16.png")
+    Image.fromarray(rand(s, s, 3)).quantize(16).save(root / "palette.png")
+    Image.fromarray(rand(s, s, 3)).save(root / "scan.tif", icc_profile=icc)
+    cv2.imwrite(str(root / "deep.tif"), rand(s, s, 3, np.uint16))
+    Image.frombytes("CMYK", (s, s), rand(s, s, 4).tobytes()).save(root / "print.jpg", quality=95)
+    Image.fromarray(rand(s, s, 3)).save(root / "old.bmp")
+    Image.fromarray(rand(s, s, 3)).save(root / "web.webp", quality=90)
+    (root / "notes.txt").write_text("not an image: left alone")
+    sub = root / "sub dir"
+    sub.mkdir()
+    Image.fromarray(rand(s, s, 3)).save(sub / "café ☕.png")
+    data = (root / "photo.jpg").read_bytes()
+    # Cut halfway through the compressed pixels, never inside the headers: the file must
+    # read as a truncated JPEG whatever size the shared random generator's pixels compress to.
+    pixels = data.index(b"\xff\xda")
+    (sub / "broken.jpg").write_bytes(data[: pixels + (len(data) - pixels) // 2])
+    (sub / "bomb.png").write_bytes(png_claiming(40000, 40000))  # 1600 MP in 100 bytes
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A decompression bomb's header: a PNG that says it is huge (the pixels never come)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# A shell's background job inherits SIGINT ignored, and Python then keeps ignoring it:
+# the child restores the handler a terminal's Ctrl-C would find, then runs mprnet.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('mprnet_cli', run_name='__main__')"
+)
+
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path, cwd: Path | None = None, **kw: Any) -> Any:
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return runner.invoke(app, [str(a) for a in args], **kw)
+    finally:
+        os.chdir(old)
+
+
+# --------------------------------------------------------------------------- weights
+
+REPO_ID = "deepinv/MPRNet"
+SPACE_ID = "akhaliq/MPRNet"
+SPACE_PATH = "Deraining/pretrained_models/model_deraining.pth"
+MODEL_SOURCE = {"repo": REPO_ID, "repo_type": "model", "path": "model_deraining.pth"}
+SPACE_SOURCE = {"repo": SPACE_ID, "repo_type": "space", "path": SPACE_PATH}
+# Three distinct tiny networks stand in for the three published ones.
+TEST_CONFIGS = {
+    "derain": TINY_CONFIG,
+    "deblur": MPRNetConfig(n_feat=12, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1),
+    "denoise": MPRNetConfig(n_feat=8, scale_unetfeats=8, scale_orsnetfeats=8, num_cab=1),
+}
+BUNDLED_NOTE = "they remove some rain (test figure)"
+
+
+def checkpoint_bytes(task: str = "derain") -> bytes:
+    buf = io.BytesIO()
+    model = tiny_model(config=TEST_CONFIGS[task])
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": state}, buf)
+    return buf.getvalue()
+
+
+def write_registry(
+    folder: Path,
+    *,
+    sources: list[dict[str, Any]] | None = None,
+    bundled: str | None = None,
+) -> Path:
+    """A registry like the shipped one, with tiny networks and the derain sources given."""
+    data = json.loads((REPO / "weights" / "registry.json").read_text())
+    for task, config in TEST_CONFIGS.items():
+        data["published"][task]["config"] = config.to_dict()
+    data["published"]["derain"]["sources"] = sources or [MODEL_SOURCE, SPACE_SOURCE]
+    data["bundled"] = {}
+    if bundled is not None:
+        data["bundled"]["derain"] = {
+            "file": bundled,
+            "sha256": hashlib.sha256((folder / bundled).read_bytes()).hexdigest(),
+            "config": TINY_CONFIG.to_dict(),
+            "license": "mprnet-academic",
+            "note": BUNDLED_NOTE,
+        }
+    path = folder / "registry.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def hub_env(tmp_path: Path, registry_file: Path, endpoint: str | None) -> dict[str, str]:
+    env = {
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+        "MPRNET_CACHE": str(tmp_path / "mprnet-cache"),
+        "MPRNET_REGISTRY": str(registry_file),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "5",
+    }
+    # A closed local port stands in for "no network" when the server is gone.
+    env["HF_ENDPOINT"] = endpoint or "http://127.0.0.1:9"
+    return env
