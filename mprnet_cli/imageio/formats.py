@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Final
+from pathlib import Path, PurePath
+from typing import Final, Protocol
 
 from mprnet_cli.choices import OutputFormat
 from mprnet_cli.errors import InputError
@@ -145,3 +145,19 @@ def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and p.is_file()
     )
+
+
+#: Video containers read and written (`mprnet_cli.video`), named here with the image
+#: formats so the planner knows them without importing the video package.
+VIDEO_EXTENSIONS: Final = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def is_video(path: _Named | str) -> bool:
+    """A video by its name: one of `VIDEO_EXTENSIONS` (paths and object-store paths alike)."""
+    name = path if isinstance(path, str) else path.name
+    return PurePath(name).suffix.lower() in VIDEO_EXTENSIONS

@@ -20,9 +20,9 @@ from mprnet_cli.imageio import (
     predict_format,
     resolve_format,
 )
+from mprnet_cli.imageio.formats import is_video
 from mprnet_cli.jobs.inputs import Expansion, Job
 from mprnet_cli.locations import StorePath, Where, location
-from mprnet_cli.video import is_video
 
 
 class Destination(str, Enum):

@@ -19,35 +19,48 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mprnet_cli.errors import MprnetError, OutputExistsError, UsageError
+from mprnet_cli.imageio.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
+from mprnet_cli.imageio.formats import is_video as is_video
+from mprnet_cli.video.base import (  # the package's public names
+    DEFAULT_QUALITY as DEFAULT_QUALITY,
+)
+from mprnet_cli.video.base import (
+    DEFLICKER_TOLERANCE as DEFLICKER_TOLERANCE,
+)
+from mprnet_cli.video.base import (
+    INSTALL_HINT as INSTALL_HINT,
+)
+from mprnet_cli.video.base import (
+    QUEUE_FRAMES as QUEUE_FRAMES,
+)
+from mprnet_cli.video.base import (
+    ClipReport as ClipReport,
+)
+from mprnet_cli.video.base import (
+    Deflicker as Deflicker,
+)
+from mprnet_cli.video.base import (
+    FrameFn as FrameFn,
+)
+from mprnet_cli.video.base import (
+    FrameProgress as FrameProgress,
+)
+from mprnet_cli.video.base import (
+    VideoError as VideoError,
+)
+from mprnet_cli.video.base import (
+    VideoOptions as VideoOptions,
+)
 
 if TYPE_CHECKING:
     from mprnet_cli.jobs import Callbacks, Job, RestorerLike, Result
-    from mprnet_cli.locations import StorePath
-
-#: Containers recognised as video inputs (case-insensitive), and written as outputs.
-VIDEO_EXTENSIONS: Final = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
-#: CRF-like quality: x264's scale (lower is better; 0 is lossless for H.264/H.265). 18 is
-#: x264's "visually lossless" point, so the restored detail survives the re-encode.
-DEFAULT_QUALITY: Final = 18
-#: Frames waiting between decode and the network, and between the network and encode.
-QUEUE_FRAMES: Final = 2
-INSTALL_HINT: Final = "pip install 'mprnet-cli[video]'"
-
-FrameFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
-#: (frames done, frames expected or None when the container does not say)
-FrameProgress = Callable[[int, int | None], None]
-
-
-class VideoError(MprnetError):
-    """A clip that cannot be read or written (no video stream, unknown codec, damage)."""
 
 
 class _RunWideError(Exception):
@@ -56,80 +69,6 @@ class _RunWideError(Exception):
     def __init__(self, error: MprnetError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def is_video(path: PurePath | StorePath | str) -> bool:
-    """A video by its name: one of `VIDEO_EXTENSIONS`."""
-    name = path if isinstance(path, str) else path.name
-    return PurePath(name).suffix.lower() in VIDEO_EXTENSIONS
-
-
-@dataclass(frozen=True)
-class VideoOptions:
-    """How clips are written: `quality` CRF-like, `codec` None for the input's own."""
-
-    quality: int = DEFAULT_QUALITY
-    codec: str | None = None
-    strict: bool = False  # a damaged packet fails the clip instead of being skipped
-    deflicker: float = 0.0  # `Deflicker` strength; 0 off
-    queue: int = QUEUE_FRAMES
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.quality <= 63:
-            raise UsageError(f"--video-quality must be 0-63 (CRF-like), got {self.quality}")
-        if not 0.0 <= self.deflicker < 1.0:
-            raise UsageError(f"--video-deflicker must be in [0, 1), got {self.deflicker}")
-        if self.queue < 1:
-            raise ValueError("queue must be >= 1")
-
-
-#: Deflicker: pixels whose restored value moved more than this since the previous output
-#: frame (any channel, 0-1 scale) are motion or a cut and are never blended. Restored
-#: static footage changes by ~3-5 code values on average between frames (README: Video),
-#: so its largest channel differences reach ~10-15; 24 covers them, while moving edges of
-#: any visible contrast exceed it (low-contrast motion is blended partly: faint trails).
-DEFLICKER_TOLERANCE: Final = 24 / 255
-
-
-class Deflicker:
-    """Frame-by-frame restoration flickers: each frame's leftovers differ. This pulls each
-    restored frame towards the previous output by `strength`, per pixel, only where the
-    two already agree within `tolerance` (the weight falls linearly to 0 at it), so a
-    static scene is averaged over time (a recursive filter: independent flicker's
-    variance shrinks by (1 - s) / (1 + s)) and motion is left alone. Cost: a few
-    array operations per frame, no second network pass."""
-
-    def __init__(self, strength: float, tolerance: float = DEFLICKER_TOLERANCE) -> None:
-        self.strength = strength
-        self.tolerance = tolerance
-        self._previous: npt.NDArray[np.float32] | None = None
-
-    def __call__(self, frame: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        previous = self._previous
-        if self.strength <= 0 or previous is None or previous.shape != frame.shape:
-            self._previous = frame
-            return frame
-        delta = previous - frame
-        size = np.abs(delta)
-        change = np.maximum(np.maximum(size[..., 0], size[..., 1]), size[..., 2])
-        # weight = strength * clip(1 - change / tolerance, 0, 1), in place
-        weight = np.float32(self.strength) - change * np.float32(self.strength / self.tolerance)
-        np.maximum(weight, 0.0, out=weight)
-        delta *= weight[..., None]
-        out: npt.NDArray[np.float32] = frame + delta
-        self._previous = out
-        return out
-
-
-@dataclass(frozen=True)
-class ClipReport:
-    """What happened to one clip (the runner turns it into a `Result`)."""
-
-    frames: int
-    width: int
-    height: int
-    codec: str
-    notes: tuple[str, ...] = ()
 
 
 def load_clip_module() -> Any:

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from mprnet_cli.errors import OutputError, UsageError
 from mprnet_cli.imageio import to_uint8, to_uint16
 from mprnet_cli.imageio.atomic import commit_temp, create_temp
-from mprnet_cli.video import ClipReport, FrameFn, FrameProgress, VideoError, VideoOptions
+from mprnet_cli.video.base import ClipReport, FrameFn, FrameProgress, VideoError, VideoOptions
 
 #: Output extension -> FFmpeg muxer.
 MUXERS: Final = {
