@@ -24,7 +24,7 @@ from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
 from mprnet_cli.choices import BackendChoice, Ensemble, Precision, SplitLines
-from mprnet_cli.device import check_precision, choose_precision, resolve_device
+from mprnet_cli.device import check_precision, choose_precision, resolve_device, set_threads
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
 from mprnet_cli.model.checkpoint import build_model, check_rgb, read_checkpoint
@@ -181,6 +181,20 @@ class Restorer:
         if isinstance(image, np.ndarray):
             return _restore_numpy(self, image)
         raise TypeError(f"restore() takes a numpy array or a PIL image, not {type(image).__name__}")
+
+
+def load_restorer(
+    task: Task | None,
+    settings: RestoreSettings,
+    *,
+    notify: Callable[[str], None] | None = None,
+    quiet: bool = False,
+) -> Restorer:
+    """A `Restorer` for a command or a runner: the process's CPU threads are set first, as
+    `settings.threads` says (None: the load-aware default). `Restorer` itself leaves the
+    process's threads alone, since a library call should not change them."""
+    set_threads(settings.threads)
+    return Restorer(task, settings=settings, notify=notify, quiet=quiet)
 
 
 _SPLIT_LINE_RUNS = {

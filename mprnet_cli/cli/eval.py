@@ -82,13 +82,9 @@ def eval_command(
 
         degradation = parse_degradation(degrade) if degrade else None
         pairs = iter_pairs(input_dir, target_dir, degradation, seed=seed, limit=limit)
-        from mprnet_cli.api import Restorer
-        from mprnet_cli.device import set_threads
+        from mprnet_cli.api import load_restorer
 
-        set_threads(settings.threads)
-        restorer = Restorer(
-            task, settings=settings, notify=lambda m: say(m, quiet=quiet), quiet=quiet
-        )
+        restorer = load_restorer(task, settings, notify=lambda m: say(m, quiet=quiet), quiet=quiet)
 
         def show(r: Any) -> None:
             if json_out:

@@ -242,7 +242,7 @@ def _restore(
 def _check_clips(jobs: list[Job], *, ray: bool) -> None:
     """Video with --engine ray is refused up front, in one line."""
     from mprnet_cli.errors import UsageError
-    from mprnet_cli.video import is_video
+    from mprnet_cli.imageio.formats import is_video
 
     if ray and any(j.source is not None and is_video(j.source) for j in jobs):
         raise UsageError(

@@ -197,15 +197,13 @@ def serve_command(
 def _loader(network: RestoreSettings, serving: ServeSettings, task: Task) -> Callable[[], Restorer]:
     from pathlib import Path
 
-    from mprnet_cli.api import Restorer
-    from mprnet_cli.device import set_threads
+    from mprnet_cli.api import load_restorer
 
     path = serving.weights_for(task)
     settings = network.replace(weights=Path(path) if path else None)
 
     def load() -> Restorer:
-        set_threads(settings.threads)
-        return Restorer(task, settings=settings, quiet=True)
+        return load_restorer(task, settings, quiet=True)
 
     return load
 

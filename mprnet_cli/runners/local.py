@@ -370,12 +370,9 @@ def run_batch(
 
 def load_restorer(request: RunRequest) -> RestorerLike:
     """The request's network on this machine (threads set as its settings say)."""
-    from mprnet_cli.api import Restorer
-    from mprnet_cli.device import set_threads
+    from mprnet_cli.api import load_restorer as load
 
-    settings = request.settings
-    set_threads(settings.threads)
-    return Restorer(request.task, settings=settings, notify=request.notify, quiet=request.quiet)
+    return load(request.task, request.settings, notify=request.notify, quiet=request.quiet)
 
 
 def run(
