@@ -30,9 +30,9 @@ from benchlib import host_info, measured_at
 
 from mprnet_cli.backends import Backend, BackendSpec, create
 from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
+from mprnet_cli.inference.tiling import ALIGN, DEFAULT_OVERLAP, plan_tiles, round_up
 from mprnet_cli.model import MPRNet
-from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.tiling import ALIGN, DEFAULT_OVERLAP, plan_tiles, round_up
 from mprnet_cli.weights import published_configs
 
 

@@ -53,9 +53,9 @@ def _child(args: list[str]) -> dict[str, Any]:
     import torch
 
     from mprnet_cli.backends import BackendSpec, create
-    from mprnet_cli.bench import peak_rss_bytes, reset_peak
+    from mprnet_cli.backends.bench import peak_rss_bytes, reset_peak
     from mprnet_cli.choices import BackendChoice, Precision
-    from mprnet_cli.pipeline import TileOptions, estimate_bytes_per_pixel, restore_array
+    from mprnet_cli.inference.pipeline import TileOptions, estimate_bytes_per_pixel, restore_array
 
     kind, name = args[0], args[1]
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))

@@ -69,20 +69,20 @@ from safetensors.torch import save_file
 
 from mprnet_cli import Restorer
 from mprnet_cli.backends.base import Backend
+from mprnet_cli.degradations.benchmark import parse_degradation
+from mprnet_cli.evaluation.metrics import line_contrast, line_steps, shifted_difference
 from mprnet_cli.imageio import read_image
-from mprnet_cli.metrics import line_contrast, line_steps, shifted_difference
-from mprnet_cli.model import MPRNet
-from mprnet_cli.model.checkpoint import state_dict_for_saving
-from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.splitlines import (
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
+from mprnet_cli.inference.splitlines import (
     canvas_plan,
     pass_offsets,
     restore_fixing_split_lines,
     restore_hiding_split_lines,
 )
+from mprnet_cli.inference.tiling import TilePlan, plan_tiles, round_up
+from mprnet_cli.model import MPRNet
+from mprnet_cli.model.checkpoint import state_dict_for_saving
 from mprnet_cli.tasks import Task
-from mprnet_cli.tiling import TilePlan, plan_tiles, round_up
-from mprnet_cli.train.degrade import parse_degradation
 from mprnet_cli.weights import published_configs
 
 SCHEMA = 1

@@ -27,7 +27,7 @@ from benchlib import host_info, measured_at
 
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import Precision
-from mprnet_cli.device import default_threads
+from mprnet_cli.host.device import default_threads
 from mprnet_cli.model import MPRNet
 from mprnet_cli.weights import published_configs
 

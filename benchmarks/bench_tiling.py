@@ -85,11 +85,10 @@ from benchlib import (
 from numpy.typing import NDArray
 from torch import nn
 
-from mprnet_cli import metrics
 from mprnet_cli.backends.torch import TorchBackend
+from mprnet_cli.evaluation import metrics
 from mprnet_cli.imageio import read_image
-from mprnet_cli.model import MPRNet, build_model, read_checkpoint
-from mprnet_cli.pipeline import (
+from mprnet_cli.inference.pipeline import (
     ALIGN,
     TileOptions,
     _cut,
@@ -97,7 +96,8 @@ from mprnet_cli.pipeline import (
     reflect_index,
     restore_array,
 )
-from mprnet_cli.tiling import Blender, Tile, plan_tiles, round_up
+from mprnet_cli.inference.tiling import Blender, Tile, plan_tiles, round_up
+from mprnet_cli.model import MPRNet, build_model, read_checkpoint
 from mprnet_cli.weights import published_configs
 
 SCHEMA = 1

@@ -161,7 +161,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def flicker(args: argparse.Namespace) -> dict[str, Any]:
-    from mprnet_cli.train.degrade import parse_degradation
+    from mprnet_cli.degradations.benchmark import parse_degradation
 
     rng = np.random.default_rng(1)
     h, w = args.height, args.width

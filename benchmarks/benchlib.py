@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mprnet_cli.bench import maxrss_bytes, peak_rss_bytes, reset_peak, status_bytes
+from mprnet_cli.backends.bench import maxrss_bytes, peak_rss_bytes, reset_peak, status_bytes
 
 __all__ = [
     "cpu_name",

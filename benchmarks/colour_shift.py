@@ -33,8 +33,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from mprnet_cli import Restorer
-from mprnet_cli.evaluate import iter_pairs
-from mprnet_cli.train.degrade import parse_degradation
+from mprnet_cli.degradations.benchmark import parse_degradation
+from mprnet_cli.evaluation.evaluate import iter_pairs
 
 DATA = Path("/work/shared/testdata")
 SETS = {"Rain100L": "derain", "Rain100H": "derain", "CBSD68": "denoise"}

@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mprnet_cli.evaluate import iter_pairs
+from mprnet_cli.degradations.benchmark import parse_degradation
+from mprnet_cli.evaluation.evaluate import iter_pairs
+from mprnet_cli.evaluation.metrics import measure
 from mprnet_cli.imageio import to_uint8
-from mprnet_cli.metrics import measure
-from mprnet_cli.train.degrade import parse_degradation
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from mprnet_cli.backends.torch import TorchBackend
-from mprnet_cli.device import Precision
+from mprnet_cli.host.device import Precision
+from mprnet_cli.inference.pipeline import TileOptions, auto_tile, restore_array
 from mprnet_cli.model.network import MPRNet
-from mprnet_cli.pipeline import TileOptions, auto_tile, restore_array
 from mprnet_cli.weights import published_configs
 
 

@@ -25,13 +25,13 @@ import torch
 
 from mprnet_cli.backends import BackendSpec, create
 from mprnet_cli.choices import BackendChoice
-from mprnet_cli.device import Precision, resolve_device, supports_precision
+from mprnet_cli.degradations.synthesis import degrade
+from mprnet_cli.evaluation.metrics import psnr
+from mprnet_cli.host.device import Precision, resolve_device, supports_precision
 from mprnet_cli.imageio import read_image, to_uint8
-from mprnet_cli.metrics import psnr
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
 from mprnet_cli.model import MPRNet
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint
-from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.train.synthesis import degrade
 from mprnet_cli.weights import published_configs
 
 

@@ -16,16 +16,16 @@ import numpy as np
 import torch
 
 from mprnet_cli.backends.torch import TorchBackend
-from mprnet_cli.imageio import read_image, to_uint8
-from mprnet_cli.metrics import measure
-from mprnet_cli.model.checkpoint import build_model, read_checkpoint
-from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.train.synthesis import (
+from mprnet_cli.degradations.synthesis import (
     add_gaussian_noise,
     add_poisson_gaussian_noise,
     random_blur,
     random_rain,
 )
+from mprnet_cli.evaluation.metrics import measure
+from mprnet_cli.imageio import read_image, to_uint8
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
+from mprnet_cli.model.checkpoint import build_model, read_checkpoint
 
 
 def crops(size: int = 256) -> list[np.ndarray]:

@@ -24,12 +24,10 @@ from PIL import Image
 
 from mprnet_cli.backends import Backend, BackendSpec, create
 from mprnet_cli.choices import BackendChoice, Ensemble, Precision, SplitLines
-from mprnet_cli.device import check_precision, choose_precision, resolve_device, set_threads
 from mprnet_cli.errors import UsageError
+from mprnet_cli.host.device import check_precision, choose_precision, resolve_device, set_threads
 from mprnet_cli.imageio import in_uint16_range, in_unit_range, to_uint8, to_uint16
-from mprnet_cli.model.checkpoint import build_model, check_rgb, read_checkpoint
-from mprnet_cli.model.config import MPRNetConfig
-from mprnet_cli.pipeline import (
+from mprnet_cli.inference.pipeline import (
     Progress,
     RunStats,
     TileOptions,
@@ -38,11 +36,13 @@ from mprnet_cli.pipeline import (
     estimate_bytes_per_pixel,
     restore_array,
 )
-from mprnet_cli.quality import apply_strength, self_ensemble
+from mprnet_cli.inference.quality import apply_strength, self_ensemble
+from mprnet_cli.inference.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
+from mprnet_cli.inference.tiling import round_up
+from mprnet_cli.model.checkpoint import build_model, check_rgb, read_checkpoint
+from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.settings import RestoreSettings, settings_of
-from mprnet_cli.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
 from mprnet_cli.tasks import Task
-from mprnet_cli.tiling import round_up
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
 
 ArrayT = TypeVar("ArrayT", bound=np.ndarray[Any, Any])

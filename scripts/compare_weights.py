@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mprnet_cli.backends.torch import TorchBackend  # noqa: E402
-from mprnet_cli.evaluate import y_channel_for  # noqa: E402
+from mprnet_cli.degradations.synthesis import degrade  # noqa: E402
+from mprnet_cli.evaluation.evaluate import y_channel_for  # noqa: E402
+from mprnet_cli.evaluation.metrics import measure  # noqa: E402
 from mprnet_cli.imageio import list_images, read_image, to_uint8  # noqa: E402
-from mprnet_cli.metrics import measure  # noqa: E402
+from mprnet_cli.inference.pipeline import TileOptions, restore_array  # noqa: E402
 from mprnet_cli.model.checkpoint import build_model, read_checkpoint  # noqa: E402
-from mprnet_cli.pipeline import TileOptions, restore_array  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
-from mprnet_cli.train.synthesis import degrade  # noqa: E402
 
 REGISTRY = ROOT / "weights" / "registry.json"
 

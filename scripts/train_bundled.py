@@ -6,7 +6,7 @@ Why one command: a lent H200 gives about ten usable minutes. The three trainings
 configurations, read from weights/registry.json) run as three `mprnet train` processes
 side by side on the one GPU (each alone leaves most of an H200 idle), each stopping at
 --minutes, in bf16 autocast (the trainer's default on CUDA), with the task's training
-synthesis (mprnet_cli/train/synthesis.py) applied on the fly to the clean photos of
+synthesis (mprnet_cli/degradations/synthesis.py) applied on the fly to the clean photos of
 --data, checkpoints every --save-every steps (a run that is cut off keeps its last
 checkpoint, and rerunning resumes it) and a .safetensors export per task in --out.
 By default each run starts from the current bundled weights (fine-tuning: more gain

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mprnet_cli._entry import HELP_FILE, HELP_WIDTH  # noqa: E402
+from mprnet_cli.__main__ import HELP_FILE, HELP_WIDTH  # noqa: E402
 
 RENDER = "import sys; sys.argv[0] = 'mprnet'; from mprnet_cli.cli import main; main()"
 

@@ -56,7 +56,7 @@ def _plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     and every other test gets fp32 PyTorch, as on an AVX2-only CPU without OpenVINO.
     """
     import mprnet_cli.backends as backends
-    import mprnet_cli.device as device
+    import mprnet_cli.host.device as device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
     monkeypatch.setattr(backends, "openvino_installed", lambda: False)

@@ -14,8 +14,8 @@ from mprnet_cli import Restorer
 from mprnet_cli.api import choose_precision
 from mprnet_cli.choices import Precision
 from mprnet_cli.errors import CheckpointError, UsageError
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
 from mprnet_cli.model.config import MPRNetConfig
-from mprnet_cli.pipeline import TileOptions, restore_array
 from tests.conftest import tiny_model
 
 
@@ -164,7 +164,7 @@ def test_auto_precision_on_the_cpu_runs_bf16_only_where_it_is_native(
 ) -> None:
     """`auto` gives exactly the fp32 result on a CPU that would emulate bf16 (25x slower)
     and the bf16 result where bf16 is native; an explicit choice wins either way."""
-    import mprnet_cli.device as device
+    import mprnet_cli.host.device as device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: native_bf16)
     rgb = _rgb(16, 16)
@@ -198,7 +198,12 @@ def test_custom_weights_get_tiles_sized_to_free_memory(
     test_pipeline checks against measurements), so less free memory means smaller tiles
     that fit, not the blind 512-pixel default."""
     import mprnet_cli.backends.torch as torch_backend
-    from mprnet_cli.pipeline import DEFAULT_TILE, MIN_TILE, auto_tile, estimate_bytes_per_pixel
+    from mprnet_cli.inference.pipeline import (
+        DEFAULT_TILE,
+        MIN_TILE,
+        auto_tile,
+        estimate_bytes_per_pixel,
+    )
 
     r = Restorer(weights=tiny_checkpoint, device="cpu", precision="fp32")
     cost = estimate_bytes_per_pixel(r.config, Precision.FP32, "cpu")

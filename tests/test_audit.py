@@ -153,7 +153,7 @@ def restore_rgb(self, rgb, **kw):
 
 api.Restorer.restore_rgb = restore_rgb
 sys.argv = ["mprnet", *sys.argv[1:]]
-from mprnet_cli._entry import main
+from mprnet_cli.__main__ import main
 main()
 """
 

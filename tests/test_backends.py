@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import mprnet_cli.backends as backends
-import mprnet_cli.device as device
+import mprnet_cli.host.device as device
 from mprnet_cli.backends import BackendSpec, Capabilities, choose, create
 from mprnet_cli.backends.base import Batch
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.errors import BackendError, OutOfMemoryError, UsageError
-from mprnet_cli.metrics import psnr
-from mprnet_cli.pipeline import TileOptions, restore_array
+from mprnet_cli.evaluation.metrics import psnr
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
 from tests.conftest import tiny_model
 
 
@@ -392,7 +392,7 @@ def test_a_damaged_cache_entry_is_converted_again_saying_why_and_repaired(
 def test_a_cache_entry_is_hashed_once_per_version(
     ov_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mprnet_cli.weights as weights
+    import mprnet_cli.weights.cache as weights
     from mprnet_cli.backends import openvino as ovb
 
     hashed: list[str] = []

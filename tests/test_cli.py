@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from mprnet_cli import __version__
-from mprnet_cli._entry import HELP_FILE
+from mprnet_cli.__main__ import HELP_FILE
 from mprnet_cli.cli import progress_enabled
 from mprnet_cli.errors import OutputError, UsageError
 from mprnet_cli.jobs import JSON_FIELDS
@@ -275,7 +275,7 @@ def test_stored_top_level_help_is_typers_own_and_is_served_without_typer() -> No
     code = (
         "import sys\n"
         "sys.argv = ['mprnet', '--help']\n"
-        "from mprnet_cli._entry import main\n"
+        "from mprnet_cli.__main__ import main\n"
         "try:\n"
         "    main()\n"
         "finally:\n"
@@ -301,7 +301,7 @@ def test_fast_answers_to_a_closed_pipe_are_quiet(flag: str) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # closed before the child writes: its write must fail with EPIPE
     code = (
-        f"import sys; sys.argv = ['mprnet', '{flag}']; from mprnet_cli._entry import main; main()"
+        f"import sys; sys.argv = ['mprnet', '{flag}']; from mprnet_cli.__main__ import main; main()"
     )
     try:
         proc = subprocess.run(
@@ -384,7 +384,7 @@ def test_invalid_choice_is_a_one_line_usage_error(
 
 def test_device_check_agrees_with_the_device_module(tmp_path: Path) -> None:
     """The CLI checks --device without torch; it must accept exactly what resolve_device does."""
-    from mprnet_cli.device import resolve_device
+    from mprnet_cli.host.device import resolve_device
 
     save_png(tmp_path / "a.png")
     save_png(tmp_path / "a_derained.png")  # all outputs exist: only the check itself runs
@@ -413,7 +413,7 @@ def test_a_loop_stopped_early_shuts_the_runner_down_before_reporting(
             pass
 
         def restore_rgb(self, rgb: Any, **kwargs: Any) -> Any:
-            from mprnet_cli.pipeline import RunStats
+            from mprnet_cli.inference.pipeline import RunStats
 
             return 1.0 - rgb, RunStats(tiles=1, device="cpu", seconds=0.0)
 
@@ -602,7 +602,7 @@ class Instant:
         pass
 
     def restore_rgb(self, rgb: Any, **kwargs: Any) -> Any:
-        from mprnet_cli.pipeline import RunStats
+        from mprnet_cli.inference.pipeline import RunStats
 
         return 1.0 - rgb, RunStats(tiles=1, device="cpu", seconds=0.0)
 

@@ -26,10 +26,10 @@ from mprnet_cli.choices import (
 from mprnet_cli.cli import app
 from mprnet_cli.cli.options import SETTINGS_OPTIONS, parse_tile
 from mprnet_cli.errors import UsageError
-from mprnet_cli.pipeline import TileOptions
+from mprnet_cli.inference.pipeline import TileOptions
+from mprnet_cli.inference.tiling import plan_tiles, valid_tile
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
-from mprnet_cli.tiling import plan_tiles, valid_tile
 
 # Every field away from its default, so a field dropped on the way shows up.
 CHANGED = RestoreSettings(

@@ -157,7 +157,7 @@ def test_eval_tiles_only_for_memory(
     photos: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The paper's protocol restores whole images: no speed-minded CPU tiles in eval."""
-    import mprnet_cli.pipeline as pipeline
+    import mprnet_cli.inference.pipeline as pipeline
     from mprnet_cli.backends import Backend
 
     seen: list[tuple[int | None, int | None]] = []
@@ -213,7 +213,7 @@ def test_bench_compares_with_the_reference_mode(monkeypatch: pytest.MonkeyPatch)
     takes medians and gives each mode's speed against the reference row's."""
     import itertools
 
-    import mprnet_cli.bench as bench
+    import mprnet_cli.backends.bench as bench
 
     script = {"reference": itertools.cycle([2.0, 2.0, 30.0]), "fp32": itertools.cycle([0.5])}
     monkeypatch.setattr(
@@ -290,7 +290,7 @@ def test_a_text_file_as_weights_is_one_clear_line(tmp_path: Path, photos: Path) 
 
 def test_bench_counts_every_convolution_of_the_published_networks() -> None:
     """The issue's figures: derain ~141 GMAC, deblur ~760 GMAC per 256x256 image."""
-    from mprnet_cli.bench import count_macs
+    from mprnet_cli.backends.bench import count_macs
     from mprnet_cli.weights import published_configs
 
     configs = published_configs()
@@ -334,7 +334,7 @@ def test_bench_default_mode_is_what_a_restore_runs(
     monkeypatch: pytest.MonkeyPatch, fast_bf16: bool
 ) -> None:
     """`default` resolves backend and precision exactly as `mprnet derain` does here."""
-    import mprnet_cli.device as device
+    import mprnet_cli.host.device as device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
     monkeypatch.delenv("MPRNET_BACKEND")  # set for subprocesses by conftest

@@ -17,10 +17,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mprnet_cli.degradations import benchmark as dg
+from mprnet_cli.degradations import synthesis as sy
 from mprnet_cli.errors import UsageError
 from mprnet_cli.tasks import Task
-from mprnet_cli.train import degrade as dg
-from mprnet_cli.train import synthesis as sy
 
 RandomFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import mprnet_cli.device as device
-from mprnet_cli.device import cpu_has_fast_bf16 as real_cpu_has_fast_bf16
+import mprnet_cli.host.device as device
+from mprnet_cli.host.device import cpu_has_fast_bf16 as real_cpu_has_fast_bf16
 
 
 def _fake_proc(monkeypatch: pytest.MonkeyPatch, files: dict[str, Path]) -> None:

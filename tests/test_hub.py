@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mprnet_cli.hub import (
+from mprnet_cli.weights.hub import (
     HubFile,
     HubUnreachableError,
     RepoType,

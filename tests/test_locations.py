@@ -1,4 +1,4 @@
-"""Tests for mprnet_cli.locations: URIs as planner locations (no store is contacted here;
+"""Tests for mprnet_cli.imageio.locations: URIs as planner locations (no store is contacted here;
 tests/test_runners_ray.py runs them against a local S3 stand-in)."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import pytest
 
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import OutputFormat
-from mprnet_cli.jobs import Destination, Job, OutputPlan, output_name
-from mprnet_cli.locations import (
+from mprnet_cli.imageio.locations import (
     StorePath,
     _filesystem,
     _matches,
@@ -19,6 +18,7 @@ from mprnet_cli.locations import (
     location,
     pattern_root,
 )
+from mprnet_cli.jobs import Destination, Job, OutputPlan, output_name
 
 
 def test_engine_paths_map_file_uris_and_keep_paths() -> None:

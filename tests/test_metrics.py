@@ -1,4 +1,4 @@
-"""Tests for mprnet_cli.metrics.
+"""Tests for mprnet_cli.evaluation.metrics.
 
 Expected values are worked out by hand (arithmetic in the comments) or by a deliberately
 naive float64 loop over SSIM windows written here, independent of the module's filtering.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numpy.typing import NDArray
 
-from mprnet_cli.metrics import (
+from mprnet_cli.evaluation.metrics import (
     line_contrast,
     line_steps,
     measure,

@@ -12,7 +12,7 @@ from torch import nn
 import mprnet_cli.backends.torch as torch_backend
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
-from mprnet_cli.pipeline import TileOptions, auto_tile, reflect_index, restore_array
+from mprnet_cli.inference.pipeline import TileOptions, auto_tile, reflect_index, restore_array
 from tests.conftest import tiny_model
 
 
@@ -251,7 +251,7 @@ def test_tile_options_validation() -> None:
 
 
 def test_auto_tile_is_one_pass_when_the_image_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mprnet_cli.pipeline as pipeline
+    import mprnet_cli.inference.pipeline as pipeline
 
     engine = TorchBackend(Identity(), torch.device("cpu"), memory=lambda device, precision: 1000.0)
     engine.ignore_speed_limits()  # as on a GPU: the memory rule alone
@@ -293,7 +293,7 @@ def test_auto_tile_on_the_cpu_stays_at_cache_friendly_sizes(
 def test_memory_estimate_covers_the_measured_networks() -> None:
     """The formula must not under-estimate what benchmarks/measure_memory.py measured."""
     from mprnet_cli.choices import Precision
-    from mprnet_cli.pipeline import estimate_bytes_per_pixel
+    from mprnet_cli.inference.pipeline import estimate_bytes_per_pixel
     from mprnet_cli.tasks import Task
     from mprnet_cli.weights import registry
 
@@ -307,7 +307,7 @@ def test_memory_estimate_covers_the_measured_networks() -> None:
 
 
 def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mprnet_cli.device as device
+    import mprnet_cli.host.device as device
     from mprnet_cli.choices import Precision
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
@@ -333,7 +333,7 @@ def test_cpu_fallback_drops_emulated_precisions(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_cpu_fallback_sizes_tiles_for_the_cpu() -> None:
-    import mprnet_cli.pipeline as pipeline
+    import mprnet_cli.inference.pipeline as pipeline
     from mprnet_cli.choices import Precision
 
     model = tiny_model()

@@ -9,7 +9,7 @@ import pytest
 
 from mprnet_cli.choices import Ensemble
 from mprnet_cli.errors import UsageError
-from mprnet_cli.quality import (
+from mprnet_cli.inference.quality import (
     apply_strength,
     check_ensemble,
     check_strength,

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from mprnet_cli.choices import EngineChoice, OutputFormat
+from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.jobs import Callbacks, Result, Status, expand_inputs, plan_outputs
-from mprnet_cli.pipeline import RunStats
 from mprnet_cli.runners import base, local
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task

@@ -24,6 +24,7 @@ from PIL import Image
 from mprnet_cli import imageio as mio
 from mprnet_cli.errors import OutOfMemoryError, UsageError
 from mprnet_cli.imageio import OutputFormat, read_image
+from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.jobs import (
     JSON_FIELDS,
     STALE_TEMP_SECONDS,
@@ -38,7 +39,6 @@ from mprnet_cli.jobs import (
     output_name,
     plan_outputs,
 )
-from mprnet_cli.pipeline import RunStats
 from mprnet_cli.runners.local import run_batch
 
 SUFFIX = "_derained"

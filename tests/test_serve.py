@@ -33,7 +33,7 @@ import uvicorn
 
 from mprnet_cli.api import Restorer
 from mprnet_cli.cli import app as cli_app
-from mprnet_cli.pipeline import RunStats
+from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.serve.app import create_app
 from mprnet_cli.serve.engine import Lane, ServeSettings
 from mprnet_cli.settings import RestoreSettings
@@ -424,7 +424,7 @@ def gated(self, rgb, **kw):
 
 Restorer.restore_rgb = gated
 sys.argv = ["mprnet", "serve", *sys.argv[3:]]
-from mprnet_cli._entry import main
+from mprnet_cli.__main__ import main
 main()
 """
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from mprnet_cli import splitlines
 from mprnet_cli.backends.torch import TorchBackend
-from mprnet_cli.metrics import line_contrast, line_steps, shifted_difference
-from mprnet_cli.pipeline import TileOptions, restore_array
-from mprnet_cli.splitlines import (
+from mprnet_cli.evaluation.metrics import line_contrast, line_steps, shifted_difference
+from mprnet_cli.inference import splitlines
+from mprnet_cli.inference.pipeline import TileOptions, restore_array
+from mprnet_cli.inference.splitlines import (
     FIX_CORE,
     FIX_FEATHER,
     FIX_LEAD,
@@ -29,7 +29,7 @@ from mprnet_cli.splitlines import (
     restore_hiding_split_lines,
     split_lines,
 )
-from mprnet_cli.tiling import plan_tiles
+from mprnet_cli.inference.tiling import plan_tiles
 
 
 class _Identity(nn.Module):

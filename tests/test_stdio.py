@@ -1,4 +1,4 @@
-"""mprnet_cli._stdio: complete writes to slow or non-blocking readers, and safe text."""
+"""mprnet_cli.host.stdio: complete writes to slow or non-blocking readers, and safe text."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import os
 import threading
 
-from mprnet_cli._stdio import name_bytes, printable, valid_text, write_stdout
+from mprnet_cli.host.stdio import name_bytes, printable, valid_text, write_stdout
 from mprnet_cli.jobs import Result, Status
 
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mprnet_cli.tiling import (
+from mprnet_cli.inference.tiling import (
     Blender,
     Tile,
     TilePlan,
@@ -460,5 +460,5 @@ def test_blender_memory_is_two_buffers_plus_tile_temporaries() -> None:
 
 
 def test_tiling_does_not_import_torch() -> None:
-    code = "import sys, mprnet_cli.tiling; sys.exit('torch' in sys.modules)"
+    code = "import sys, mprnet_cli.inference.tiling; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

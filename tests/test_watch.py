@@ -1,4 +1,4 @@
-"""`--watch` (mprnet_cli.watch): when a file is handed to the runner, and what is never.
+"""`--watch` (mprnet_cli.serve.watch): when a file is handed to the runner, and what is never.
 
 `Watcher.look()` is driven directly with a clock the test moves, so "still being written"
 and "settled" are states reached exactly; the real loop (events and polling) and the CLI
@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.jobs import Job, OutputPlan, Result, Status, expand_inputs, plan_outputs
-from mprnet_cli.pipeline import RunStats
 from mprnet_cli.runners.local import run_batch
-from mprnet_cli.watch import SETTLE_SECONDS, Watcher, watch
+from mprnet_cli.serve.watch import SETTLE_SECONDS, Watcher, watch
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 60.0

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from mprnet_cli.choices import ModelChoice
 from mprnet_cli.errors import (
     CheckpointError,
     IntegrityError,
@@ -25,7 +26,6 @@ from mprnet_cli.errors import (
 )
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import (
-    ModelChoice,
     Source,
     bundled_notice,
     import_file,
@@ -390,7 +390,7 @@ def test_explicit_file_and_errors(tmp_path: Path) -> None:
 
 
 def test_verify_file_remembers_good_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mprnet_cli.weights as weights
+    import mprnet_cli.weights.cache as weights
 
     hashed: list[Path] = []
     real = weights.sha256_file

@@ -33,9 +33,9 @@ from torch import nn
 from mprnet_cli.backends.base import BackendSpec, Batch, Capabilities, Notify, looks_like_oom
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import Precision
-from mprnet_cli.device import available_memory, choose_precision
 from mprnet_cli.errors import BackendError, UsageError
-from mprnet_cli.weights import cache_root
+from mprnet_cli.host.device import available_memory, choose_precision
+from mprnet_cli.host.paths import cache_root
 
 # Bump when the exported graph changes for the same weights (network code, export recipe).
 EXPORT_VERSION = 1

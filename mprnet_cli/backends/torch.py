@@ -12,7 +12,7 @@ from torch import nn
 
 from mprnet_cli.backends.base import Batch, Capabilities, looks_like_oom
 from mprnet_cli.choices import Precision
-from mprnet_cli.device import (
+from mprnet_cli.host.device import (
     autocast,
     available_memory,
     choose_precision,

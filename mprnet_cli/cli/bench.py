@@ -63,9 +63,9 @@ def bench_command(
     with errors_to_exit():
         import json as jsonlib
 
-        from mprnet_cli import bench
-        from mprnet_cli.device import describe, resolve_device, set_threads
+        from mprnet_cli.backends import bench
         from mprnet_cli.errors import UsageError
+        from mprnet_cli.host.device import describe, resolve_device, set_threads
 
         set_threads(threads)
         dev = resolve_device(device)

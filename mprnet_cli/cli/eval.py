@@ -77,8 +77,8 @@ def eval_command(
     with errors_to_exit():
         import json as jsonlib
 
-        from mprnet_cli.evaluate import evaluate, iter_pairs
-        from mprnet_cli.train.degrade import parse_degradation
+        from mprnet_cli.degradations.benchmark import parse_degradation
+        from mprnet_cli.evaluation.evaluate import evaluate, iter_pairs
 
         degradation = parse_degradation(degrade) if degrade else None
         pairs = iter_pairs(input_dir, target_dir, degradation, seed=seed, limit=limit)

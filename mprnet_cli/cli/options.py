@@ -210,7 +210,10 @@ def parse_tile(value: str) -> int | None:
         raise typer.BadParameter(
             f"expected a number of pixels, 0 or auto, got {value!r}", param_hint="--tile"
         ) from None
-    from mprnet_cli.tiling import ALIGN, valid_tile  # numpy only: no torch for a usage error
+    from mprnet_cli.inference.tiling import (
+        ALIGN,
+        valid_tile,
+    )  # numpy only: no torch for a usage error
 
     if not valid_tile(tile):
         raise typer.BadParameter(

@@ -30,7 +30,7 @@ def debug_enabled() -> bool:
 def plain(text: str) -> str:
     """One line whatever the text holds: a file name with a newline or an escape sequence
     can neither forge an `mprnet: ...` line nor drive the terminal."""
-    from mprnet_cli._stdio import printable
+    from mprnet_cli.host.stdio import printable
 
     return printable(text.strip())
 
@@ -218,8 +218,8 @@ class Reporter:
 
 def print_json(line: str) -> None:
     """One JSON line on stdout; a reader that went away (`| head`) stops the run cleanly."""
-    from mprnet_cli._stdio import write_stdout
     from mprnet_cli.errors import OutputError, describe_os_error
+    from mprnet_cli.host.stdio import write_stdout
 
     try:
         write_stdout(line + "\n")

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mprnet_cli._stdio import binary
 from mprnet_cli.choices import EngineChoice
 from mprnet_cli.cli.options import OutputOpt, OverwriteOpt, QuietOpt, settings_options
 from mprnet_cli.cli.output import (
@@ -26,6 +25,7 @@ from mprnet_cli.cli.output import (
     say,
 )
 from mprnet_cli.cli.values import choice, number, whole
+from mprnet_cli.host.stdio import binary
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
@@ -33,8 +33,8 @@ from mprnet_cli.tasks import Task
 if TYPE_CHECKING:
     from collections.abc import Generator, Sequence
 
+    from mprnet_cli.imageio.locations import Where
     from mprnet_cli.jobs import Job, OutputPlan, RestorerLike, Result
-    from mprnet_cli.locations import Where
     from mprnet_cli.runners.base import RunRequest
 
 RecursiveOpt = Annotated[
@@ -153,8 +153,8 @@ def _restore(
         from contextlib import closing
 
         from mprnet_cli.errors import UsageError
+        from mprnet_cli.imageio.locations import engine_paths, location
         from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
-        from mprnet_cli.locations import engine_paths, location
         from mprnet_cli.runners.base import RunRequest, get_runner
 
         ray = engine is EngineChoice.RAY
@@ -272,14 +272,14 @@ def _watch(
     request: RunRequest,
     reporter: Reporter,
 ) -> None:
-    """--watch (`mprnet_cli.watch`): the same planner and local runner, fed as files settle;
+    """--watch (`mprnet_cli.serve.watch`): the same planner and local runner, fed as files settle;
     the network is loaded once, at the first image that needs it, and kept."""
     import dataclasses
     from pathlib import Path
 
     from mprnet_cli.jobs import expand_inputs
     from mprnet_cli.runners import local
-    from mprnet_cli.watch import Watcher, watch
+    from mprnet_cli.serve.watch import Watcher, watch
 
     loaded: list[RestorerLike] = []
 

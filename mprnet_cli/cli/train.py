@@ -123,8 +123,8 @@ def train_command(
     task = one_task(task_name)
     n, s, o = _parse_width(width)
     with errors_to_exit():
-        from mprnet_cli.device import resolve_device, set_threads
         from mprnet_cli.errors import OutputExistsError
+        from mprnet_cli.host.device import resolve_device, set_threads
         from mprnet_cli.model.config import MPRNetConfig
         from mprnet_cli.train.trainer import Trainer, TrainSettings
 

@@ -17,7 +17,7 @@ from typing import Final
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import IMAGE_EXTENSIONS
 from mprnet_cli.imageio.formats import VIDEO_EXTENSIONS
-from mprnet_cli.locations import StorePath, Where, glob_store, is_uri, location, walk_order
+from mprnet_cli.imageio.locations import StorePath, Where, glob_store, is_uri, location, walk_order
 
 STDIN_ARG: Final = "-"
 #: What folders and globs pick up: images and video clips.

@@ -21,8 +21,8 @@ from mprnet_cli.imageio import (
     resolve_format,
 )
 from mprnet_cli.imageio.formats import is_video
+from mprnet_cli.imageio.locations import StorePath, Where, location
 from mprnet_cli.jobs.inputs import Expansion, Job
-from mprnet_cli.locations import StorePath, Where, location
 
 
 class Destination(str, Enum):

@@ -17,10 +17,10 @@ from typing import Final
 from mprnet_cli.errors import OutputError
 from mprnet_cli.imageio import check_writable_folder, temp_target
 from mprnet_cli.imageio.atomic import TEMP_NAME_EXTRA
+from mprnet_cli.imageio.locations import StorePath, Where
 from mprnet_cli.jobs.inputs import Job, _key, _why_not
 from mprnet_cli.jobs.outputs import Destination, OutputPlan
 from mprnet_cli.jobs.records import Result, Status, failed
-from mprnet_cli.locations import StorePath, Where
 
 #: A write's temporary file lives for the seconds it takes to write and fsync the encoded
 #: bytes; one whose last change is older than this was left by a killed process.

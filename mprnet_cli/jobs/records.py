@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from mprnet_cli._stdio import name_bytes, valid_text
+from mprnet_cli.host.stdio import name_bytes, valid_text
 from mprnet_cli.imageio import ImageInfo, OutputFormat, output_notes
 
 if TYPE_CHECKING:
-    from mprnet_cli.pipeline import RunStats
+    from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.jobs.inputs import Job
 from mprnet_cli.jobs.outputs import Target
 

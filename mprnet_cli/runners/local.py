@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from mprnet_cli._stdio import write_stdout
 from mprnet_cli.errors import MprnetError, OutputError, UsageError, describe_os_error
+from mprnet_cli.host.stdio import write_stdout
+from mprnet_cli.imageio.locations import StorePath
 from mprnet_cli.jobs import (
     Callbacks,
     Destination,
@@ -49,7 +50,6 @@ from mprnet_cli.jobs import (
     failed,
     unexpected,
 )
-from mprnet_cli.locations import StorePath
 from mprnet_cli.runners import stages
 from mprnet_cli.settings import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
 from mprnet_cli.video import VideoOptions, is_video, restore_clip_job

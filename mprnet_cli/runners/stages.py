@@ -37,6 +37,7 @@ from mprnet_cli.imageio import (
     unit_rgb,
     write_file,
 )
+from mprnet_cli.imageio.locations import StorePath, Where
 from mprnet_cli.jobs import (
     Job,
     RestorerLike,
@@ -52,7 +53,6 @@ from mprnet_cli.jobs import (
     skipped_at_write,
     unexpected,
 )
-from mprnet_cli.locations import StorePath, Where
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from mprnet_cli.imageio import (
     read_image,
     resolve_format,
 )
-from mprnet_cli.pipeline import RunStats
-from mprnet_cli.quality import check_ensemble, check_strength
+from mprnet_cli.inference.pipeline import RunStats
+from mprnet_cli.inference.quality import check_ensemble, check_strength
 from mprnet_cli.tasks import Task
 
 log = logging.getLogger("mprnet.serve")

@@ -1,1 +1,2 @@
-"""Training support: synthetic degradations of clean photographs (`degrade`)."""
+"""Training the bundled networks (`trainer`); the degradations it learns from live in
+`mprnet_cli.degradations`."""

@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
+from mprnet_cli.degradations.synthesis import degrade
 from mprnet_cli.errors import InputError, UsageError
-from mprnet_cli.evaluate import find_pairs
+from mprnet_cli.evaluation.evaluate import find_pairs
 from mprnet_cli.imageio import list_images, read_image, to_uint8, write_bytes_atomic
 from mprnet_cli.model.checkpoint import state_dict_for_saving
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.tasks import Task
-from mprnet_cli.train.synthesis import degrade
 
 EDGE_WEIGHT = 0.05
 CHARBONNIER_EPS = 1e-3

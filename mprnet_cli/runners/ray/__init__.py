@@ -34,7 +34,7 @@ The pipeline (`run` behind the runner seam, `restore_files` for the CLI's files,
   failure of the job itself is one `ClusterError` line. On Ctrl-C the driver stops the job
   (shutting down a Ray it started), reports the outputs its workers finished that it had
   not heard of, then removes the temporary files of the writes it had not heard back from.
-* INPUT and -o may be object-store URIs (`mprnet_cli.locations.StorePath`): the driver
+* INPUT and -o may be object-store URIs (`mprnet_cli.imageio.locations.StorePath`): the driver
   lists and plans them with the same planner; decode tasks read each object through
   pyarrow.fs, write tasks write each output in one request (no temporary objects).
   Credentials come from each node's own environment.

@@ -54,7 +54,7 @@ class _Network:
         factory: RestorerFactory,
         threads: int,
     ) -> None:
-        from mprnet_cli.device import set_threads
+        from mprnet_cli.host.device import set_threads
 
         set_threads(threads)
         data: bytes = ray.get(weights[0])

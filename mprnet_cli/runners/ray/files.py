@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import temp_target
+from mprnet_cli.imageio.locations import StorePath, Where, location
 from mprnet_cli.jobs import (
     Callbacks,
     Destination,
@@ -25,7 +26,6 @@ from mprnet_cli.jobs import (
     Screened,
     Status,
 )
-from mprnet_cli.locations import StorePath, Where, location
 from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners.ray.cluster import (
     _connect,

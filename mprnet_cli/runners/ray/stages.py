@@ -18,8 +18,8 @@ from typing import Any
 
 from mprnet_cli.choices import OutputFormat
 from mprnet_cli.errors import InputError
+from mprnet_cli.imageio.locations import StorePath, Where, location
 from mprnet_cli.jobs import Destination, Job, OutputPlan, Status, reason
-from mprnet_cli.locations import StorePath, Where, location
 from mprnet_cli.runners import stages
 from mprnet_cli.runners.ray.plan import PAYLOAD
 

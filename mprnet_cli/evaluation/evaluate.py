@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mprnet_cli.degradations.benchmark import Degradation
 from mprnet_cli.errors import InputError, UsageError
+from mprnet_cli.evaluation.metrics import measure
 from mprnet_cli.imageio import list_images, read_image, to_uint8
-from mprnet_cli.metrics import measure
 from mprnet_cli.tasks import Task
-from mprnet_cli.train.degrade import Degradation
 
 FloatImage = NDArray[np.float32]
 RestoreFn = Callable[[FloatImage], FloatImage]

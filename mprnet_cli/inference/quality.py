@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from mprnet_cli.backends.base import Batch
 from mprnet_cli.choices import Ensemble
-from mprnet_cli.pipeline import BatchFn
+from mprnet_cli.inference.pipeline import BatchFn
 from mprnet_cli.settings import check_ensemble as check_ensemble
 from mprnet_cli.settings import check_strength as check_strength
 

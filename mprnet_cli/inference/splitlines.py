@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mprnet_cli.backends.base import Backend
-from mprnet_cli.pipeline import (
+from mprnet_cli.inference.pipeline import (
     BatchFn,
     Progress,
     RunStats,
@@ -45,7 +45,7 @@ from mprnet_cli.pipeline import (
     reflect_index,
     restore_array,
 )
-from mprnet_cli.tiling import ALIGN, Blender, Tile, TilePlan, plan_tiles, round_up
+from mprnet_cli.inference.tiling import ALIGN, Blender, Tile, TilePlan, plan_tiles, round_up
 
 BAND = 12
 """Pixels each side of a line over which a pass's weight rises from ~0 to 1. The

@@ -16,7 +16,7 @@ Conventions (all functions):
 * Noise levels are on the 0..1 scale: ``25 / 255`` is sigma 25 of an 8-bit image.
 
 The fixed benchmark degradations of ``mprnet eval --degrade`` build on these in
-`mprnet_cli.train.degrade`.
+`mprnet_cli.degradations.benchmark`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from torch import nn
 from mprnet_cli.backends import BackendSpec, choose, create
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import BackendChoice, Precision
-from mprnet_cli.device import autocast, choose_precision, cpu_flags, supports_precision
+from mprnet_cli.host.device import autocast, choose_precision, cpu_flags, supports_precision
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.model.network import MPRNet
 from mprnet_cli.weights import published_configs

@@ -1,7 +1,7 @@
 """The fixed benchmark degradations of ``mprnet eval --degrade``: (clean image, seed) in,
 (degraded, target) out, deterministic, on single numpy images.
 
-They reuse the training synthesis (`mprnet_cli.train.synthesis`) with a CPU generator
+They reuse the training synthesis (`mprnet_cli.degradations.synthesis`) with a CPU generator
 seeded per image, so a benchmark repeats exactly on any machine.
 """
 
@@ -18,8 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from mprnet_cli.errors import InputError, UsageError
-from mprnet_cli.train.synthesis import (
+from mprnet_cli.degradations.synthesis import (
     RAIN_PRESETS,
     RainConfig,
     add_gaussian_noise,
@@ -27,6 +26,7 @@ from mprnet_cli.train.synthesis import (
     quantize_8bit,
     random_rain,
 )
+from mprnet_cli.errors import InputError, UsageError
 
 FloatImage = npt.NDArray[np.float32]
 

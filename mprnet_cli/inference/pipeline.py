@@ -24,8 +24,7 @@ from numpy.typing import NDArray
 from mprnet_cli.backends.base import Backend, Batch
 from mprnet_cli.choices import Precision
 from mprnet_cli.errors import NonFiniteOutputError, OutOfMemoryError, UsageError
-from mprnet_cli.model.config import MPRNetConfig
-from mprnet_cli.tiling import (
+from mprnet_cli.inference.tiling import (
     ALIGN,
     DEFAULT_OVERLAP,
     Blender,
@@ -36,6 +35,7 @@ from mprnet_cli.tiling import (
     shrink_tile,
     valid_tile,
 )
+from mprnet_cli.model.config import MPRNetConfig
 
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]

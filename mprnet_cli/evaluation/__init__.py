@@ -1,0 +1,1 @@
+"""`mprnet eval`: restoring benchmark pairs (`evaluate`) and scoring them (`metrics`)."""
