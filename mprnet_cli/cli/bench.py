@@ -17,6 +17,7 @@ from mprnet_cli.cli.options import (
 )
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
 from mprnet_cli.cli.values import plural, whole
+from mprnet_cli.tasks import task_names
 
 
 def bench_command(
@@ -51,7 +52,7 @@ def bench_command(
 ) -> None:
     """Time each network (random weights); --modes reference,... compares modes in one run.
 
-    TASK: derain, deblur or denoise; several, or none for all three.
+    TASK: {tasks}; several, or none for all of them.
     """
     chosen = parse_tasks(tasks)
     try:
@@ -112,6 +113,9 @@ def bench_command(
             ),
             default=bench.default_mode(backend, precision),
         )
+
+
+bench_command.__doc__ = (bench_command.__doc__ or "").format(tasks=task_names())
 
 
 def torch_threads() -> int:
