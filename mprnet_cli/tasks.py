@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from mprnet_cli.choices import spoken_list
+
 
 class Task(str, Enum):
     """A restoration task; the value is the CLI sub-command."""
@@ -88,13 +90,6 @@ TASKS: Final[dict[Task, TaskSpec]] = {
         registry_key="denoise",
     ),
 }
-
-
-def spoken_list(words: list[str], last: str = "or") -> str:
-    """["a", "b", "c"] -> "a, b or c" (help and error text)."""
-    if len(words) < 2:
-        return "".join(words)
-    return f"{', '.join(words[:-1])} {last} {words[-1]}"
 
 
 def task_names(last: str = "or") -> str:

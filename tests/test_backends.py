@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import mprnet_cli.backends as backends
+import mprnet_cli.backends.base as backends_base
 import mprnet_cli.host.device as device
 from mprnet_cli.backends import BackendSpec, Capabilities, choose, create
-from mprnet_cli.backends.base import Batch
+from mprnet_cli.backends.base import Batch, load
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.errors import BackendError, OutOfMemoryError, UsageError
@@ -155,12 +156,12 @@ def test_bf16_stays_within_45_db_of_fp32_at_a_published_width() -> None:
 
 
 def test_auto_backend_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: name == "openvino")
     assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.OPENVINO
     assert choose(BackendChoice.AUTO, "cpu", compile=True) is BackendChoice.TORCH
     assert choose(BackendChoice.AUTO, "cuda") is BackendChoice.TORCH
     assert choose(BackendChoice.TORCH, "cpu") is BackendChoice.TORCH
-    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: False)
     assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.TORCH
     assert choose(BackendChoice.OPENVINO, "cpu") is BackendChoice.OPENVINO
 
@@ -180,7 +181,7 @@ def test_unusable_openvino_falls_back_to_torch_with_one_notice(
     def missing(spec: BackendSpec, notify: object) -> object:
         raise BackendError("OpenVINO is not usable (ImportError: no module); install it")
 
-    monkeypatch.setitem(backends.REGISTRY, BackendChoice.OPENVINO, missing)
+    monkeypatch.setattr(backends, "load", lambda ref: missing if "openvino" in ref else load(ref))
     notes: list[str] = []
     backend = create(
         BackendChoice.OPENVINO, BackendSpec(tiny_model(), torch.device("cpu")), notes.append
@@ -506,7 +507,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     calls: list[list[str]] = []
     monkeypatch.setattr(ovb.subprocess, "Popen", lambda args, **kw: calls.append(args))
-    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: name == "openvino")
     return calls
 
 

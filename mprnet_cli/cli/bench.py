@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from mprnet_cli.backends.base import engine_modes
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.cli.options import (
     BackendOpt,
@@ -33,7 +34,7 @@ def bench_command(
             metavar="MODES",
             help="Comma-separated execution modes to compare: reference, default (what a restore "
             "command runs here with no flags), fp32, bf16, fp16, bf16+compile, fp32+compile, "
-            "openvino-fp32, openvino-bf16 (default: default; --backend and --precision set what "
+            f"{', '.join(engine_modes())} (default: default; --backend and --precision set what "
             "default runs).",
             show_default=False,
         ),

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final, Optional
 
 import typer
 
+from mprnet_cli.backends.base import auto_help
 from mprnet_cli.choices import (
     BackendChoice,
     Ensemble,
@@ -77,7 +78,7 @@ BackendOpt = Annotated[
         "--backend",
         envvar="MPRNET_BACKEND",
         parser=choice(BackendChoice),
-        help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
+        help=f"Inference engine (auto: {auto_help()}).",
     ),
 ]
 TileOpt = Annotated[
