@@ -45,7 +45,7 @@ def package_installed(name: str) -> bool:
 
 
 def load(ref: str) -> Any:
-    """"package.module:Name.attr" -> that object, importing the module only now."""
+    """ "package.module:Name.attr" -> that object, importing the module only now."""
     module, _, attr = ref.partition(":")
     obj: Any = importlib.import_module(module)
     for part in attr.split("."):
@@ -120,9 +120,7 @@ class BackendDescriptor:
             names = spoken_list([d.name for d in BACKENDS.values() if d.compile])
             return f"--compile is a {labels} option; use --backend {names} with it"
         if not self.supports(device_type, precision):
-            valid = spoken_list(
-                [p.value for p in Precision if p in self.precisions[device_type]]
-            )
+            valid = spoken_list([p.value for p in Precision if p in self.precisions[device_type]])
             return (
                 f"--precision {precision.value} is not supported by --backend {self.name} "
                 f"on {DEVICE_NAMES.get(device_type, device_type)}; use {valid}"

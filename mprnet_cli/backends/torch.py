@@ -18,8 +18,7 @@ from mprnet_cli.backends.base import (
     Notify,
     looks_like_oom,
 )
-from mprnet_cli.choices import BackendChoice
-from mprnet_cli.choices import Precision
+from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.host.device import (
     autocast,
     available_memory,
