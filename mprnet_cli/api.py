@@ -85,7 +85,7 @@ class Restorer:
             named = descriptor(s.backend)
             if device == "auto":  # auto must not pick a GPU for an engine that runs on the CPU
                 device = named.only_device() or device
-            else:  # before any weights are read: `--backend openvino --device cuda` is a typo
+            if device != "auto":  # checked before any weights are read
                 named.check(device.split(":")[0], s.precision, compile=s.compile)
         self.device = resolve_device(device)
         self.precision = choose_precision(self.device, s.precision)
