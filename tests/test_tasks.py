@@ -79,10 +79,8 @@ def test_the_registry_reads_each_task_under_its_specs_key(
         registry()
     _patch(monkeypatch, Task.DEBLUR, registry_key="motion")
     monkeypatch.setenv("MPRNET_REGISTRY", str(path.rename(tmp_path / "again.json")))
-    entries = registry()
-    assert entries[Task.DEBLUR].published.sources[0].path == (
-        data["published"]["motion"]["sources"][0]["path"]
-    )
+    motion = data["published"]["motion"]["sources"][0]["path"]
+    assert registry()[Task.DEBLUR].published.sources[0].path == motion
 
 
 def test_help_and_output_names_come_from_the_specs(tmp_path: Path) -> None:
