@@ -93,10 +93,10 @@ TASKS: Final[dict[Task, TaskSpec]] = {
 
 
 def task_names(last: str = "or") -> str:
-    """ "derain, deblur or denoise": what TASK takes, for help and errors."""
+    """What TASK takes, for help and errors: "derain, deblur or denoise"."""
     return spoken_list([t.value for t in Task], last)
 
 
 def what_tasks_remove() -> str:
-    """ "rain, motion blur and noise": the tool's one-line description reads it."""
+    """What the tasks remove, for the tool's one-line description: "rain, motion blur and noise"."""
     return spoken_list([t.spec.removes for t in Task], "and")

@@ -45,7 +45,7 @@ def package_installed(name: str) -> bool:
 
 
 def load(ref: str) -> Any:
-    """ "package.module:Name.attr" -> that object, importing the module only now."""
+    """The object a "package.module:Name.attr" reference names, importing it only now."""
     module, _, attr = ref.partition(":")
     obj: Any = importlib.import_module(module)
     for part in attr.split("."):
