@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from mprnet_cli.backends import Backend, BackendSpec, create
+from mprnet_cli.backends import Backend, BackendSpec, create, descriptor
 from mprnet_cli.choices import BackendChoice, Ensemble, Precision, SplitLines
 from mprnet_cli.errors import UsageError
 from mprnet_cli.host.device import check_precision, choose_precision, resolve_device, set_threads
@@ -33,7 +33,6 @@ from mprnet_cli.inference.pipeline import (
     TileOptions,
     Warn,
     auto_tile,
-    estimate_bytes_per_pixel,
     restore_array,
 )
 from mprnet_cli.inference.quality import apply_strength, self_ensemble
@@ -82,8 +81,12 @@ class Restorer:
         self.hide_split_lines = s.split_lines is SplitLines.HIDE
         self.options = TileOptions(tile=s.tile, overlap=s.overlap, batch=s.tile_batch)
         device = s.device
-        if s.backend is BackendChoice.OPENVINO and device == "auto":
-            device = "cpu"  # OpenVINO runs on the CPU; auto must not pick a GPU for it
+        if s.backend is not BackendChoice.AUTO:  # a named engine: its descriptor's rules
+            named = descriptor(s.backend)
+            if device == "auto":  # auto must not pick a GPU for an engine that runs on the CPU
+                device = named.only_device() or device
+            if device != "auto":  # checked before any weights are read
+                named.check(device.split(":")[0], s.precision, compile=s.compile)
         self.device = resolve_device(device)
         self.precision = choose_precision(self.device, s.precision)
         check_precision(self.device, self.precision)
@@ -105,13 +108,14 @@ class Restorer:
             self.backend.ignore_speed_limits()
 
     def _bytes_per_pixel(self, device_type: str, precision: Precision) -> float:
-        """Measured cost when this is a registry network on a measured device, else the estimate."""
+        """Measured cost when this is a registry network on a measured device, else the
+        estimate (`spec.memory` prices PyTorch passes: the registry's figures are PyTorch's)."""
         key = f"{device_type}_{precision.value}"
         if self.task is not None:
             spec = registry()[self.task].published
             if spec.config == self.config and key in spec.memory_bytes_per_pixel:
                 return 1.1 * spec.memory_bytes_per_pixel[key]
-        return estimate_bytes_per_pixel(self.config, precision, device_type)
+        return descriptor(BackendChoice.TORCH).bytes_per_pixel(self.config, device_type, precision)
 
     # -- pickling: settings travel, weights are reloaded on the other side
     def __getstate__(self) -> dict[str, Any]:

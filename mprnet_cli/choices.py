@@ -8,6 +8,13 @@ from enum import Enum
 from mprnet_cli.errors import UsageError
 
 
+def spoken_list(words: list[str], last: str = "or") -> str:
+    """["a", "b", "c"] -> "a, b or c": how help and errors list choices."""
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
 class Precision(str, Enum):
     """Arithmetic precision of the network's forward pass."""
 

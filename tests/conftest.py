@@ -55,11 +55,11 @@ def _plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     bf16; OpenVINO where installed); tests of those rules mock the detection both ways,
     and every other test gets fp32 PyTorch, as on an AVX2-only CPU without OpenVINO.
     """
-    import mprnet_cli.backends as backends
+    import mprnet_cli.backends.base as backends_base
     import mprnet_cli.host.device as device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
-    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: False)
 
 
 @pytest.fixture(scope="session")

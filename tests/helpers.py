@@ -7,13 +7,19 @@ module-level set-up and makes pytest's collection order matter.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +30,10 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from mprnet_cli.cli import app
+from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.model.config import MPRNetConfig
+from mprnet_cli.serve.engine import Lane, ServeSettings
+from mprnet_cli.tasks import Task
 from tests.conftest import REPO, TINY_CONFIG, tiny_model
 
 # --------------------------------------------------------------------------- images and runs
@@ -206,3 +215,115 @@ def hub_env(tmp_path: Path, registry_file: Path, endpoint: str | None) -> dict[s
     # A closed local port stands in for "no network" when the server is gone.
     env["HF_ENDPOINT"] = endpoint or "http://127.0.0.1:9"
     return env
+
+
+# --------------------------------------------------------------------------- mprnet serve
+# (test_serve and test_serve_page; the web stack is imported only when a server starts)
+
+WAIT = 60.0  # seconds: the bound of every wait (a loaded 2-core machine), never a sleep
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll `check` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Gated:
+    """A stand-in network: each call blocks until `gate` is set, and is counted."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+        self.entered = threading.Event()
+        self.fail = fail
+
+    def restore_rgb(self, rgb: np.ndarray, **kw: Any) -> tuple[np.ndarray, RunStats]:
+        self.calls += 1
+        self.entered.set()
+        assert self.gate.wait(WAIT)
+        if self.fail:
+            raise RuntimeError("boom in the network")
+        return 1.0 - rgb, RunStats(tiles=1, seconds=0.001)
+
+
+@contextmanager
+def server(
+    lanes: dict[Task, Lane], settings: ServeSettings | None = None
+) -> Iterator[tuple[int, ServeSettings]]:
+    import uvicorn  # the serve extra: only the serve tests call this
+
+    from mprnet_cli.serve.app import create_app
+
+    settings = settings or ServeSettings(port=free_port())
+    config = uvicorn.Config(
+        create_app(lanes, settings), host="127.0.0.1", port=settings.port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: srv.started, "the server to start")
+        yield settings.port, settings
+    finally:
+        for lane in lanes.values():
+            gate = getattr(lane.network, "gate", None)
+            if gate is not None:
+                gate.set()
+        srv.should_exit = True
+        thread.join(WAIT)
+
+
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def png_bytes(size: tuple[int, int] = (40, 32), seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def gated_lane(limit: int = 4, fail: bool = False) -> tuple[Lane, Gated]:
+    network = Gated(fail=fail)
+    return Lane(Task.DERAIN, lambda: network, limit), network
+
+
+def metric(port: int, series: str) -> float | None:
+    """The value of one series (`name{labels}`) on /metrics, None when absent."""
+    status, _, body = request(port, "GET", "/metrics")
+    assert status == 200
+    values = dict(line.rsplit(" ", 1) for line in body.decode().splitlines() if line[:1] != "#")
+    return float(values[series]) if series in values else None
+
+
+def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    return thread, out

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,15 +15,16 @@ import pytest
 import torch
 
 import mprnet_cli.backends as backends
+import mprnet_cli.backends.base as backends_base
 import mprnet_cli.host.device as device
-from mprnet_cli.backends import BackendSpec, Capabilities, choose, create
-from mprnet_cli.backends.base import Batch
+from mprnet_cli.backends import BACKENDS, BackendSpec, Capabilities, choose, create, descriptor
+from mprnet_cli.backends.base import Batch, load
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.errors import BackendError, OutOfMemoryError, UsageError
 from mprnet_cli.evaluation.metrics import psnr
 from mprnet_cli.inference.pipeline import TileOptions, restore_array
-from tests.conftest import tiny_model
+from tests.conftest import REPO, tiny_model
 
 
 def image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -155,12 +160,12 @@ def test_bf16_stays_within_45_db_of_fp32_at_a_published_width() -> None:
 
 
 def test_auto_backend_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: name == "openvino")
     assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.OPENVINO
     assert choose(BackendChoice.AUTO, "cpu", compile=True) is BackendChoice.TORCH
     assert choose(BackendChoice.AUTO, "cuda") is BackendChoice.TORCH
     assert choose(BackendChoice.TORCH, "cpu") is BackendChoice.TORCH
-    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: False)
     assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.TORCH
     assert choose(BackendChoice.OPENVINO, "cpu") is BackendChoice.OPENVINO
 
@@ -180,13 +185,149 @@ def test_unusable_openvino_falls_back_to_torch_with_one_notice(
     def missing(spec: BackendSpec, notify: object) -> object:
         raise BackendError("OpenVINO is not usable (ImportError: no module); install it")
 
-    monkeypatch.setitem(backends.REGISTRY, BackendChoice.OPENVINO, missing)
+    monkeypatch.setattr(backends, "load", lambda ref: missing if "openvino" in ref else load(ref))
     notes: list[str] = []
     backend = create(
         BackendChoice.OPENVINO, BackendSpec(tiny_model(), torch.device("cpu")), notes.append
     )
     assert isinstance(backend, TorchBackend)
     assert len(notes) == 1 and "using PyTorch instead" in notes[0] and "\n" not in notes[0]
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def numpy_factory(spec: BackendSpec, notify: object) -> NumpyBackend:
+    """A factory a patched descriptor names (`tests.test_backends:numpy_factory`)."""
+    return NumpyBackend()
+
+
+def fixed_memory(config: object, precision: Precision, device_type: str) -> float:
+    return 1234.0
+
+
+def _patch(monkeypatch: pytest.MonkeyPatch, choice: BackendChoice, **fields: object) -> None:
+    replaced = dataclasses.replace(backends_base.BACKENDS[choice], **fields)  # type: ignore[arg-type]
+    monkeypatch.setitem(backends_base.BACKENDS, choice, replaced)
+
+
+def test_each_backend_is_declared_once() -> None:
+    assert set(BACKENDS) == set(BackendChoice) - {BackendChoice.AUTO}
+    ov, pt = BACKENDS[BackendChoice.OPENVINO], BACKENDS[BackendChoice.TORCH]
+    assert ov.devices == ("cpu",) and not ov.compile and ov.package == "openvino"
+    assert set(pt.devices) == {"cpu", "cuda", "mps"} and pt.compile and pt.installed()
+    assert backends_base.auto_help() == "OpenVINO on the CPU when installed, else PyTorch"
+    assert list(backends_base.engine_modes()) == ["openvino-fp32", "openvino-bf16"]
+    with pytest.raises(ValueError, match="choose"):
+        descriptor(BackendChoice.AUTO)
+
+
+def test_usage_errors_are_worded_from_the_descriptors() -> None:
+    cases = [
+        (
+            BackendSpec(tiny_model(), torch.device("cuda")),
+            "--backend openvino runs on the CPU, not cuda; use --device cpu or --backend torch",
+        ),
+        (
+            BackendSpec(tiny_model(), torch.device("cpu"), compile=True),
+            "--compile is a PyTorch option; use --backend torch with it",
+        ),
+        (
+            BackendSpec(tiny_model(), torch.device("cpu"), Precision.FP16),
+            "--precision fp16 is not supported by --backend openvino on the CPU; use fp32 or bf16",
+        ),
+    ]
+    for spec, message in cases:
+        with pytest.raises(UsageError) as err:
+            create(BackendChoice.OPENVINO, spec)
+        assert str(err.value) == message
+
+
+def test_create_choose_and_help_follow_the_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: True)
+    _patch(monkeypatch, BackendChoice.OPENVINO, auto_rank=None)  # auto never picks it
+    assert choose(BackendChoice.AUTO, "cpu") is BackendChoice.TORCH
+    assert backends_base.auto_help() == "PyTorch"
+    # An engine that runs on CUDA GPUs too, built by the factory its descriptor names.
+    _patch(
+        monkeypatch,
+        BackendChoice.OPENVINO,
+        auto_rank=0,
+        precisions={"cpu": frozenset({Precision.FP32}), "cuda": frozenset({Precision.FP32})},
+        factory="tests.test_backends:numpy_factory",
+        auto_factory=None,
+    )
+    assert choose(BackendChoice.AUTO, "cuda") is BackendChoice.OPENVINO
+    spec = BackendSpec(tiny_model(), torch.device("cuda"), Precision.FP32)
+    assert isinstance(create(BackendChoice.AUTO, spec), NumpyBackend)
+    assert backends_base.auto_help() == (
+        "OpenVINO on the CPU or CUDA GPUs when installed, else PyTorch"
+    )
+
+
+def test_the_cli_refuses_openvino_on_a_gpu_before_reading_weights(tmp_path: Path) -> None:
+    from tests.helpers import invoke, save_png
+
+    save_png(tmp_path / "a.png")
+    missing = tmp_path / "no-such.pth"
+    args = ["derain", str(tmp_path / "a.png"), "--weights", str(missing), "--backend", "openvino"]
+    result = invoke(*args, "--device", "cuda")
+    assert result.exit_code == 2
+    assert "--backend openvino runs on the CPU, not cuda; use --device cpu" in result.output
+    result = invoke(*args, "--compile")  # --device auto means the CPU for OpenVINO
+    assert result.exit_code == 2 and "--compile is a PyTorch option" in result.output
+
+
+def test_bench_modes_run_where_their_descriptor_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mprnet_cli.backends import bench
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    ov_fp16 = bench.Mode("x", True, True, Precision.FP16, backend=BackendChoice.OPENVINO)
+    assert bench.available(bench.MODES["openvino-bf16"], cpu)
+    assert not bench.available(bench.MODES["openvino-bf16"], gpu)
+    assert not bench.available(ov_fp16, cpu)
+    assert bench.available(bench.MODES["bf16+compile"], cpu)
+    _patch(
+        monkeypatch,
+        BackendChoice.OPENVINO,
+        precisions={"cpu": frozenset({Precision.FP32, Precision.FP16})},
+    )
+    assert bench.available(ov_fp16, cpu)
+    _patch(monkeypatch, BackendChoice.TORCH, compile=False)
+    assert not bench.available(bench.MODES["bf16+compile"], cpu)
+
+
+def test_memory_per_pixel_is_the_descriptors(
+    monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
+    from mprnet_cli.api import Restorer
+    from mprnet_cli.inference.pipeline import estimate_bytes_per_pixel
+    from mprnet_cli.model.config import MPRNetConfig
+
+    config = MPRNetConfig()
+    pt = BACKENDS[BackendChoice.TORCH]
+    assert pt.bytes_per_pixel(config, "cuda", Precision.BF16) == estimate_bytes_per_pixel(
+        config, Precision.BF16, "cuda"
+    )
+    restorer = Restorer(weights=tiny_checkpoint, device="cpu", backend="torch", quiet=True)
+    _patch(monkeypatch, BackendChoice.TORCH, memory="tests.test_backends:fixed_memory")
+    assert restorer._bytes_per_pixel("cpu", Precision.FP32) == 1234.0  # not a registry network
+
+
+def test_probing_openvino_does_not_import_it() -> None:
+    code = (
+        "import sys\n"
+        "from mprnet_cli.backends import BACKENDS, choose\n"
+        "from mprnet_cli.choices import BackendChoice\n"
+        "choose(BackendChoice.AUTO, 'cpu')\n"
+        "BACKENDS[BackendChoice.OPENVINO].installed()\n"
+        "print(sorted({'openvino', 'torch', 'numpy'} & set(sys.modules)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert out.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- OpenVINO
@@ -506,7 +647,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     calls: list[list[str]] = []
     monkeypatch.setattr(ovb.subprocess, "Popen", lambda args, **kw: calls.append(args))
-    monkeypatch.setattr(backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(backends_base, "package_installed", lambda name: name == "openvino")
     return calls
 
 

@@ -32,7 +32,7 @@ def test_tasks_and_inputs_are_described_in_the_help_text() -> None:
     derain = runner.invoke(app, ["derain", "--help"], env={"COLUMNS": "200"}).stdout
     assert "INPUT: image or video files, folders" in derain and "268 MP" in derain
     bench = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"}).stdout
-    assert "TASK: derain, deblur or denoise; several, or none for all three." in bench
+    assert "TASK: derain, deblur or denoise; several, or none for all of them." in bench
 
 
 @pytest.mark.parametrize(

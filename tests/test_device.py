@@ -78,3 +78,25 @@ def test_set_threads_applies_the_default_unless_omp_is_set(
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_pytorch_precisions_per_device_are_its_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from mprnet_cli.backends.base import BACKENDS
+    from mprnet_cli.choices import BackendChoice, Precision
+    from mprnet_cli.errors import UsageError
+
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert device.supports_precision(cpu, Precision.BF16)
+    assert not device.supports_precision(cpu, Precision.FP16)
+    assert device.supports_precision(mps, Precision.FP16)
+    assert not device.supports_precision(mps, Precision.BF16)
+    assert device.supports_precision(mps, Precision.FP32)  # every device computes in fp32
+    torch_only_fp32 = dataclasses.replace(
+        BACKENDS[BackendChoice.TORCH], precisions={"cpu": frozenset({Precision.FP32})}
+    )
+    monkeypatch.setitem(BACKENDS, BackendChoice.TORCH, torch_only_fp32)
+    assert not device.supports_precision(cpu, Precision.BF16)
+    with pytest.raises(UsageError, match="--precision bf16 is not supported on cpu"):
+        device.check_precision(cpu, Precision.BF16)

@@ -25,7 +25,7 @@ from mprnet_cli.api import Restorer  # noqa: E402
 from mprnet_cli.serve.engine import Lane  # noqa: E402
 from mprnet_cli.settings import RestoreSettings  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
-from tests.test_serve import WAIT, eventually, png_bytes, request, server  # noqa: E402
+from tests.helpers import WAIT, eventually, png_bytes, request, server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -98,7 +98,7 @@ def test_upload_and_download_through_the_page(
 
 @pytest.mark.slow
 def test_page_shows_the_servers_error(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_serve import gated_lane
+    from tests.helpers import gated_lane
 
     lane, gate = gated_lane()
     gate.gate.set()

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mprnet_cli.backends import BackendSpec, choose, create
+from mprnet_cli.backends import BackendSpec, choose, create, descriptor
+from mprnet_cli.backends.base import engine_modes
 from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.host.device import autocast, choose_precision, cpu_flags, supports_precision
@@ -59,15 +60,10 @@ MODES: dict[str, Mode] = {
     "fp32+compile": Mode(
         "fp32+compile", batched=True, channels_last=True, precision=Precision.FP32, compile=True
     ),
+    # every other engine at each precision its descriptor lists: openvino-fp32, ...
     **{
-        f"openvino-{p.value}": Mode(
-            f"openvino-{p.value}",
-            batched=True,
-            channels_last=True,
-            precision=p,
-            backend=BackendChoice.OPENVINO,
-        )
-        for p in (Precision.FP32, Precision.BF16)
+        name: Mode(name, batched=True, channels_last=True, precision=p, backend=backend)
+        for name, (backend, p) in engine_modes().items()
     },
 }
 
@@ -91,10 +87,12 @@ def resolve_mode(mode: Mode, device: torch.device) -> tuple[BackendChoice, Preci
 
 
 def available(mode: Mode, device: torch.device) -> bool:
+    """Whether the mode can run on the device: its engine's descriptor (where it runs, at
+    which precisions, whether it compiles), and for PyTorch what its autocast has there."""
     backend, precision = resolve_mode(mode, device)
-    if backend is BackendChoice.OPENVINO:
-        return device.type == "cpu" and precision in (Precision.FP32, Precision.BF16)
-    return supports_precision(device, precision)
+    if descriptor(backend).problem(device.type, precision, compile=mode.compile) is not None:
+        return False
+    return backend is not BackendChoice.TORCH or supports_precision(device, precision)
 
 
 @dataclass(frozen=True)

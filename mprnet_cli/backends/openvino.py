@@ -30,19 +30,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from mprnet_cli.backends.base import BackendSpec, Batch, Capabilities, Notify, looks_like_oom
+from mprnet_cli.backends.base import (
+    BACKENDS,
+    BackendSpec,
+    Batch,
+    Capabilities,
+    Notify,
+    looks_like_oom,
+)
 from mprnet_cli.backends.torch import TorchBackend
-from mprnet_cli.choices import Precision
-from mprnet_cli.errors import BackendError, UsageError
+from mprnet_cli.choices import BackendChoice, Precision
+from mprnet_cli.errors import BackendError
 from mprnet_cli.host.device import available_memory, choose_precision
 from mprnet_cli.host.paths import cache_root
+from mprnet_cli.model.config import MPRNetConfig
 
 # Bump when the exported graph changes for the same weights (network code, export recipe).
 EXPORT_VERSION = 1
 # Sides below this run in PyTorch: the exported graph disagrees with it when a stage-1
 # quarter's deepest level is 1 pixel (8-px sides; max |delta| 0.1 on a tiny network).
 MIN_SIDE = 16
-_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}
+_SELF = BACKENDS[BackendChoice.OPENVINO]  # where it runs and at which precisions
+_HINTS = {Precision.FP32: "f32", Precision.BF16: "bf16"}  # OpenVINO's names for them
 # Unlike PyTorch (512-px tiles beat one pass there), OpenVINO bf16 restored a 1024x768
 # image in one pass 1.10x and 1.39x faster than in 512-px tiles (two runs on a loaded
 # 2-vCPU Xeon; benchmarks/results/cpu_tiles_openvino_bf16_*). Larger sides were not
@@ -73,11 +82,9 @@ _BYTES_PER_CHANNEL = {Precision.BF16: 60.5, Precision.FP32: 60.5}
 _MARGIN = 1.1
 
 
-def bytes_per_pixel(model: nn.Module, precision: Precision) -> float | None:
-    """What one OpenVINO pass costs per input pixel, for `pipeline.auto_tile`."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
+def bytes_per_pixel(config: MPRNetConfig, precision: Precision, device_type: str = "cpu") -> float:
+    """What one OpenVINO pass costs per input pixel, for `pipeline.auto_tile` (the
+    descriptor's `memory`; OpenVINO runs on the CPU only, so `device_type` is unused)."""
     per_channel = _BYTES_PER_CHANNEL.get(precision, _BYTES_PER_CHANNEL[Precision.FP32])
     return float(_MARGIN * per_channel * (config.n_feat + config.scale_orsnetfeats))
 
@@ -454,11 +461,7 @@ class OpenVinoBackend:
     ) -> None:
         ov = _openvino()
         self.precision = choose_precision("cpu", precision)
-        if self.precision not in _HINTS:
-            raise UsageError(
-                f"--precision {self.precision.value} is not supported by --backend openvino; "
-                "use fp32 or bf16"
-            )
+        _SELF.check("cpu", self.precision)
         self._core = ov.Core()
         self._config = {
             "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
@@ -474,10 +477,13 @@ class OpenVinoBackend:
         )
         # Tiny inputs (any side < MIN_SIDE) go to PyTorch on the same weights.
         self._small = TorchBackend(model, torch.device("cpu"), self.precision)
+        config = getattr(model, "config", None)
         self.capabilities = Capabilities(
             align=8,
-            precisions=frozenset(_HINTS),
-            bytes_per_pixel=bytes_per_pixel(model, self.precision),
+            precisions=_SELF.precisions["cpu"],
+            bytes_per_pixel=(
+                None if config is None else _SELF.bytes_per_pixel(config, "cpu", self.precision)
+            ),
             max_tile=MAX_TILE,
             one_pass_side=ONE_PASS_SIDE,
             can_fall_back=False,

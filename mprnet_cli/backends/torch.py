@@ -10,8 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from mprnet_cli.backends.base import Batch, Capabilities, looks_like_oom
-from mprnet_cli.choices import Precision
+from mprnet_cli.backends.base import (
+    BACKENDS,
+    BackendSpec,
+    Batch,
+    Capabilities,
+    Notify,
+    looks_like_oom,
+)
+from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.host.device import (
     autocast,
     available_memory,
@@ -34,11 +41,7 @@ _TORCH_OOM: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.
 # Peak bytes per input pixel of one forward pass on a device type at a precision.
 MemoryCost = Callable[[str, Precision], float]
 
-_PRECISIONS = {
-    "cpu": frozenset({Precision.FP32, Precision.BF16}),
-    "cuda": frozenset({Precision.FP32, Precision.BF16, Precision.FP16}),
-    "mps": frozenset({Precision.FP32, Precision.FP16}),
-}
+_PRECISIONS = BACKENDS[BackendChoice.TORCH].precisions
 
 
 def speed_limits(device_type: str) -> tuple[int | None, int | None]:
@@ -146,3 +149,10 @@ class TorchBackend:
             return self.run(batch)
         out = self.run(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         return out.contiguous().numpy()
+
+
+def create(spec: BackendSpec, notify: Notify | None = None) -> TorchBackend:
+    """The registry's factory for `--backend torch` (`base.BACKENDS`)."""
+    return TorchBackend(
+        spec.model, spec.device, spec.precision, memory=spec.memory, compile=spec.compile
+    )

@@ -19,11 +19,11 @@ from mprnet_cli import __version__
 from mprnet_cli.cli import bench, restore, serve, train, weights
 from mprnet_cli.cli import eval as evaluation
 from mprnet_cli.cli.output import INTERRUPTED_EXIT, plain
-from mprnet_cli.tasks import Task
+from mprnet_cli.tasks import Task, what_tasks_remove
 
 app = typer.Typer(
     name="mprnet",
-    help="Remove rain, motion blur and noise from photos with MPRNet (Zamir et al., CVPR 2021).",
+    help=f"Remove {what_tasks_remove()} from photos with MPRNet (Zamir et al., CVPR 2021).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

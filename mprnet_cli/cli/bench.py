@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from mprnet_cli.backends.base import engine_modes
 from mprnet_cli.choices import BackendChoice, Precision
 from mprnet_cli.cli.options import (
     BackendOpt,
@@ -17,6 +18,7 @@ from mprnet_cli.cli.options import (
 )
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
 from mprnet_cli.cli.values import plural, whole
+from mprnet_cli.tasks import task_names
 
 
 def bench_command(
@@ -32,7 +34,7 @@ def bench_command(
             metavar="MODES",
             help="Comma-separated execution modes to compare: reference, default (what a restore "
             "command runs here with no flags), fp32, bf16, fp16, bf16+compile, fp32+compile, "
-            "openvino-fp32, openvino-bf16 (default: default; --backend and --precision set what "
+            f"{', '.join(engine_modes())} (default: default; --backend and --precision set what "
             "default runs).",
             show_default=False,
         ),
@@ -51,7 +53,7 @@ def bench_command(
 ) -> None:
     """Time each network (random weights); --modes reference,... compares modes in one run.
 
-    TASK: derain, deblur or denoise; several, or none for all three.
+    TASK: {tasks}; several, or none for all of them.
     """
     chosen = parse_tasks(tasks)
     try:
@@ -112,6 +114,9 @@ def bench_command(
             ),
             default=bench.default_mode(backend, precision),
         )
+
+
+bench_command.__doc__ = (bench_command.__doc__ or "").format(tasks=task_names())
 
 
 def torch_threads() -> int:

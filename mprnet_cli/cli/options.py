@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final, Optional
 
 import typer
 
+from mprnet_cli.backends.base import auto_help
 from mprnet_cli.choices import (
     BackendChoice,
     Ensemble,
@@ -23,7 +24,7 @@ from mprnet_cli.choices import (
 from mprnet_cli.cli.output import errors_to_exit
 from mprnet_cli.cli.values import choice, number, whole
 from mprnet_cli.settings import RestoreSettings, settings_of
-from mprnet_cli.tasks import Task
+from mprnet_cli.tasks import Task, task_names
 
 OutputOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional at runtime on 3.10
@@ -77,7 +78,7 @@ BackendOpt = Annotated[
         "--backend",
         envvar="MPRNET_BACKEND",
         parser=choice(BackendChoice),
-        help="Inference engine (auto: OpenVINO on the CPU when installed, else PyTorch).",
+        help=f"Inference engine (auto: {auto_help()}).",
     ),
 ]
 TileOpt = Annotated[
@@ -136,7 +137,7 @@ MaxPixelsOpt = Annotated[
 ]
 
 TaskArg = Annotated[
-    Task, typer.Argument(metavar="TASK", parser=choice(Task), help="derain, deblur or denoise.")
+    Task, typer.Argument(metavar="TASK", parser=choice(Task), help=f"{task_names()}.")
 ]
 #: Hidden from the Arguments list, where Typer would print a type name
 #: (`<list[derain|deblur|denoise]>`): each command's help text says what TASK takes.
@@ -231,7 +232,7 @@ def parse_tasks(names: list[Task] | list[str] | None) -> list[Task]:
             out.append(Task(name))
         except ValueError:
             raise typer.BadParameter(
-                f"unknown task {name!r}: choose from {', '.join(t.value for t in Task)}",
+                f"unknown task {name!r}: choose from {task_names()}",
                 param_hint="TASK",
             ) from None
     return out

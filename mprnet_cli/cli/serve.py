@@ -85,7 +85,7 @@ def serve_command(
         typer.Option(
             "--task",
             metavar="TASKS",
-            help="Tasks to serve, comma-separated (default: derain,deblur,denoise).",
+            help=f"Tasks to serve, comma-separated (default: {','.join(t.value for t in Task)}).",
             show_default=False,
         ),
     ] = None,

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 import typer
 
+from mprnet_cli.choices import spoken_list
+
 E = TypeVar("E", bound=Enum)
 
 
 def one_of(words: Sequence[str]) -> str:
-    """ "a, b or c"."""
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+    """ "a, b or c" (`choices.spoken_list`, which help outside the CLI uses too)."""
+    return spoken_list(list(words))
 
 
 def _bounds(low: float | None, high: float | None) -> str:

@@ -12,6 +12,7 @@ from mprnet_cli.choices import ModelChoice
 from mprnet_cli.cli.options import ModelOpt, QuietOpt, TaskArg, TasksArg, parse_tasks
 from mprnet_cli.cli.output import errors_to_exit, print_json, say
 from mprnet_cli.cli.values import whole
+from mprnet_cli.tasks import task_names
 
 app = typer.Typer(
     help="List, download, import and locate network weights.",
@@ -100,7 +101,7 @@ def weights_download(
 ) -> None:
     """Fetch the published weights into the Hugging Face cache (once; later runs need no network).
 
-    TASK: derain, deblur or denoise; several, or none for all three.
+    TASK: {tasks}; several, or none for all of them.
     """
     chosen = parse_tasks(tasks)
     with errors_to_exit():
@@ -139,6 +140,9 @@ def weights_download(
             )
         if failed:
             raise typer.Exit(1)
+
+
+weights_download.__doc__ = (weights_download.__doc__ or "").format(tasks=task_names())
 
 
 def _offline_advice(task: str) -> str:

@@ -31,9 +31,12 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional
 
+from mprnet_cli.tasks import Task, task_names
+
 Scalar = float | torch.Tensor
 
 __all__ = [
+    "DEGRADATIONS",
     "HEAVY_RAIN",
     "LIGHT_RAIN",
     "RAIN_PRESETS",
@@ -537,18 +540,18 @@ def random_rain(
 
 # --------------------------------------------------------------------------- dispatch
 
-_TRAINING: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "derain": random_rain,
-    "deblur": random_blur,
-    "denoise": random_noise,
+#: Each training degradation under the name a task's `TaskSpec.degradation` gives it.
+DEGRADATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "rain": random_rain,
+    "motion_blur": random_blur,
+    "sensor_noise": random_noise,
 }
 
 
-def degrade(task: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The training degradation of a task ("derain", "deblur", "denoise" or a `Task`)."""
-    name = str(getattr(task, "value", task))
+def degrade(task: Task | str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The training degradation of a task (a `Task` or its name), the one its spec names."""
     try:
-        fn = _TRAINING[name]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(_TRAINING)}") from None
-    return fn(x, generator)
+        spec = Task(task).spec
+    except ValueError:
+        raise ValueError(f"unknown task {task!r}; expected {task_names()}") from None
+    return DEGRADATIONS[spec.degradation](x, generator)

@@ -22,15 +22,15 @@ from mprnet_cli.degradations.benchmark import Degradation
 from mprnet_cli.errors import InputError, UsageError
 from mprnet_cli.evaluation.metrics import measure
 from mprnet_cli.imageio import list_images, read_image, to_uint8
-from mprnet_cli.tasks import Task
+from mprnet_cli.tasks import EvalChannel, Task
 
 FloatImage = NDArray[np.float32]
 RestoreFn = Callable[[FloatImage], FloatImage]
 
 
 def y_channel_for(task: Task) -> bool:
-    """The paper measures deraining on luma, deblurring and denoising on RGB."""
-    return task is Task.DERAIN
+    """Whether the task is measured on luma (its spec's `eval_channel`, the paper's protocol)."""
+    return task.spec.eval_channel is EvalChannel.Y
 
 
 @dataclass(frozen=True)

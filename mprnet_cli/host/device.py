@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from mprnet_cli.choices import Precision, device_spec
+from mprnet_cli.backends.base import BACKENDS
+from mprnet_cli.choices import BackendChoice, Precision, device_spec
 from mprnet_cli.errors import DeviceError, UsageError
 
 __all__ = ["Precision", "resolve_device"]
@@ -115,15 +116,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def supports_precision(device: torch.device, precision: Precision) -> bool:
+    """Whether PyTorch computes in `precision` there: its descriptor's table (CPU autocast
+    has bf16, fast only with native support), and bf16 only on CUDA GPUs that have it."""
     if precision in (Precision.FP32, Precision.AUTO):
         return True
-    if device.type == "cuda":
-        if precision is Precision.BF16:
-            return bool(torch.cuda.is_bf16_supported())
-        return True
-    if device.type == "mps":
-        return precision is Precision.FP16
-    return precision is Precision.BF16  # CPU autocast supports bf16 (fast only with native support)
+    if not BACKENDS[BackendChoice.TORCH].supports(device.type, precision):
+        return False
+    if device.type == "cuda" and precision is Precision.BF16:
+        return bool(torch.cuda.is_bf16_supported())
+    return True
 
 
 def choose_precision(device: torch.device | str, requested: Precision) -> Precision:

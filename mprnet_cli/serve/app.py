@@ -51,7 +51,7 @@ from mprnet_cli.serve.engine import (
     describe,
     encode,
 )
-from mprnet_cli.tasks import Task
+from mprnet_cli.tasks import Task, what_tasks_remove
 
 log = logging.getLogger("mprnet.serve")
 CLIENT_GONE = 499  # nginx's code for "the client closed the connection": metrics only
@@ -130,7 +130,7 @@ def create_app(lanes: dict[Task, Lane], settings: ServeSettings) -> FastAPI:
     app = FastAPI(
         title="mprnet",
         version=__version__,
-        summary="Remove rain, motion blur and noise from photos with MPRNet.",
+        summary=f"Remove {what_tasks_remove()} from photos with MPRNet.",
         docs_url=None,  # FastAPI's pages load their scripts from a CDN: ours is self-contained
         redoc_url=None,
         lifespan=lifespan,

@@ -249,7 +249,7 @@ class Trainer:
         for _ in range(s.val_images):
             clean, deg = sampler.sample(1, gen)
             if deg is None:
-                deg = degrade(s.task.value, clean, dgen)
+                deg = degrade(s.task, clean, dgen)
             val.append((deg, clean))
         return sampler, val
 
@@ -326,7 +326,7 @@ class Trainer:
         clean, deg = self.sampler.sample(s.batch, self.data_gen)
         if deg is None:
             with torch.no_grad():
-                deg = degrade(s.task.value, clean, self.noise_gen)
+                deg = degrade(s.task, clean, self.noise_gen)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.state.step, s, self.total_steps)
         if self.channels_last:

@@ -115,7 +115,8 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
         }
         out: dict[Task, TaskWeights] = {}
         for task in Task:
-            p = raw["published"][task.value]
+            key = task.spec.registry_key
+            p = raw["published"][key]
             published = PublishedWeights(
                 task=task,
                 sources=tuple(_hub_file(s) for s in p["sources"]),
@@ -127,7 +128,7 @@ def _load_registry(path: Path) -> dict[Task, TaskWeights]:
             )
             if not published.sources:
                 raise ValueError(f"{task.value} lists no published sources")
-            b = raw.get("bundled", {}).get(task.value)
+            b = raw.get("bundled", {}).get(key)
             bundled = None
             if b is not None:
                 bundled = BundledWeights(
