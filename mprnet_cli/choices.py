@@ -7,6 +7,9 @@ from enum import Enum
 
 from mprnet_cli.errors import UsageError
 
+# Output formats are declared with everything else about them in one table (no Pillow there).
+from mprnet_cli.imageio.formats import OutputFormat as OutputFormat
+
 
 class Precision(str, Enum):
     """Arithmetic precision of the network's forward pass."""
@@ -23,16 +26,6 @@ class BackendChoice(str, Enum):
     AUTO = "auto"
     TORCH = "torch"
     OPENVINO = "openvino"
-
-
-class OutputFormat(str, Enum):
-    """Output file format; the value is what users type after --format."""
-
-    SAME = "same"
-    PNG = "png"
-    JPEG = "jpg"
-    WEBP = "webp"
-    TIFF = "tiff"
 
 
 class Ensemble(str, Enum):
