@@ -235,6 +235,14 @@ def test_help_and_error_texts_list_every_format() -> None:
     assert formats.LOSSY_NAMES == "JPEG and WebP"
 
 
+def test_the_reference_page_lists_each_format_as_the_table_does() -> None:
+    page = (REPO / "docs" / "formats-and-files.md").read_text(encoding="utf-8")
+    for fmt in formats.FORMATS:
+        row = re.search(rf"^\| {fmt.spec.name} \| `([^`]*)` \|", page, re.MULTILINE)
+        assert row is not None, f"docs/formats-and-files.md has no row for {fmt.spec.name}"
+        assert tuple(row.group(1).split()) == fmt.spec.extensions
+
+
 def test_the_table_loads_neither_numpy_nor_pillow() -> None:
     """`mprnet --help` and `choices` read the table; `imageio` loads its modules on use."""
     code = (
