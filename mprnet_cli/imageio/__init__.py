@@ -8,7 +8,8 @@ No torch here: this layer is used by `mprnet --help`-fast code paths and by test
 One job per module, each documenting its rules:
 
 * `pixels.py`: `ImageInfo`, `DecodedImage`, quantisation and the float <-> integer formula.
-* `formats.py`: the extensions we read, the formats we write, what `same` resolves to.
+* `formats.py`: the table of output formats (one `FormatSpec` each), the extensions we
+  read, what `same` resolves to.
 * `decode.py`: `read_image` (modes, 16-bit via OpenCV, size limit, broken input).
 * `metadata.py`: EXIF, ICC, DPI and orientation.
 * `encode.py`: `encode_image`, `write_image`, `output_notes` and our PNG/TIFF writers.
