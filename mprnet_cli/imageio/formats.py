@@ -179,11 +179,6 @@ class OutputFormat(str, Enum):
             raise ValueError("resolve OutputFormat.SAME with resolve_format() first")
         return self._spec
 
-    @property
-    def label(self) -> str:
-        """How messages name the format ("same" for SAME)."""
-        return self.value if self._spec is None else self._spec.name
-
 
 #: The concrete formats, in the order help and errors list them.
 FORMATS: Final = tuple(f for f in OutputFormat if f is not OutputFormat.SAME)
