@@ -7,6 +7,9 @@ from enum import Enum
 
 from mprnet_cli.errors import UsageError
 
+# Output formats are declared with everything else about them in one table (no Pillow there).
+from mprnet_cli.imageio.formats import OutputFormat as OutputFormat
+
 
 def spoken_list(words: list[str], last: str = "or") -> str:
     """["a", "b", "c"] -> "a, b or c": how help and errors list choices."""
@@ -30,16 +33,6 @@ class BackendChoice(str, Enum):
     AUTO = "auto"
     TORCH = "torch"
     OPENVINO = "openvino"
-
-
-class OutputFormat(str, Enum):
-    """Output file format; the value is what users type after --format."""
-
-    SAME = "same"
-    PNG = "png"
-    JPEG = "jpg"
-    WEBP = "webp"
-    TIFF = "tiff"
 
 
 class Ensemble(str, Enum):

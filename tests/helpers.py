@@ -25,11 +25,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
+from mprnet_cli import imageio as mio
 from mprnet_cli.cli import app
+from mprnet_cli.imageio import DecodedImage, ImageInfo, OutputFormat
 from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.model.config import MPRNetConfig
 from mprnet_cli.serve.engine import Lane, ServeSettings
@@ -151,6 +154,105 @@ def invoke(*args: str | Path, cwd: Path | None = None, **kw: Any) -> Any:
         return runner.invoke(app, [str(a) for a in args], **kw)
     finally:
         os.chdir(old)
+
+
+# --------------------------------------------------------------------------- imageio
+# Pixels, files and metadata the tests/test_imageio_*.py modules build independently of
+# the code under test.
+
+#: The generator of the imageio tests' pixels (seeded: a failure reproduces).
+IMAGE_RNG = np.random.default_rng(1234)
+
+
+MAKE, MODEL, TAKEN = "Canon", "EOS R5", "2024:05:06 07:08:09"
+
+
+ALL_FORMATS = [OutputFormat.JPEG, OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.TIFF]
+
+
+def make_exif(orientation: int | None = None, **extra: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = MAKE
+    exif[0x0110] = MODEL
+    if orientation is not None:
+        exif[0x0112] = orientation
+    sub = exif.get_ifd(0x8769)
+    sub[0x9003] = TAKEN
+    for key, value in extra.items():
+        sub[int(key.removeprefix("tag_"), 16)] = value
+    return exif.tobytes()
+
+
+def rand8(h: int, w: int, c: int = 3) -> npt.NDArray[np.uint8]:
+    shape = (h, w) if c == 1 else (h, w, c)
+    return IMAGE_RNG.integers(0, 256, shape, dtype=np.uint8)
+
+
+def rand16(h: int, w: int, c: int = 3) -> npt.NDArray[np.uint16]:
+    shape = (h, w) if c == 1 else (h, w, c)
+    return IMAGE_RNG.integers(0, 65536, shape, dtype=np.uint16)
+
+
+def pil_bytes(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **params)
+    return out.getvalue()
+
+
+def cv2_bytes(rgb: npt.NDArray[Any], ext: str) -> bytes:
+    """16-bit RGB(A) file via OpenCV (RGB order in, BGR on disk as OpenCV expects)."""
+    order = [2, 1, 0, 3][: rgb.shape[2]]
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb[..., order]))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def raw_png16(arr: npt.NDArray[np.uint16], *, exif: bytes | None = None) -> bytes:
+    """Minimal 16-bit PNG (filter 0), independent of the code under test."""
+    h, w = arr.shape[:2]
+    c = 1 if arr.ndim == 2 else arr.shape[2]
+    rows = np.ascontiguousarray(arr, dtype=">u2").view(np.uint8).reshape(h, -1)
+    data = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    extra = chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")) if exif else b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + extra
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+
+
+def as_u8(d: DecodedImage) -> npt.NDArray[np.uint8]:
+    return mio.to_uint8(d.rgb)
+
+
+def as_u16(d: DecodedImage) -> npt.NDArray[np.uint16]:
+    return mio.to_uint16(d.rgb)
+
+
+def info_for(**kw: Any) -> ImageInfo:
+    base: dict[str, Any] = dict(
+        format="PNG",
+        mode="RGB",
+        bit_depth=8,
+        grayscale=False,
+        has_alpha=False,
+        icc_profile=None,
+        exif=None,
+        dpi=None,
+    )
+    base.update(kw)
+    return ImageInfo(**base)
+
+
+def close(a: tuple[int, ...], b: tuple[int, ...], tol: int = 12) -> bool:
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b, strict=True))
 
 
 # --------------------------------------------------------------------------- weights

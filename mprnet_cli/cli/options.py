@@ -23,6 +23,9 @@ from mprnet_cli.choices import (
 )
 from mprnet_cli.cli.output import errors_to_exit
 from mprnet_cli.cli.values import choice, number, whole
+from mprnet_cli.errors import UsageError
+from mprnet_cli.imageio.formats import FORMAT_HELP, LOSSY_NAMES
+from mprnet_cli.imageio.formats import parse_format as format_choice
 from mprnet_cli.settings import RestoreSettings, settings_of
 from mprnet_cli.tasks import Task, task_names
 
@@ -114,14 +117,13 @@ FormatOpt = Annotated[
     typer.Option(
         "--format",
         metavar="FORMAT",
-        help="png, jpg, webp, tiff, or same: the input's format where it can hold the result, "
-        "else png.",
+        help=FORMAT_HELP,
     ),
 ]
 JpegQualityOpt = Annotated[
     int,
     typer.Option(
-        "--jpeg-quality", metavar="Q", parser=whole(1, 100), help="JPEG and WebP quality (1-100)."
+        "--jpeg-quality", metavar="Q", parser=whole(1, 100), help=f"{LOSSY_NAMES} quality (1-100)."
     ),
 ]
 MaxPixelsOpt = Annotated[
@@ -243,18 +245,12 @@ def one_task(name: Task | str) -> Task:
     return task
 
 
-_FORMAT_SPELLINGS = {"jpeg": "jpg", "tif": "tiff"}
-
-
 def parse_format(value: str) -> OutputFormat:
-    """--format value (jpeg and tif accepted too) -> `OutputFormat`."""
-    text = value.strip().lower()
+    """--format value in any spelling the table of formats knows -> `OutputFormat`."""
     try:
-        return OutputFormat(_FORMAT_SPELLINGS.get(text, text))
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected png, jpg, webp, tiff or same, got {value!r}", param_hint="--format"
-        ) from None
+        return format_choice(value)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format") from None
 
 
 VideoQualityOpt = Annotated[

@@ -26,6 +26,7 @@ from mprnet_cli.cli.output import (
 )
 from mprnet_cli.cli.values import choice, number, whole
 from mprnet_cli.host.stdio import binary
+from mprnet_cli.imageio.formats import OutputFormat, example_name
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
@@ -183,7 +184,8 @@ def _restore(
         _check_clips(expansion.jobs, ray=ray)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
-                "-o - would print image data to the terminal; redirect stdout (> out.png)"
+                "-o - would print image data to the terminal; redirect stdout "
+                f"(> {example_name('out')})"
             )
         if batch.watch:
             _check_watch(inputs, output, ray=ray)
@@ -372,8 +374,8 @@ def register(app: typer.Typer, task: Task) -> None:
 
     command.__doc__ = (
         f"{task.summary}\n\n"
-        "INPUT: image or video files, folders, quoted globs ('photos/**/*.jpg'), or - for "
-        "stdin.\n\n"
+        "INPUT: image or video files, folders, quoted globs "
+        f"('photos/**/{example_name('*', OutputFormat.JPEG)}'), or - for stdin.\n\n"
         f"Writes <stem>_{task.past_tense}<ext> next to each input, as the same kind of file "
         "(format, bit depth, alpha, gray, ICC profile, EXIF; upright). Existing outputs are "
         "skipped, so rerunning an interrupted batch resumes it.\n\n"

@@ -66,7 +66,7 @@ import numpy.typing as npt
 from PIL import Image, ImageCms, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from mprnet_cli.errors import ImageTooLargeError, InputError
-from mprnet_cli.imageio.formats import container_of
+from mprnet_cli.imageio.formats import OutputFormat, container_of, format_of_container
 from mprnet_cli.imageio.metadata import (
     EXIF_MALFORMED,
     icc_space,
@@ -201,10 +201,11 @@ def open_and_decode(fp: IO[bytes], label: str, max_pixels: int | None) -> Decode
     try:
         im = Image.open(fp, formats=_open_formats())
     except UnidentifiedImageError:
-        if container_of(_peek(fp, 16)) == "TIFF":
+        if container_of(_peek(fp, 16)) is OutputFormat.TIFF:
+            tiff, png = OutputFormat.TIFF.spec.name, OutputFormat.PNG.spec.name
             raise InputError(
-                f"{label}: a TIFF layout Pillow cannot read (e.g. 16-bit gray+alpha); "
-                "convert it to PNG or RGB(A) TIFF first"
+                f"{label}: a {tiff} layout Pillow cannot read (e.g. 16-bit gray+alpha); "
+                f"convert it to {png} or RGB(A) {tiff} first"
             ) from None
         raise InputError(f"{label}: not an image file, or a format Pillow cannot read") from None
     except _DECODE_ERRORS as exc:
@@ -245,17 +246,20 @@ class _Pixels:
 
 
 def _decode(im: Image.Image, fp: IO[bytes], label: str) -> DecodedImage:
-    if im.format == "PNG" and not png_rows_complete(fp):
+    container = format_of_container(im.format)
+    if container is OutputFormat.PNG and not png_rows_complete(fp):
         # Pillow fills the rows missing from a complete-but-short zlib stream with black
         # and OpenCV fails noisily on stderr: refuse the file before either decodes it
         # (Pillow's PNG getexif() already does).
         raise InputError(
-            f"{label}: truncated PNG (its image data ends before the last row); "
+            f"{label}: truncated {container.spec.name} (its image data ends before the last row); "
             "re-export or re-download it"
         )
-    fmt = "JPEG" if im.format == "MPO" else im.format
+    # A format's other Pillow names are variants (MPO: a JPEG whose extra pictures are
+    # previews of the first, not pages): they read as the format itself, with one frame.
+    fmt = container.spec.pillow[0] if container is not None else im.format
     notes: list[str] = []
-    frames = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
+    frames = 1 if fmt != im.format else int(getattr(im, "n_frames", 1) or 1)
     if frames > 1:
         notes.append(f"{label} has {frames} frames/pages; only the first is restored")
 
@@ -299,7 +303,7 @@ def _decode(im: Image.Image, fp: IO[bytes], label: str) -> DecodedImage:
         exif=exif,
         dpi=dpi,
         frame_count=frames,
-        lossless=fmt == "WEBP" and _webp_is_lossless(fp),
+        lossless=container is OutputFormat.WEBP and _webp_is_lossless(fp),
         notes=tuple(notes),
     )
     return DecodedImage(rgb=rgb, alpha=px.alpha, info=info)
@@ -380,12 +384,13 @@ _DeepKind = tuple[str, str, bool, int]
 def _deep_color_kind(im: Image.Image, fp: IO[bytes]) -> _DeepKind | None:
     """Detect files whose samples are deeper than the 8-bit mode Pillow would give us."""
     fmt = im.format
-    if fmt == "PNG":
+    container = format_of_container(fmt)
+    if container is OutputFormat.PNG:
         head = _peek(fp, 26)
         if len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6):
             mode = {2: "RGB;16", 4: "LA;16", 6: "RGBA;16"}[head[25]]
-            return ("PNG", mode, head[25] == 4, 0)
-    elif fmt == "TIFF" and isinstance(im, TiffImagePlugin.TiffImageFile):
+            return (container.spec.pillow[0], mode, head[25] == 4, 0)
+    elif container is OutputFormat.TIFF and isinstance(im, TiffImagePlugin.TiffImageFile):
         tags = im.tag_v2
         bits = tags.get(258, (1,))
         bits = bits if isinstance(bits, tuple) else (bits,)
@@ -396,7 +401,7 @@ def _deep_color_kind(im: Image.Image, fp: IO[bytes]) -> _DeepKind | None:
         modes = {(1, 2): "LA;16", (2, 3): "RGB;16", (2, 4): "RGBA;16"}
         tiff_mode = modes.get((photometric, spp)) if isinstance(photometric, int) else None
         if tiff_mode and all(b == 16 for b in bits) and all(f == 1 for f in sample_format):
-            return ("TIFF", tiff_mode, photometric == 1, 0)
+            return (container.spec.pillow[0], tiff_mode, photometric == 1, 0)
     elif fmt == "PPM":
         maxval = _netpbm_maxval(_peek(fp, 512))
         if maxval is not None and maxval > 255:

@@ -1,10 +1,11 @@
 """Encode the restored result as the same kind of file the user gave us.
 
 * Format: `formats.resolve_format` turns `same` into a concrete format. An explicit format
-  that cannot hold the result is a deliberate user choice and wins: JPEG/WebP reduce 16 bits
-  to 8; JPEG flattens alpha onto white (what a viewer shows on a white page), WebP keeps 8-bit
-  alpha (16-bit alpha is rounded to 8 bits); WebP stores gray as RGB; 16-bit gray+alpha TIFF
-  is written as 16-bit RGBA (Pillow and OpenCV cannot read that TIFF layout back).
+  that cannot hold the result is a deliberate user choice and wins. What each format holds
+  is its `FormatSpec` (`formats.py`), read by `_plan`: JPEG/WebP reduce 16 bits to 8; JPEG
+  flattens alpha onto white (what a viewer shows on a white page), WebP keeps 8-bit alpha
+  (16-bit alpha is rounded to 8 bits); WebP stores gray as RGB; 16-bit gray+alpha TIFF is
+  written as 16-bit RGBA (Pillow and OpenCV cannot read that TIFF layout back).
   `output_notes` lists these changes so the CLI can warn.
 * JPEG: `quality` (default 95), 4:4:4 chroma at quality >= 90, else 4:2:0. WebP: same
   quality; a lossless WebP source is written lossless. PNG: lossless, Pillow's defaults.
@@ -27,25 +28,28 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, TiffImagePlugin, TiffTags
 
-from mprnet_cli.choices import OutputFormat
 from mprnet_cli.errors import OutputError, OutputExistsError, UsageError
 from mprnet_cli.imageio.atomic import write_atomic
-from mprnet_cli.imageio.formats import NICE_NAMES, resolve_format
+from mprnet_cli.imageio.formats import (
+    FORMATS,
+    FormatSpec,
+    OutputFormat,
+    encoder_of,
+    or_list,
+    resolve_format,
+)
 from mprnet_cli.imageio.metadata import EXIF_HEADER, exif_into_ifd, icc_space
 from mprnet_cli.imageio.pixels import FloatArray, ImageInfo, UIntArray, to_uint8, to_uint16
 from mprnet_cli.settings import DEFAULT_JPEG_QUALITY as DEFAULT_JPEG_QUALITY
 
 #: At and above this quality JPEGs keep full chroma resolution (4:4:4).
 _FULL_CHROMA_QUALITY: Final = 90
-_JPEG_MAX_SIDE: Final = 65500  # libjpeg's JPEG_MAX_DIMENSION
-_WEBP_MAX_SIDE: Final = 16383
-_JPEG_MAX_EXIF: Final = 65533  # an APP1 segment payload
 
 
 @dataclass(frozen=True)
@@ -65,30 +69,48 @@ class _Plan:
 
 def _plan(info: ImageInfo, fmt: OutputFormat, has_alpha: bool) -> _Plan:
     fmt = resolve_format(fmt, info)
+    return _plan_for(info, fmt, fmt.spec, has_alpha)
+
+
+def _plan_for(info: ImageInfo, fmt: OutputFormat, spec: FormatSpec, has_alpha: bool) -> _Plan:
+    """What `spec` can hold of this image, and a note for each thing it cannot."""
     notes: list[str] = []
-    lossy_container = fmt in (OutputFormat.JPEG, OutputFormat.WEBP)
-    depth = 8 if lossy_container else info.bit_depth
+    depth = min(info.bit_depth, max(spec.depths))
     if depth < info.bit_depth:
-        notes.append(f"{NICE_NAMES[fmt]} holds only 8 bits per channel: 16-bit depth reduced to 8")
-    gray = info.grayscale and fmt is not OutputFormat.WEBP
+        notes.append(
+            f"{spec.name} holds only {depth} bits per channel: "
+            f"{info.bit_depth}-bit depth reduced to {depth}"
+        )
+    gray = info.grayscale and spec.gray
     if info.grayscale and not gray:
-        notes.append("WebP has no grayscale: written as RGB with equal channels")
-    elif gray and fmt is OutputFormat.TIFF and depth == 16 and has_alpha:
-        # Valid TIFF, but neither Pillow nor OpenCV can read 16-bit gray+alpha back.
+        notes.append(f"{spec.name} has no grayscale: written as RGB with equal channels")
+    elif gray and has_alpha and spec.alpha and depth not in spec.gray_alpha_depths:
+        # e.g. 16-bit gray+alpha TIFF: valid, but neither Pillow nor OpenCV reads it back.
         gray = False
-        notes.append("16-bit gray+alpha TIFF is written as RGBA (few programs read the former)")
-    flatten = has_alpha and fmt is OutputFormat.JPEG
+        notes.append(
+            f"{depth}-bit gray+alpha {spec.name} is written as RGBA (few programs read the former)"
+        )
+    flatten = has_alpha and not spec.alpha
     if flatten:
-        notes.append("JPEG has no transparency: alpha flattened onto white")
+        notes.append(f"{spec.name} has no transparency: alpha flattened onto white")
     icc = info.icc_profile
-    if icc is not None and icc_space(icc) != (b"GRAY" if gray else b"RGB "):
+    if icc is not None and not spec.icc:
+        notes.append(f"{spec.name} cannot embed an ICC profile: it was dropped")
+        icc = None
+    elif icc is not None and icc_space(icc) != (b"GRAY" if gray else b"RGB "):
         notes.append("the ICC profile does not match the written colour model and was dropped")
         icc = None
     exif = info.exif
-    if exif is not None and fmt is OutputFormat.JPEG and len(exif) > _JPEG_MAX_EXIF:
-        notes.append("the EXIF block is too large for JPEG (64 KB) and was dropped")
+    if exif is not None and not spec.exif:
+        notes.append(f"{spec.name} cannot embed EXIF: it was dropped")
         exif = None
-    dpi = info.dpi if fmt is not OutputFormat.WEBP else None  # no DPI field; not worth a note
+    elif exif is not None and spec.max_exif is not None and len(exif) > spec.max_exif:
+        notes.append(
+            f"the EXIF block is too large for {spec.name} "
+            f"({round(spec.max_exif / 1024)} KB) and was dropped"
+        )
+        exif = None
+    dpi = info.dpi if spec.dpi else None  # no DPI field: not worth a note
     return _Plan(fmt, depth, gray, has_alpha and not flatten, flatten, icc, exif, dpi, tuple(notes))
 
 
@@ -142,23 +164,53 @@ def prepare_pixels(
     return OutputPixels(pixels, plan, info.lossless)
 
 
+class Encoder(Protocol):
+    """A format's encoder (`FormatSpec.encoder`): prepared pixels -> the complete file."""
+
+    def __call__(self, prepared: OutputPixels, quality: int) -> bytes: ...
+
+
 def encode_pixels(prepared: OutputPixels, *, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     """Compress prepared pixels as a complete file; `jpeg_quality` is also WebP's."""
     if not 1 <= jpeg_quality <= 100:
         raise UsageError(f"quality must be between 1 and 100, got {jpeg_quality}")
-    plan, pixels = prepared.plan, prepared.pixels
+    spec = prepared.plan.fmt.spec
     w, h = prepared.size
-    limit = {OutputFormat.JPEG: _JPEG_MAX_SIDE, OutputFormat.WEBP: _WEBP_MAX_SIDE}.get(plan.fmt)
-    if limit is not None and max(w, h) > limit:
+    if spec.max_side is not None and max(w, h) > spec.max_side:
+        unlimited = [f.value for f in FORMATS if f.spec.max_side is None]
         raise OutputError(
-            f"{NICE_NAMES[plan.fmt]} cannot store a {w}x{h} image "
-            f"(max {limit} pixels per side); choose --format png or tiff"
+            f"{spec.name} cannot store a {w}x{h} image "
+            f"(max {spec.max_side} pixels per side); choose --format {or_list(unlimited)}"
         )
-    if plan.fmt is OutputFormat.TIFF:
-        return tiff_bytes(pixels, icc=plan.icc, exif=plan.exif, dpi=plan.dpi)
-    if plan.fmt is OutputFormat.PNG and plan.depth == 16 and pixels.shape[2] > 1:
+    return encoder_of(prepared.plan.fmt)(prepared, jpeg_quality)
+
+
+def encode_png(prepared: OutputPixels, quality: int) -> bytes:
+    """PNG: Pillow, or our writer for the 16-bit colour Pillow cannot write."""
+    plan, pixels = prepared.plan, prepared.pixels
+    if plan.depth == 16 and pixels.shape[2] > 1:
         return png16_bytes(pixels, icc=plan.icc, exif=plan.exif, dpi=plan.dpi)
-    return _pillow_bytes(pixels, plan, jpeg_quality, lossless=prepared.lossless)
+    return _pillow_bytes(pixels, plan, {})
+
+
+def encode_jpeg(prepared: OutputPixels, quality: int) -> bytes:
+    """JPEG at `quality`, with 4:4:4 chroma at and above `_FULL_CHROMA_QUALITY`."""
+    subsampling = 0 if quality >= _FULL_CHROMA_QUALITY else 2
+    return _pillow_bytes(
+        prepared.pixels, prepared.plan, {"quality": quality, "subsampling": subsampling}
+    )
+
+
+def encode_webp(prepared: OutputPixels, quality: int) -> bytes:
+    """WebP at `quality`; lossless when the source was a lossless WebP."""
+    params = {"quality": quality, "lossless": prepared.lossless, "exact": True}
+    return _pillow_bytes(prepared.pixels, prepared.plan, params)
+
+
+def encode_tiff(prepared: OutputPixels, quality: int) -> bytes:
+    """TIFF: our Deflate writer (`tiff_bytes`), lossless whatever `quality` says."""
+    plan = prepared.plan
+    return tiff_bytes(prepared.pixels, icc=plan.icc, exif=plan.exif, dpi=plan.dpi)
 
 
 def encode_image(
@@ -184,25 +236,17 @@ def _alpha_at_depth(alpha: UIntArray, depth: int) -> UIntArray:
     return alpha
 
 
-def _pillow_bytes(pixels: npt.NDArray[Any], plan: _Plan, quality: int, *, lossless: bool) -> bytes:
+def _pillow_bytes(pixels: npt.NDArray[Any], plan: _Plan, options: dict[str, Any]) -> bytes:
     image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = dict(options)
     if plan.icc is not None:
         params["icc_profile"] = plan.icc
     if plan.exif is not None:
         params["exif"] = plan.exif
     if plan.dpi is not None:
         params["dpi"] = plan.dpi
-    if plan.fmt is OutputFormat.JPEG:
-        params.update(quality=quality, subsampling=0 if quality >= _FULL_CHROMA_QUALITY else 2)
-        pillow_format = "JPEG"
-    elif plan.fmt is OutputFormat.WEBP:
-        params.update(quality=quality, lossless=lossless, exact=True)
-        pillow_format = "WEBP"
-    else:
-        pillow_format = "PNG"
     out = io.BytesIO()
-    image.save(out, pillow_format, **params)
+    image.save(out, plan.fmt.spec.pillow[0], **params)
     return out.getvalue()
 
 
@@ -238,9 +282,9 @@ def png16_bytes(
         import cv2
 
         bgr = pixels[..., [2, 1, 0, 3][:c]]
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+        ok, buf = cv2.imencode(OutputFormat.PNG.spec.extension, np.ascontiguousarray(bgr))
         if not ok:
-            raise OSError("OpenCV could not encode the PNG")
+            raise OSError(f"OpenCV could not encode the {OutputFormat.PNG.spec.name}")
         encoded = buf.tobytes()
         return encoded[:33] + b"".join(meta) + encoded[33:]
     header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4}[c], 0, 0, 0)

@@ -20,6 +20,8 @@ from typing import Final
 
 from PIL import Image, TiffImagePlugin, TiffTags
 
+from mprnet_cli.imageio.formats import OutputFormat, format_of_container
+
 EXIF_MALFORMED: Final = "the EXIF data is malformed and was not copied"
 
 
@@ -52,7 +54,8 @@ def without_orientation(data: bytes, container: str) -> bytes:
     OpenCV 5 applies TIFF orientation even with IMREAD_UNCHANGED (its docs say otherwise)
     and ignores PNG eXIf orientation today; neutralise both rather than rely on either.
     """
-    if container == "PNG":
+    fmt = format_of_container(container)
+    if fmt is OutputFormat.PNG:
         parts, pos = [data[:8]], 8
         while pos + 12 <= len(data):
             end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
@@ -61,7 +64,7 @@ def without_orientation(data: bytes, container: str) -> bytes:
             pos = end
         parts.append(data[pos:])
         return b"".join(parts)
-    if container == "TIFF":
+    if fmt is OutputFormat.TIFF:
         body = bytearray(data)
         with contextlib.suppress(struct.error, ValueError, IndexError):
             e = "<" if body[:2] == b"II" else ">"

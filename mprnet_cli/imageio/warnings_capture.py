@@ -17,7 +17,8 @@ from typing import Any
 # too (it swaps the module's `filters` list and `showwarning` for every thread, and restores
 # the list it saved, dropping filters other threads add meanwhile), so on a decode thread it
 # would swallow the torch warnings the main thread raises during the decode - the very thing
-# tests/test_imageio.py::test_decode_warnings_are_taken_only_from_the_decoding_thread checks.
+# tests/test_imageio_warnings_capture.py checks
+# (test_decode_warnings_are_taken_only_from_the_decoding_thread).
 # Python 3.14's `context_aware_warnings` makes it thread-local; until we require 3.14, the
 # narrowest hook is this: while any decode runs (counted, under a lock), `warnings.warn` and
 # `warnings.showwarning` are wrapped by functions that keep the decoding threads' warnings

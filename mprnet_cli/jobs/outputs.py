@@ -20,7 +20,7 @@ from mprnet_cli.imageio import (
     predict_format,
     resolve_format,
 )
-from mprnet_cli.imageio.formats import is_video
+from mprnet_cli.imageio.formats import OUTPUT_EXTENSIONS_TEXT, VIDEO_EXTENSIONS_TEXT, is_video
 from mprnet_cli.imageio.locations import StorePath, Where, location
 from mprnet_cli.jobs.inputs import Expansion, Job
 
@@ -141,8 +141,8 @@ def plan_outputs(
             return OutputPlan(Destination.FILE, path, suffix=suffix, format=fmt)
         if wanted is None and path.suffix:
             raise UsageError(
-                f"-o {output}: cannot write {path.suffix} files; use .png, .jpg, .webp or .tif "
-                "(or .mp4, .mkv, .mov, .webm, .avi, .m4v for a video)"
+                f"-o {output}: cannot write {path.suffix} files; use {OUTPUT_EXTENSIONS_TEXT} "
+                f"(or {VIDEO_EXTENSIONS_TEXT} for a video)"
             )
         if wanted is not None and fmt not in (OutputFormat.SAME, wanted):
             raise UsageError(

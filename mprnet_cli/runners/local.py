@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from mprnet_cli.errors import MprnetError, OutputError, UsageError, describe_os_error
 from mprnet_cli.host.stdio import write_stdout
+from mprnet_cli.imageio.formats import OUTPUT_EXTENSIONS_TEXT
 from mprnet_cli.imageio.locations import StorePath
 from mprnet_cli.jobs import (
     Callbacks,
@@ -190,7 +191,7 @@ class _Runner:
         target = self.plan.target(job, item.fmt)
         width, height = item.size
         if isinstance(target, Path) and is_video(target):
-            message = "an image is written as an image: -o needs .png, .jpg, .webp or .tif"
+            message = f"an image is written as an image: -o needs {OUTPUT_EXTENSIONS_TEXT}"
             return writer.submit(self._emit, failed(job, message, target))
         if isinstance(target, Path):
             verdict = self.planner.check(job, target)

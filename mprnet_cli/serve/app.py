@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mprnet_cli import __version__
 from mprnet_cli.errors import ImageTooLargeError, MprnetError, UsageError
+from mprnet_cli.imageio.formats import FORMAT_CHOICES, LOSSY_NAMES
 from mprnet_cli.serve.engine import (
     Lane,
     Metrics,
@@ -234,9 +235,9 @@ def create_app(lanes: dict[Task, Lane], settings: ServeSettings) -> FastAPI:
             None, description="1, 2 or 8 flipped/rotated passes averaged (default: the server's)."
         ),
         format: str | None = Query(
-            None, description="png, jpg, webp, tiff, or same (the input's format)."
+            None, description=f"{FORMAT_CHOICES}, or same (the input's format)."
         ),
-        jpeg_quality: str | None = Query(None, description="JPEG and WebP quality, 1-100."),
+        jpeg_quality: str | None = Query(None, description=f"{LOSSY_NAMES} quality, 1-100."),
         name: str | None = Query(
             None,
             description="The file's name, for messages and the download's name (a raw body; "

@@ -39,19 +39,13 @@ from mprnet_cli.imageio import (
     read_image,
     resolve_format,
 )
+from mprnet_cli.imageio.formats import parse_format
 from mprnet_cli.inference.pipeline import RunStats
 from mprnet_cli.inference.quality import check_ensemble, check_strength
 from mprnet_cli.tasks import Task
 
 log = logging.getLogger("mprnet.serve")
 
-MEDIA_TYPES: Final = {
-    OutputFormat.PNG: "image/png",
-    OutputFormat.JPEG: "image/jpeg",
-    OutputFormat.WEBP: "image/webp",
-    OutputFormat.TIFF: "image/tiff",
-}
-_FORMAT_SPELLINGS: Final = {"jpeg": "jpg", "tif": "tiff"}
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -96,13 +90,10 @@ class RequestOptions:
         mode = check_ensemble(ensemble) if ensemble is not None else None
         out = OutputFormat.SAME
         if fmt is not None:
-            text = fmt.strip().lower()
             try:
-                out = OutputFormat(_FORMAT_SPELLINGS.get(text, text))
-            except ValueError:
-                raise UsageError(
-                    f"--format: expected png, jpg, webp, tiff or same, got {fmt!r}"
-                ) from None
+                out = parse_format(fmt)
+            except UsageError as exc:
+                raise UsageError(f"--format: {exc}") from None
         quality = DEFAULT_JPEG_QUALITY
         if jpeg_quality is not None:
             try:
@@ -282,7 +273,7 @@ def encode(
         *stats.notes,
     )
     name = f"{stem}_{task.past_tense}{extension_for(fmt)}"
-    return Restored(data, MEDIA_TYPES[fmt], name, stats, tuple(dict.fromkeys(notes)))
+    return Restored(data, fmt.spec.media_type, name, stats, tuple(dict.fromkeys(notes)))
 
 
 class Metrics:
