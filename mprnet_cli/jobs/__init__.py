@@ -58,7 +58,7 @@ Rules per job (`Planner`)
 from __future__ import annotations
 
 from mprnet_cli.imageio import IMAGE_EXTENSIONS
-from mprnet_cli.jobs.inputs import STDIN_ARG, Expansion, Job, expand_inputs
+from mprnet_cli.jobs.inputs import STDIN_ARG, Expansion, Job, Listing, expand_inputs
 from mprnet_cli.jobs.outputs import (
     STDOUT,
     Destination,
@@ -93,6 +93,7 @@ __all__ = [
     "Destination",
     "Expansion",
     "Job",
+    "Listing",
     "OutputPlan",
     "Planner",
     "RestorerLike",

@@ -17,7 +17,7 @@ from typing import Final
 from mprnet_cli.errors import OutputError
 from mprnet_cli.imageio import check_writable_folder, temp_target
 from mprnet_cli.imageio.atomic import TEMP_NAME_EXTRA
-from mprnet_cli.jobs.inputs import Job, _key, _why_not
+from mprnet_cli.jobs.inputs import Job, Listing, _key, _why_not
 from mprnet_cli.jobs.outputs import Destination, OutputPlan
 from mprnet_cli.jobs.records import Result, Status, failed
 from mprnet_cli.locations import StorePath, Where
@@ -94,10 +94,14 @@ class Screened:
 
 @dataclass
 class Planner:
-    """One run's claims and checks: the rules of the module docstring, for any runner."""
+    """One run's claims and checks: the rules of the module docstring, for any runner.
+
+    `jobs` is the run's `Listing` (streamed: the planner keeps nothing per pending input,
+    and with one folder argument its claims last for one input folder, where every
+    collision happens) or a list of jobs (all claims kept)."""
 
     plan: OutputPlan
-    jobs: Sequence[Job]
+    jobs: Sequence[Job] | Listing
     overwrite: bool = False
     max_temp_age: float = STALE_TEMP_SECONDS
     _claims: dict[str, str] = field(default_factory=dict)
@@ -107,10 +111,13 @@ class Planner:
     _listed: dict[StorePath, dict[StorePath, str]] = field(default_factory=dict)
     _real_folders: dict[str, str] = field(default_factory=dict)  # `_key`'s cache
 
+    _claims_folder: object = None  # the input folder the claims are for (one folder argument)
+
     def __post_init__(self) -> None:
-        self._inputs = {
-            self._key(j.source) for j in self.jobs if j.source is not None and j.error is None
-        }
+        if not isinstance(self.jobs, Listing):
+            self._inputs = {
+                self._key(j.source) for j in self.jobs if j.source is not None and j.error is None
+            }
         self._sweeper = _TempSweeper(self.max_temp_age)
 
     def _key(self, path: Where) -> str:
@@ -164,6 +171,13 @@ class Planner:
 
     def _claim(self, job: Job, target: Where, key: str) -> Result | None:
         """Claim `target` for `job`; the failure when another job or the input holds it."""
+        if isinstance(self.jobs, Listing) and self.jobs.one_tree and job.source is not None:
+            # Walked one folder after another: two inputs of different folders never share
+            # an output (-o DIR mirrors the folders), so a folder's claims go with it.
+            folder = job.source.parent
+            if folder != self._claims_folder:
+                self._claims.clear()
+                self._claims_folder = folder
         earlier = self._claims.get(key)
         if earlier is not None:
             return failed(
@@ -177,8 +191,14 @@ class Planner:
             return failed(job, "the output would replace the input; change --suffix or -o", target)
         return None
 
-    def _another_input(self, job: Job, target: Where, key: str) -> Result | None:
-        if key in self._inputs:
+    def _another_input(
+        self, job: Job, target: Where, key: str, *, exists: bool | None = None
+    ) -> Result | None:
+        if isinstance(self.jobs, Listing):
+            clash = self.jobs.is_input(target, exists=exists)
+        else:
+            clash = key in self._inputs
+        if clash:
             return failed(
                 job,
                 f"its output {target} is another input of this run; change --suffix or -o",
@@ -205,7 +225,7 @@ class Planner:
             return failed(job, f"the output {target} is a folder", target)
         if kind == "file" and not self.overwrite:
             return Result(job.label, str(target), Status.SKIPPED)
-        return self._another_input(job, target, key)
+        return self._another_input(job, target, key, exists=kind == "file")
 
     def release(self, target: Where) -> None:
         """Forget a claim (the runner claims the settled name again after decoding)."""
