@@ -380,3 +380,20 @@ def test_claims_last_for_one_folder_of_one_tree_and_still_catch_collisions(cwd: 
     assert [type(v).__name__ for v in verdicts] == ["Screened", "Result", "Screened"]
     assert "also the output of" in (verdicts[1].error or "")  # type: ignore[union-attr]
     assert len(p._claims) == 1  # the folder in/b's alone
+
+
+def test_a_job_back_in_a_folder_left_before_meets_that_folders_claims(cwd: Path) -> None:
+    """The Ray driver replans a file whose content settled another name after the rest
+    (`--format same`): a PNG called x.jpg settles on x_x.png, which x.png claimed when its
+    folder was planned; the claims of a folder left before are made again from its names."""
+    save(cwd / "in" / "a" / "x.jpg", "PNG")
+    save(cwd / "in" / "a" / "x.png")
+    save(cwd / "in" / "b" / "y.png")
+    listing = Listing(["in"], recursive=True, suffix=SUFFIX)
+    p = Planner(plan_outputs(listing, "out", suffix=SUFFIX), listing)
+    first, second, third = (p.screen(job, sniff=False) for job in listing)
+    assert isinstance(first, Screened) and first.target == Path("out/a/x_x.jpg")
+    assert isinstance(second, Screened) and isinstance(third, Screened)
+    p.release(first.target)
+    again = p.screen_settled(first.job, Path("out/a/x_x.png"))
+    assert isinstance(again, Result) and "also the output of in/a/x.png" in (again.error or "")

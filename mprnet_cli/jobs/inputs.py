@@ -391,6 +391,27 @@ class Listing:
     def _note(self, text: str) -> None:
         self._say("note", text, self.notes)
 
+    def folder_jobs(self, folder: Where, root: Where | None) -> Iterator[Job]:
+        """The jobs a walk lists in `folder` alone, again (no duplicates check): what the
+        planner claimed there, for a job that comes back to a folder (`Planner`)."""
+        if isinstance(folder, StorePath):
+            try:
+                found = folder.listing(recursive=False)
+            except OSError:
+                return
+            for found_path, kind in found:
+                if kind == "file" and self._scanner.named(found_path):
+                    yield Job(found_path, root=root)
+            return
+        try:
+            names, odd, _ = self._list(folder)
+        except OSError:
+            return
+        for name in names:
+            path = folder / name
+            if self._scanner.wanted(path) if name in odd else self._scanner.named_as_input(name):
+                yield Job(path, root=root)
+
     # -- the rule "its output is another input of this run"
     def is_input(self, target: Where, *, exists: bool | None = None) -> bool:
         """`target` is (or, written now, would become) an input of this run.

@@ -112,6 +112,7 @@ class Planner:
     _real_folders: dict[str, str] = field(default_factory=dict)  # `_key`'s cache
 
     _claims_folder: object = None  # the input folder the claims are for (one folder argument)
+    _left: set[object] = field(default_factory=set)  # the input folders claimed in so far
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, Listing):
@@ -178,6 +179,9 @@ class Planner:
             if folder != self._claims_folder:
                 self._claims.clear()
                 self._claims_folder = folder
+                if folder in self._left:
+                    self._reclaim(self.jobs, job)
+                self._left.add(folder)
         earlier = self._claims.get(key)
         if earlier is not None:
             return failed(
@@ -190,6 +194,18 @@ class Planner:
         if job.source is not None and key == self._key(job.source):
             return failed(job, "the output would replace the input; change --suffix or -o", target)
         return None
+
+    def _reclaim(self, listing: Listing, job: Job) -> None:
+        """Back in a folder left before (the Ray driver replans the jobs whose decoding
+        settled another name, after the rest): its inputs' claims as planned then, from
+        their names (`OutputPlan.guess`, as the Ray driver plans), except `job`'s own,
+        which it has given back."""
+        assert job.source is not None
+        for other in listing.folder_jobs(job.source.parent, job.root):
+            target = self.plan.guess(other)
+            if target is None or other.label == job.label:
+                continue
+            self._claims.setdefault(self._key(target), other.label)
 
     def _another_input(
         self, job: Job, target: Where, key: str, *, exists: bool | None = None

@@ -322,7 +322,8 @@ class _FileRun:
     def _replanned(self) -> Iterator[tuple[int, Result | Screened]]:
         """The retargeted jobs, screened again under the names their decoding settled."""
         assert self._planner is not None
-        retargeted, self._retargeted = self._retargeted, []
+        # in input order: one folder after another, as the planner's claims were made
+        retargeted, self._retargeted = sorted(self._retargeted), []
         for index, settled in retargeted:
             screened = self._pending.pop(index)
             if screened.target is not None:
