@@ -535,6 +535,7 @@ class Listing:
         """A folder argument's (or a glob-matched folder's) images, as the walk finds them."""
         if isinstance(folder, StorePath):
             objects = self._scanner.prefix(folder, root)
+            scope.done = True  # a prefix's listing comes whole: nothing written now joins it
             self._found += len(objects)
             yield from self._unique_objects(objects)
             return
