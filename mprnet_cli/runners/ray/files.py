@@ -175,9 +175,11 @@ class _Feed:
                 return True
         return False
 
-    def windows(self) -> Iterator[Result | list[_Chunk]]:
+    def windows(self, first: Callable[[], None] | None = None) -> Iterator[Result | list[_Chunk]]:
         """The planner's verdicts as they come, and the chunks in windows: all that is
-        planned when the listing pauses for `_GATHER_S` or ends, `_WINDOW_CHUNKS` at most."""
+        planned when the listing pauses for `_GATHER_S` or ends, `_WINDOW_CHUNKS` at most.
+        `first` runs when the first chunk comes (the cluster starts while the planner goes
+        on listing)."""
         window: list[_Chunk] = []
         while True:
             try:
@@ -196,6 +198,9 @@ class _Feed:
                 yield item
                 continue
             window.append(item)
+            if first is not None:
+                first()
+                first = None
             if len(window) >= _WINDOW_CHUNKS:
                 yield window
                 window = []
@@ -230,23 +235,27 @@ class _FileRun:
         planner = self._planner = Planner(self.plan, self.jobs, overwrite=self.overwrite)
         # Names only: no input is read on the driver (`--format same` is settled by decoding)
         feed = _Feed(self._chunked(self._screened(planner)))
-        resolved: ResolvedWeights | None = None
+        ready: list[ResolvedWeights] = []
         started = stopped = False
         since = time.time()
+
+        def start() -> None:  # at the first job that needs the network
+            nonlocal started, since
+            resolved = self.weights()
+            _check_weights(resolved)
+            ready.append(resolved)
+            started = _connect(self.cluster.address)
+            since = time.time()
+
         try:
-            for item in feed.windows():
+            for item in feed.windows(start):
                 if isinstance(item, Result):
                     yield self._emit(item)
                     continue
-                if resolved is None:  # the first job that needs the network
-                    resolved = self.weights()
-                    _check_weights(resolved)
-                    started = _connect(self.cluster.address)
-                    since = time.time()
                 self._take(item)
-                yield from self._stream(resolved, retarget=True)
+                yield from self._stream(ready[0], retarget=True)
             if self._retargeted:  # decoded as another format than their names said: again
-                assert resolved is not None
+                resolved = ready[0]
                 window: list[_Chunk] = []
                 for again in self._chunked(self._replanned()):
                     if isinstance(again, Result):
