@@ -11,6 +11,12 @@ driver's peak RSS (VmHWM of the CLI process itself, not Ray's workers).
 `--photos` also times how long after each output file's write its JSON record arrives,
 on three 1600x1000 photos (the file's mtime against the record's arrival).
 
+`--s3 N` also runs `--engine ray --workers 1 --format same` on N tiny PNGs in a local S3
+stand-in (moto on 127.0.0.1; `pip install moto[server] boto3`), and counts the store
+requests the driver process makes, by the `StorePath` method that made them (its
+workers' requests, in other processes, are not counted): planning must not read each
+object on the driver.
+
 Run: python3 benchmarks/bench_many_images.py --count 2000 --rounds 2 --photos
 """
 
@@ -45,6 +51,19 @@ DRIVER = (
     "from mprnet_cli.cli import main\n"
     "main()\n"
 )
+#: As DRIVER, and counts the object-store requests of this process (every one goes through
+#: `StorePath._where`), printed on stderr by the method that made them.
+COUNTING_DRIVER = (
+    "import atexit, collections, json, sys\n"
+    "from mprnet_cli.imageio.locations import StorePath\n"
+    "calls = collections.Counter()\n"
+    "where = StorePath._where\n"
+    "def counted(self):\n"
+    "    calls[sys._getframe(1).f_code.co_name] += 1\n"
+    "    return where(self)\n"
+    "StorePath._where = counted\n"
+    "atexit.register(lambda: sys.stderr.write('STORE ' + json.dumps(calls) + '\\n'))\n" + DRIVER
+)
 
 
 def make_tree(folder: Path, count: int, size: int = 16) -> None:
@@ -57,12 +76,14 @@ def make_tree(folder: Path, count: int, size: int = 16) -> None:
         )
 
 
-def run_cli(args: list[str], cwd: Path) -> dict[str, Any]:
+def run_cli(
+    args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, driver: str = DRIVER
+) -> dict[str, Any]:
     """Run the CLI; the arrival time of each JSON line, the total and the peak RSS."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPRNET_BACKEND": "torch"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPRNET_BACKEND": "torch", **(extra_env or {})}
     start, wall = time.perf_counter(), time.time()
     proc = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *args],
+        [sys.executable, "-c", driver, *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -81,6 +102,7 @@ def run_cli(args: list[str], cwd: Path) -> dict[str, Any]:
     first = arrivals[0][0] - wall if arrivals else None
     last = arrivals[-1][0] - wall if arrivals else None
     hwm = re.search(r"VmHWM (\d+)", err)
+    store = re.search(r"STORE (.*)", err)
     steady = None
     if first is not None and last is not None and last > first:
         steady = (len(arrivals) - 1) / (last - first)
@@ -91,6 +113,7 @@ def run_cli(args: list[str], cwd: Path) -> dict[str, Any]:
         "images_per_s_after_first": steady,
         "total_s": total,
         "driver_peak_rss_mb": int(hwm.group(1)) / 1024 if hwm else None,
+        "driver_store_requests": json.loads(store.group(1)) if store else None,
         "arrivals": arrivals,
     }
 
@@ -100,6 +123,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--photos", action="store_true")
+    parser.add_argument("--s3", type=int, default=0, help="objects in the S3 run (0: none)")
     parser.add_argument("--engines", default="local,ray")
     parser.add_argument("--out", type=Path, default=None)
     ns = parser.parse_args()
@@ -149,6 +173,10 @@ def main() -> None:
                 }
                 report["runs"].append(photo)
                 print(json.dumps(photo), flush=True)
+        if ns.s3:
+            s3_run = run_s3(work, ns.s3, common)
+            report["runs"].append(s3_run)
+            print(json.dumps(s3_run), flush=True)
     ratios = {}
     by = {
         e: [r["total_s"] for r in report["runs"] if r["engine"] == e and "photos" not in r]
@@ -160,6 +188,50 @@ def main() -> None:
     print(json.dumps(ratios))
     if ns.out is not None:
         ns.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def run_s3(work: Path, count: int, common: list[str]) -> dict[str, Any]:
+    """`count` tiny PNGs in a moto bucket, restored bucket to bucket with --format same."""
+    import io
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        }
+        os.environ.update(env)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="photos")
+        rng = np.random.default_rng(2)
+        upload = time.perf_counter()
+        for i in range(count):
+            buf = io.BytesIO()
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, "PNG")
+            s3.put_object(Bucket="photos", Key=f"in/d{i % 20:02}/{i:06}.png", Body=buf.getvalue())
+        uploaded = time.perf_counter() - upload
+        args = ["denoise", "s3://photos/in", "-r", "-o", "s3://photos/out", "--format", "same"]
+        got = run_cli(
+            [*args, *common, "--engine", "ray", "--workers", "1"], work, env, COUNTING_DRIVER
+        )
+        assert got["records"] == count, got["records"]
+        got.pop("arrivals")
+        written = sum(
+            page.get("KeyCount", 0)
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket="photos", Prefix="out/")
+        )
+        got.update(engine="ray-s3", objects=count, outputs_in_bucket=written, upload_s=uploaded)
+        return got
+    finally:
+        server.stop()
 
 
 def lags_in(arrivals: list[tuple[float, dict[str, Any]]], cwd: Path) -> list[float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mprnet_cli.imageio import OutputFormat
 from mprnet_cli.jobs import (
     STALE_TEMP_SECONDS,
+    Destination,
     Job,
+    Listing,
     Planner,
     Result,
     Screened,
@@ -256,3 +260,140 @@ def test_explicit_inputs_named_like_our_outputs_are_left_out(cwd: Path) -> None:
     assert [j.label for j in forced.jobs] == args and forced.notes == ()
     alone = expand_inputs(["p1_x.png"], suffix=SUFFIX)  # named on its own: meant
     assert [j.label for j in alone.jobs] == ["p1_x.png"]
+
+
+# --------------------------------------------------------------------------- issue 18: streaming
+
+
+def test_the_first_job_comes_before_the_walk_goes_on(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `Listing` yields a folder's jobs as soon as that folder is listed: after the first
+    job only the argument and its first subfolder were read (a list of every job, as
+    `expand_inputs` builds, reads all 21 folders first)."""
+    for d in range(20):
+        for i in range(3):
+            (cwd / "in" / f"d{d:02}").mkdir(parents=True, exist_ok=True)
+            (cwd / "in" / f"d{d:02}" / f"{i}.png").touch()
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        listed.append(os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listing = Listing(["in"], recursive=True, suffix=SUFFIX)
+    first = next(listing)
+    assert first.label == str(Path("in", "d00", "0.png"))
+    assert listed == ["in", str(Path("in", "d00"))] and not listing.done
+    rest = list(listing)
+    assert len(rest) == 59 and listing.done and listing.count == 60
+    assert [j.label for j in [first, *rest]] == [
+        j.label for j in expand_inputs(["in"], recursive=True, suffix=SUFFIX).jobs
+    ]
+
+
+def test_streaming_keeps_no_record_per_input(cwd: Path) -> None:
+    """20,000 inputs in 20 folders, listed and screened (-o DIR) as the Ray driver does.
+
+    What may stay per folder: its sorted names (~70 B each) and the claims of its outputs
+    (key, label and a dict slot: ~300 B each), so ~0.4 MB for a folder of 1,000, plus caches
+    per folder. A plan held whole costs ~500 B or more per input (a `Job` with its `Path`s,
+    and a claim per output): ~10 MB here. The bound, 100 B per input (2 MB), sits between
+    the two with a margin of ~5 either way; it bounds the peak and what is left at the end."""
+    count, folders = 20_000, 20
+    for d in range(folders):
+        (cwd / "in" / f"d{d:02}").mkdir(parents=True)
+    for i in range(count):
+        (cwd / "in" / f"d{i % folders:02}" / f"{i:07}.png").touch()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        listing = Listing(["in"], recursive=True, suffix=SUFFIX, exclude=Path("out"))
+        p = Planner(plan_outputs(listing, "out", suffix=SUFFIX), listing)
+        screened = sum(isinstance(p.screen(job, sniff=False), Screened) for job in listing)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert screened == count
+    assert peak - before < 100 * count, f"peak grew {(peak - before) / count:.0f} B per input"
+    assert after - before < 100 * count, f"kept {(after - before) / count:.0f} B per input"
+
+
+def test_duplicates_across_arguments_and_links_without_a_set_of_inputs(cwd: Path) -> None:
+    save(cwd / "in" / "a.png")
+    save(cwd / "in" / "sub" / "b.png")
+    (cwd / "in" / "sub" / "c.png").symlink_to(cwd / "in" / "sub" / "b.png")  # after b: dropped
+    (cwd / "in" / "sub" / "0.png").symlink_to(cwd / "in" / "a.png")  # a came first: dropped
+    (cwd / "in" / "sub" / "d.png").symlink_to(cwd / "in" / "sub" / "e.png")  # before e: kept
+    save(cwd / "in" / "sub" / "e.png")
+
+    def labels(args: list[str], recursive: bool = True) -> list[str]:
+        return [j.label for j in Listing(args, recursive=recursive, suffix=SUFFIX)]
+
+    sub = [str(Path("in", "sub", n)) for n in ("b.png", "d.png")]
+    assert labels(["in"]) == [str(Path("in", "a.png")), *sub]
+    assert labels(["in", "in/sub", "in/a.png"]) == [str(Path("in", "a.png")), *sub]
+    assert labels(["in/sub", "in"]) == [
+        *(str(Path("in/sub", n)) for n in ("0.png", "b.png", "d.png")),
+    ]
+    # without -r the first walk does not reach in/sub: the second one lists it
+    assert labels(["in", "in/sub"], recursive=False) == [
+        str(Path("in", "a.png")),
+        *(str(Path("in/sub", n)) for n in ("b.png", "d.png")),
+    ]
+
+
+def test_another_input_is_told_from_the_walks_to_come(cwd: Path) -> None:
+    """With a streamed listing, an output written into a folder a later walk lists would be
+    restored as an input of the same run: it fails as another input, as an existing
+    output there does; once that folder is walked, a new file there is no input."""
+    save(cwd / "one" / "a.png")
+    save(cwd / "two" / "b.png")
+    listing = Listing(["one", "two"], suffix="")
+    assert listing.is_input(cwd / "two" / "new.png")  # two is still to be walked
+    assert listing.is_input(Path("two/b.png"))
+    assert not listing.is_input(cwd / "two" / ".hidden.png")
+    assert not listing.is_input(cwd / "elsewhere" / "b.png")
+    assert [j.label for j in listing] == [
+        str(Path("one", "a.png")),
+        str(Path("two", "b.png")),
+    ]
+    assert not listing.is_input(cwd / "two" / "new.png")  # walked already
+    assert listing.is_input(cwd / "two" / "b.png")  # exists: listed
+    plan = plan_outputs(Listing(["one", "two"], suffix=""), "two", suffix="", fmt=OutputFormat.PNG)
+    assert plan.destination is Destination.DIRECTORY
+    listing = Listing(["one", "two"], suffix="", overwrite=True)
+    p = Planner(plan, listing, overwrite=True)
+    first = p.screen(next(listing))
+    assert isinstance(first, Result) and "another input" in (first.error or "")
+
+
+def test_claims_last_for_one_folder_of_one_tree_and_still_catch_collisions(cwd: Path) -> None:
+    save(cwd / "in" / "a" / "x.jpg", "JPEG")
+    save(cwd / "in" / "a" / "x.png")
+    save(cwd / "in" / "b" / "x.png")
+    listing = Listing(["in"], recursive=True, suffix=SUFFIX)
+    p = Planner(plan_outputs(listing, "out", suffix=SUFFIX, fmt=OutputFormat.PNG), listing)
+    verdicts = [p.screen(job, sniff=False) for job in listing]
+    assert [type(v).__name__ for v in verdicts] == ["Screened", "Result", "Screened"]
+    assert "also the output of" in (verdicts[1].error or "")  # type: ignore[union-attr]
+    assert len(p._claims) == 1  # the folder in/b's alone
+
+
+def test_a_job_back_in_a_folder_left_before_meets_that_folders_claims(cwd: Path) -> None:
+    """The Ray driver replans a file whose content settled another name after the rest
+    (`--format same`): a PNG called x.jpg settles on x_x.png, which x.png claimed when its
+    folder was planned; the claims of a folder left before are made again from its names."""
+    save(cwd / "in" / "a" / "x.jpg", "PNG")
+    save(cwd / "in" / "a" / "x.png")
+    save(cwd / "in" / "b" / "y.png")
+    listing = Listing(["in"], recursive=True, suffix=SUFFIX)
+    p = Planner(plan_outputs(listing, "out", suffix=SUFFIX), listing)
+    first, second, third = (p.screen(job, sniff=False) for job in listing)
+    assert isinstance(first, Screened) and first.target == Path("out/a/x_x.jpg")
+    assert isinstance(second, Screened) and isinstance(third, Screened)
+    p.release(first.target)
+    again = p.screen_settled(first.job, Path("out/a/x_x.png"))
+    assert isinstance(again, Result) and "also the output of in/a/x.png" in (again.error or "")

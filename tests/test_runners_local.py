@@ -32,6 +32,7 @@ from mprnet_cli.jobs import (
     Destination,
     Expansion,
     Job,
+    Listing,
     OutputPlan,
     Result,
     Status,
@@ -102,11 +103,12 @@ def run(
 ) -> list[Result]:
     exclude = Path(output) if output not in (None, "-") else None
     overwrite = kw.get("overwrite", False)  # as the CLI passes it to both
-    exp = expand_inputs(
+    # streamed, as the CLI runs it (`expand_inputs` is the same rules, listed whole)
+    listing = Listing(
         args, recursive=recursive, suffix=suffix, exclude=exclude, overwrite=overwrite
     )
-    plan = plan_outputs(exp, output, suffix=suffix, fmt=fmt)
-    return list(run_batch(exp.jobs, restorer or Fake(), plan, **kw))
+    plan = plan_outputs(listing, output, suffix=suffix, fmt=fmt)
+    return list(run_batch(listing, restorer or Fake(), plan, **kw))
 
 
 def temps(root: Path) -> list[Path]:
@@ -800,3 +802,30 @@ def test_an_output_name_too_long_fails_that_input_alone(cwd: Path) -> None:
     assert sorted(p.name for p in cwd.iterdir()) == sorted(
         ["a.png", longest, tight, "z.png", f"a{SUFFIX}.png", f"z{SUFFIX}.png"]
     )
+
+
+def test_the_first_image_is_restored_while_the_listing_goes_on(cwd: Path) -> None:
+    """The runner iterates the `Listing` as it goes: the first result is reported before
+    the walk has listed the last folder (a list of jobs would have been listed whole)."""
+    for d in range(3):
+        save(cwd / "in" / f"d{d}" / "a.png")
+    listing = Listing(["in"], recursive=True, suffix=SUFFIX)
+    seen: list[tuple[str, bool]] = []
+    callbacks = Callbacks()
+    plan = plan_outputs(listing, "out", suffix=SUFFIX)
+    first_written = threading.Event()
+
+    def finished(result: Result) -> None:
+        seen.append((result.input, listing.done))
+        first_written.set()
+
+    callbacks.finished = finished
+
+    def hold_second(calls: int) -> None:  # restoring image 2 waits for image 1's record
+        if calls == 2:
+            assert first_written.wait(30)
+
+    results = list(run_batch(listing, Fake(hold_second), plan, callbacks=callbacks))
+    assert [r.status for r in results] == [Status.OK] * 3
+    assert seen[0] == (str(Path("in/d0/a.png")), False)
+    assert listing.done and listing.count == 3

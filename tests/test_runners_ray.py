@@ -669,18 +669,78 @@ def test_an_interrupted_run_removes_only_the_temp_files_of_its_unfinished_writes
 
 def test_jobs_travel_in_chunks_that_grow_to_the_byte_and_count_limits() -> None:
     """Many small images share a task (after a first chunk of one, for an early first
-    record); a large one travels alone; the driver keeps only the packed chunks."""
+    record); a large one travels alone; each chunk is packed with its verdicts."""
     from mprnet_cli.runners.ray import files, plan, stages
 
+    def screened(name: str, target: str = "") -> Screened:
+        return Screened(Job(Path(name)), Path(target) if target else None)
+
     chunker = files._Chunker()
-    packed = [chunker.add(stages.Planned(i, f"{i}.png", "", f"{i}_x.png"), 800) for i in range(600)]
+    packed = [chunker.add(i, screened(f"{i}.png", f"{i}_x.png"), 800) for i in range(600)]
     packed.append(chunker.take())
-    sizes = [len(stages._unpack(c)) for c in packed if c is not None]
+    chunks = [c for c in packed if c is not None]
+    sizes = [len(stages._unpack(c[0])) for c in chunks]
     assert sizes == [1, 2, 4, 8, 16, 32, 64, 128, 256, 89]
-    assert [p.index for c in packed if c is not None for p in stages._unpack(c)] == list(range(600))
+    assert [p.index for c in chunks for p in stages._unpack(c[0])] == list(range(600))
+    assert [i for c in chunks for i, _ in c[1]] == list(range(600))
     big = plan._CHUNK_BYTES
-    chunks = [chunker.add(stages.Planned(i, f"{i}.tif", "", ""), big) for i in range(3)]
-    assert all(c is not None and len(stages._unpack(c)) == 1 for c in chunks)
+    alone = [chunker.add(i, screened(f"{i}.tif"), big) for i in range(3)]
+    assert all(c is not None and len(stages._unpack(c[0])) == 1 for c in alone)
+
+
+def test_the_driver_plans_on_a_thread_and_sends_what_is_planned_in_windows() -> None:
+    """Verdicts pass at once; chunks gather into a window until the listing pauses
+    (`_GATHER_S`) or ends; an error of the planning thread is raised on the driver."""
+    import threading
+
+    from mprnet_cli.jobs import Result
+    from mprnet_cli.runners.ray import files
+
+    resume = threading.Event()
+
+    def planned() -> Iterator[Any]:
+        yield Result("a.png", "a_x.png", Status.SKIPPED)
+        yield b"1", []
+        yield b"2", []
+        assert resume.wait(30)  # the listing pauses (a slow folder)
+        yield b"3", []
+        yield b"4", []
+
+    feed = files._Feed(planned())
+    windows = feed.windows()
+    assert isinstance(next(windows), Result)
+    assert [c[0] for c in next(windows)] == [b"1", b"2"]  # sent while the listing waits
+    resume.set()
+    assert [c[0] for c in next(windows)] == [b"3", b"4"]
+    assert next(windows, None) is None
+    feed.close()
+
+    def failing() -> Iterator[Any]:
+        yield b"1", []
+        raise UsageError("video inputs are restored by the local engine only")
+
+    feed = files._Feed(failing())
+    with pytest.raises(UsageError, match="local engine only"):
+        list(feed.windows())
+    feed.close()
+
+
+def test_a_stopped_run_stops_its_planning_thread() -> None:
+    """The queue is bounded (`_QUEUED` items): a planner ahead of the cluster waits, and
+    closing the feed (Ctrl-C, an error) ends it."""
+    import itertools
+
+    from mprnet_cli.runners.ray import files
+
+    made = itertools.count()
+    feed = files._Feed((b"%d" % next(made), []) for _ in itertools.count())
+    deadline = time.monotonic() + 30
+    while feed._queue.qsize() < files._QUEUED and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert feed._queue.qsize() == files._QUEUED and next(made) <= files._QUEUED + 2
+    feed.close()
+    assert not feed._thread.is_alive()
 
 
 class WaitForFirstRecord(AtCall):

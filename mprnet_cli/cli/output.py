@@ -100,7 +100,7 @@ def progress_enabled(
 class Reporter:
     """Everything a batch says on stderr: bars (files, tiles of big images), lines, summary."""
 
-    def __init__(self, total: int, *, quiet: bool, bar: bool, count: bool = False) -> None:
+    def __init__(self, total: int | None, *, quiet: bool, bar: bool, count: bool = False) -> None:
         self.quiet = quiet
         self.count = count  # --watch: each line starts with the running count, [n]
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
@@ -138,6 +138,11 @@ class Reporter:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+    def listed(self, total: int) -> None:
+        """The listing has ended: the bar's total is known (None until then: n/?)."""
+        if self._bar is not None:
+            self._bar.update(self._files, total=total)
 
     def line(self, text: str) -> None:
         text = plain(text)

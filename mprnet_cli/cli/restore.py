@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Generator, Sequence
 
     from mprnet_cli.imageio.locations import Where
-    from mprnet_cli.jobs import Job, OutputPlan, RestorerLike, Result
+    from mprnet_cli.jobs import Job, Listing, OutputPlan, RestorerLike, Result
     from mprnet_cli.runners.base import RunRequest
 
 RecursiveOpt = Annotated[
@@ -155,7 +155,7 @@ def _restore(
 
         from mprnet_cli.errors import UsageError
         from mprnet_cli.imageio.locations import engine_paths, location
-        from mprnet_cli.jobs import Callbacks, Destination, expand_inputs, plan_outputs
+        from mprnet_cli.jobs import Callbacks, Destination, Listing, plan_outputs
         from mprnet_cli.runners.base import RunRequest, get_runner
 
         ray = engine is EngineChoice.RAY
@@ -168,20 +168,26 @@ def _restore(
         _check_std_streams(inputs, output, json_lines=batch.json_lines)
         name_suffix = f"_{task.past_tense}" if batch.suffix is None else batch.suffix
         exclude = location(output) if output not in (None, "-") else None
-        expansion = expand_inputs(
+        # Listed lazily: the first image starts while the folders are still being walked.
+        listing = Listing(
             inputs,
             recursive=batch.recursive,
             suffix=name_suffix,
             exclude=exclude,
             overwrite=batch.overwrite,
         )
-        for warning in expansion.warnings:
-            say(f"mprnet: warning: {warning}", quiet=quiet)
-        for note in expansion.notes:
-            say(f"mprnet: {note}", quiet=quiet)
-        plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=settings.format)
-        _check_output_folder(plan, expansion.jobs)
-        _check_clips(expansion.jobs, ray=ray)
+        told: list[Reporter] = []
+
+        def message(kind: str, text: str) -> None:
+            line = f"mprnet: warning: {text}" if kind == "warning" else f"mprnet: {text}"
+            if told:
+                told[0].note(line)
+            else:
+                say(line, quiet=quiet)
+
+        listing.on_message = message
+        plan = plan_outputs(listing, output, suffix=name_suffix, fmt=settings.format)
+        _check_output_folder(plan, listing)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout "
@@ -190,7 +196,11 @@ def _restore(
         if batch.watch:
             _check_watch(inputs, output, ray=ray)
         bar = progress_enabled(quiet) and not batch.watch
-        reporter = Reporter(len(expansion.jobs), quiet=quiet, bar=bar, count=batch.watch)
+        reporter = Reporter(
+            listing.count if listing.done else None, quiet=quiet, bar=bar, count=batch.watch
+        )
+        told.append(reporter)
+        listing.on_done = reporter.listed
 
         def finished(result: Result) -> None:
             # Called as each output is written (also for results settled while the run is
@@ -201,7 +211,7 @@ def _restore(
 
         request = RunRequest(
             task,
-            expansion.jobs,
+            listing,
             plan,
             settings,
             overwrite=batch.overwrite,
@@ -239,17 +249,6 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
-
-
-def _check_clips(jobs: list[Job], *, ray: bool) -> None:
-    """Video with --engine ray is refused up front, in one line."""
-    from mprnet_cli.errors import UsageError
-    from mprnet_cli.imageio.formats import is_video
-
-    if ray and any(j.source is not None and is_video(j.source) for j in jobs):
-        raise UsageError(
-            "video inputs are restored by the local engine only (for now); drop --engine ray"
-        )
 
 
 def _check_watch(inputs: list[str], output: str | None, *, ray: bool) -> None:
@@ -306,15 +305,16 @@ def _watch(
     reporter.summary()
 
 
-def _check_output_folder(plan: OutputPlan, jobs: list[Job]) -> None:
+def _check_output_folder(plan: OutputPlan, listing: Listing) -> None:
     """An -o folder nothing can be written in is one error for the run (`OutputError`),
-    not one line per input; made here if missing, as each output's folder would be."""
+    not one line per input; made here if missing, as each output's folder would be.
+    Not when no input can be restored (listed up to the first one that can)."""
     from pathlib import Path
 
     from mprnet_cli.imageio import check_writable_folder
     from mprnet_cli.jobs import Destination
 
-    if not isinstance(plan.path, Path) or all(j.error is not None for j in jobs):
+    if not isinstance(plan.path, Path) or listing.first_input() is None:
         return
     if plan.destination is Destination.DIRECTORY:
         check_writable_folder(plan.path, create=True)

@@ -25,6 +25,13 @@ Inputs (`expand_inputs`)
   are filtered like a folder's files, and folders it matches are scanned like folders;
   a folder the glob could not look into is warned about (glob itself is silent).
 * Duplicates (same real path) are dropped; order is argument order, then sorted paths.
+* Listed lazily (`Listing`): a folder is read with `os.scandir`, its names sorted, and its
+  jobs yielded before the next folder is read, so the first job starts while the walk
+  goes on. Nothing is kept per listed input: duplicates are told from the folder
+  arguments' reach (a file is one of a walk's when its real path lies below the folder
+  through searchable folders) and from the keys of inputs met one by one (files named,
+  glob matches, symbolic links, objects). The names of the folder being listed are held
+  while its jobs go out (~70 B each). `expand_inputs` is the same, listed into a list.
 * An object-store URI (`s3://`, `gs://`, `abfs://`: a `locations.StorePath`) follows the
   same rules: a prefix is a folder, `-r` descends, globs are matched segment by segment,
   the same extension filter. Only the Ray engine reads and writes them.
@@ -45,20 +52,25 @@ Rules per job (`Planner`)
 -------------------------
 * `check(job, target)`: a name too long for the file system (with its temporary file's)
   fails that job alone; the output is claimed by one job only (a second one fails naming
-  the first), never the input itself, another input, a folder or a special file; an
+  the first), never the input itself, another input (one the listing has listed or
+  will list: `Listing.is_input`, so an output written into a folder still to be walked
+  is not restored as an input of the same run), a folder or a special file; an
   existing output is skipped unless --overwrite; temporary files a killed run left for it
   are removed once `STALE_TEMP_SECONDS` old.
 * `folder_problem(folder)`: the output folder is created (-o DIR, -o new/dir/FILE) and
   test-written once, so
   an unwritable output fails before any restore time is spent.
 * `screen(job)`: the rules applied to the output predicted before decoding, for runners
-  that plan everything up front (Ray).
+  that plan ahead of decoding (Ray).
+* With a `Listing` of one folder argument, claims last for one input folder (two inputs
+  of different folders never share an output), so the planner's memory does not grow
+  with the run; with several arguments every claim is kept (one entry per output).
 """
 
 from __future__ import annotations
 
 from mprnet_cli.imageio import IMAGE_EXTENSIONS
-from mprnet_cli.jobs.inputs import STDIN_ARG, Expansion, Job, expand_inputs
+from mprnet_cli.jobs.inputs import STDIN_ARG, Expansion, Job, Listing, expand_inputs
 from mprnet_cli.jobs.outputs import (
     STDOUT,
     Destination,
@@ -93,6 +105,7 @@ __all__ = [
     "Destination",
     "Expansion",
     "Job",
+    "Listing",
     "OutputPlan",
     "Planner",
     "RestorerLike",

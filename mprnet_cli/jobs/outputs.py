@@ -22,7 +22,7 @@ from mprnet_cli.imageio import (
 )
 from mprnet_cli.imageio.formats import OUTPUT_EXTENSIONS_TEXT, VIDEO_EXTENSIONS_TEXT, is_video
 from mprnet_cli.imageio.locations import StorePath, Where, location
-from mprnet_cli.jobs.inputs import Expansion, Job
+from mprnet_cli.jobs.inputs import Expansion, Job, Listing
 
 
 class Destination(str, Enum):
@@ -115,7 +115,7 @@ class OutputPlan:
 
 
 def plan_outputs(
-    expansion: Expansion,
+    expansion: Expansion | Listing,
     output: str | None,
     *,
     suffix: str,
@@ -124,7 +124,7 @@ def plan_outputs(
     """Decide what `-o` means for these inputs (rules in the module docstring); UsageError if unusable."""
     if os.sep in suffix or "/" in suffix or suffix in (".", ".."):
         raise UsageError(f"--suffix {suffix!r} must not contain a path separator")
-    has_stdin = any(j.source is None and j.error is None for j in expansion.jobs)
+    has_stdin = expansion.has_stdin
     if output is None:
         if has_stdin:
             raise UsageError("reading stdin (-) needs -o FILE, -o DIR or -o - for stdout")

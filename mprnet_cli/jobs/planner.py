@@ -18,7 +18,7 @@ from mprnet_cli.errors import OutputError
 from mprnet_cli.imageio import check_writable_folder, temp_target
 from mprnet_cli.imageio.atomic import TEMP_NAME_EXTRA
 from mprnet_cli.imageio.locations import StorePath, Where
-from mprnet_cli.jobs.inputs import Job, _key, _why_not
+from mprnet_cli.jobs.inputs import Job, Listing, _key, _why_not
 from mprnet_cli.jobs.outputs import Destination, OutputPlan
 from mprnet_cli.jobs.records import Result, Status, failed
 
@@ -94,10 +94,14 @@ class Screened:
 
 @dataclass
 class Planner:
-    """One run's claims and checks: the rules of the module docstring, for any runner."""
+    """One run's claims and checks: the rules of the module docstring, for any runner.
+
+    `jobs` is the run's `Listing` (streamed: the planner keeps nothing per pending input,
+    and with one folder argument its claims last for one input folder, where every
+    collision happens) or a list of jobs (all claims kept)."""
 
     plan: OutputPlan
-    jobs: Sequence[Job]
+    jobs: Sequence[Job] | Listing
     overwrite: bool = False
     max_temp_age: float = STALE_TEMP_SECONDS
     _claims: dict[str, str] = field(default_factory=dict)
@@ -107,10 +111,14 @@ class Planner:
     _listed: dict[StorePath, dict[StorePath, str]] = field(default_factory=dict)
     _real_folders: dict[str, str] = field(default_factory=dict)  # `_key`'s cache
 
+    _claims_folder: object = None  # the input folder the claims are for (one folder argument)
+    _left: set[object] = field(default_factory=set)  # the input folders claimed in so far
+
     def __post_init__(self) -> None:
-        self._inputs = {
-            self._key(j.source) for j in self.jobs if j.source is not None and j.error is None
-        }
+        if not isinstance(self.jobs, Listing):
+            self._inputs = {
+                self._key(j.source) for j in self.jobs if j.source is not None and j.error is None
+            }
         self._sweeper = _TempSweeper(self.max_temp_age)
 
     def _key(self, path: Where) -> str:
@@ -164,6 +172,16 @@ class Planner:
 
     def _claim(self, job: Job, target: Where, key: str) -> Result | None:
         """Claim `target` for `job`; the failure when another job or the input holds it."""
+        if isinstance(self.jobs, Listing) and self.jobs.one_tree and job.source is not None:
+            # Walked one folder after another: two inputs of different folders never share
+            # an output (-o DIR mirrors the folders), so a folder's claims go with it.
+            folder = job.source.parent
+            if folder != self._claims_folder:
+                self._claims.clear()
+                self._claims_folder = folder
+                if folder in self._left:
+                    self._reclaim(self.jobs, job)
+                self._left.add(folder)
         earlier = self._claims.get(key)
         if earlier is not None:
             return failed(
@@ -177,8 +195,26 @@ class Planner:
             return failed(job, "the output would replace the input; change --suffix or -o", target)
         return None
 
-    def _another_input(self, job: Job, target: Where, key: str) -> Result | None:
-        if key in self._inputs:
+    def _reclaim(self, listing: Listing, job: Job) -> None:
+        """Back in a folder left before (the Ray driver replans the jobs whose decoding
+        settled another name, after the rest): its inputs' claims as planned then, from
+        their names (`OutputPlan.guess`, as the Ray driver plans), except `job`'s own,
+        which it has given back."""
+        assert job.source is not None
+        for other in listing.folder_jobs(job.source.parent, job.root):
+            target = self.plan.guess(other)
+            if target is None or other.label == job.label:
+                continue
+            self._claims.setdefault(self._key(target), other.label)
+
+    def _another_input(
+        self, job: Job, target: Where, key: str, *, exists: bool | None = None
+    ) -> Result | None:
+        if isinstance(self.jobs, Listing):
+            clash = self.jobs.is_input(target, exists=exists)
+        else:
+            clash = key in self._inputs
+        if clash:
             return failed(
                 job,
                 f"its output {target} is another input of this run; change --suffix or -o",
@@ -205,7 +241,7 @@ class Planner:
             return failed(job, f"the output {target} is a folder", target)
         if kind == "file" and not self.overwrite:
             return Result(job.label, str(target), Status.SKIPPED)
-        return self._another_input(job, target, key)
+        return self._another_input(job, target, key, exists=kind == "file")
 
     def release(self, target: Where) -> None:
         """Forget a claim (the runner claims the settled name again after decoding)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Protocol
 
 from mprnet_cli.choices import EngineChoice
-from mprnet_cli.jobs import Callbacks, Job, OutputPlan, Result
+from mprnet_cli.jobs import Callbacks, Job, Listing, OutputPlan, Result
 from mprnet_cli.runners import RaySettings, load_ray
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
@@ -25,7 +25,7 @@ class RunRequest:
     """One restore run: what every engine is given."""
 
     task: Task | None
-    jobs: Sequence[Job]
+    jobs: Sequence[Job] | Listing  # a Listing streams: engines iterate it once
     plan: OutputPlan
     settings: RestoreSettings = RestoreSettings()  # noqa: RUF009 - frozen
     overwrite: bool = False

@@ -43,6 +43,7 @@ from mprnet_cli.jobs import (
     Callbacks,
     Destination,
     Job,
+    Listing,
     OutputPlan,
     Planner,
     RestorerLike,
@@ -250,7 +251,7 @@ class _Runner:
         return self._emit(stages.record(job, target, written))
 
     # -- the loop
-    def run(self, jobs: Sequence[Job]) -> Generator[Result, None, None]:
+    def run(self, jobs: Sequence[Job] | Listing) -> Generator[Result, None, None]:
         self._planner = Planner(self.plan, jobs, overwrite=self.overwrite)
         decoder: ThreadPoolExecutor | _Inline = (
             ThreadPoolExecutor(1, thread_name_prefix="mprnet-decode")
@@ -315,7 +316,7 @@ def _write_stdout(data: bytes, stream: BinaryIO | None) -> None:
 
 
 def run_batch(
-    jobs: Sequence[Job],
+    jobs: Sequence[Job] | Listing,
     restorer: RestorerLike | Callable[[], RestorerLike],
     plan: OutputPlan,
     *,
@@ -332,6 +333,9 @@ def run_batch(
 ) -> Generator[Result, None, None]:
     """Restore `jobs`, yielding one `Result` per job in order.
 
+    `jobs` may be a `Listing`: it is iterated as the images go, so the first one is
+    restored while the folders are still being listed.
+
     `restorer` is a Restorer or a zero-argument factory, called once at the first job that
     needs the network (so a run whose outputs all exist loads no weights). `prefetch`
     decoded images wait ahead and `pending` restored images wait to be written (0 and 0:
@@ -347,7 +351,12 @@ def run_batch(
     """
     if prefetch < 0 or pending < 0:
         raise ValueError("prefetch and pending must be >= 0")
-    if isinstance(plan.path, StorePath) or any(isinstance(j.source, StorePath) for j in jobs):
+    stored = (
+        jobs.uses_store
+        if isinstance(jobs, Listing)
+        else any(isinstance(j.source, StorePath) for j in jobs)
+    )
+    if isinstance(plan.path, StorePath) or stored:
         raise UsageError(
             "object-store URIs (s3://, gs://, abfs://) are read and written by --engine ray; "
             "add --engine ray"

@@ -7,7 +7,13 @@ The pipeline (`run` behind the runner seam, `restore_files` for the CLI's files,
 
 * The driver screens every job with `mprnet_cli.jobs.Planner` (names, skip-existing, claims,
   stale temp files): the same rules as `--engine local`. A run whose outputs all exist
-  neither resolves weights nor starts Ray.
+  neither resolves weights nor starts Ray. The listing streams (`jobs.Listing`): the
+  driver lists and screens on a thread of its own (`files._Feed`, a bounded queue, so it
+  holds a bounded number of pending inputs) while the cluster restores what is planned.
+  Ray Data takes a Dataset whose rows are known when it starts, so the chunks go out in
+  windows (one Dataset and one actor pool each): what is planned when the listing pauses
+  for a second or ends, `files._WINDOW_CHUNKS` chunks at most. A run listed in less than
+  that is one window; a longer listing pays the actor pool's start once per window.
 * Work travels at the engine's grain: the pending jobs are packed into chunks of about
   `plan._CHUNK_BYTES` of input files (many small images to one chunk, a large one alone);
   each chunk is one row, one block and one task per stage, so per-task overhead is paid

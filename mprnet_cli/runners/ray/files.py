@@ -7,19 +7,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import temp_target
+from mprnet_cli.imageio.formats import is_video
 from mprnet_cli.imageio.locations import StorePath, Where, location
 from mprnet_cli.jobs import (
     Callbacks,
     Destination,
     Job,
+    Listing,
     OutputPlan,
     Planner,
     Result,
@@ -92,7 +96,7 @@ def run(request: RunRequest) -> Generator[Result, None, None]:
 
 
 def restore_files(
-    jobs: Sequence[Job],
+    jobs: Sequence[Job] | Listing,
     plan: OutputPlan,
     *,
     weights: Callable[[], ResolvedWeights],
@@ -106,10 +110,13 @@ def restore_files(
     """Restore `jobs` on Ray, yielding one `Result` per job as its output is written (any
     order; a chunk of small files reports together).
 
-    `weights` resolves the weights file on the driver; it is called only when some job
-    needs the network. The planner's verdicts (skipped, failed early) come first.
+    `jobs` may be a `Listing`: the driver lists and screens it on a thread of its own while
+    the cluster restores what is already planned (`_Feed`). `weights` resolves the weights
+    file on the driver; it is called only when some job needs the network. The planner's
+    verdicts (skipped, failed early) are reported as they come.
     """
-    if plan.destination is Destination.STDOUT or any(j.source is None for j in jobs):
+    stdin = jobs.has_stdin if isinstance(jobs, Listing) else any(j.source is None for j in jobs)
+    if plan.destination is Destination.STDOUT or stdin:
         raise UsageError(
             "--engine ray reads and writes files: stdin (-) and -o - need --engine local"
         )
@@ -120,9 +127,92 @@ def restore_files(
     ).run()
 
 
+#: A chunk of pending jobs: packed for the cluster, and the planner's verdicts for the driver.
+_Chunk = tuple[bytes, list[tuple[int, Screened]]]
+#: Items the planning thread may hand over before it waits: the driver holds at most this
+#: many verdicts or chunks (of up to `_CHUNK_IMAGES` inputs) that the cluster has not taken.
+_QUEUED: Final = 64
+#: A run's chunks go to the cluster in windows (one Ray Dataset each, one network actor pool):
+#: a window closes at this many chunks, or when the listing pauses this long.
+_WINDOW_CHUNKS: Final = 256
+_GATHER_S: Final = 1.0
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """The planning thread stopped on an error: the driver raises it."""
+
+    error: BaseException
+
+
+class _Feed:
+    """The planner on a thread of its own: lists and screens the jobs while the cluster
+    works, handing verdicts and packed chunks over through a bounded queue, so the driver
+    holds a bounded number of pending inputs whatever the listing's length."""
+
+    def __init__(self, items: Iterator[Result | _Chunk]) -> None:
+        self._queue: queue.Queue[Result | _Chunk | _Failed | None] = queue.Queue(_QUEUED)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(items,), name="mprnet-plan", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, items: Iterator[Result | _Chunk]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the driver, which raises it
+            self._put(_Failed(exc))
+            return
+        self._put(None)
+
+    def _put(self, item: Result | _Chunk | _Failed | None) -> bool:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return True
+        return False
+
+    def windows(self, first: Callable[[], None] | None = None) -> Iterator[Result | list[_Chunk]]:
+        """The planner's verdicts as they come, and the chunks in windows: all that is
+        planned when the listing pauses for `_GATHER_S` or ends, `_WINDOW_CHUNKS` at most.
+        `first` runs when the first chunk comes (the cluster starts while the planner goes
+        on listing)."""
+        window: list[_Chunk] = []
+        while True:
+            try:
+                item = self._queue.get(timeout=_GATHER_S if window else None)
+            except queue.Empty:
+                yield window
+                window = []
+                continue
+            if item is None:
+                if window:
+                    yield window
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            if isinstance(item, Result):
+                yield item
+                continue
+            window.append(item)
+            if first is not None:
+                first()
+                first = None
+            if len(window) >= _WINDOW_CHUNKS:
+                yield window
+                window = []
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
 class _FileRun:
-    jobs: Sequence[Job]
+    jobs: Sequence[Job] | Listing
     plan: OutputPlan
     weights: Callable[[], ResolvedWeights]
     task: Task | None
@@ -144,33 +234,60 @@ class _FileRun:
     def run(self) -> Generator[Result, None, None]:
         planner = self._planner = Planner(self.plan, self.jobs, overwrite=self.overwrite)
         # Names only: no input is read on the driver (`--format same` is settled by decoding)
-        yield from self._plan(
-            (index, planner.screen(job, sniff=False)) for index, job in enumerate(self.jobs)
-        )
-        if not self._pending:
-            return  # everything skipped or failed early: no weights, no Ray
-        resolved = self.weights()
-        _check_weights(resolved)
-        started = _connect(self.cluster.address)
+        feed = _Feed(self._chunked(self._screened(planner)))
+        ready: list[ResolvedWeights] = []
+        started = stopped = False
         since = time.time()
-        stopped = False
+
+        def start() -> None:  # at the first job that needs the network
+            nonlocal started, since
+            resolved = self.weights()
+            _check_weights(resolved)
+            ready.append(resolved)
+            started = _connect(self.cluster.address)
+            since = time.time()
+
         try:
-            yield from self._stream(resolved, retarget=True)
+            for item in feed.windows(start):
+                if isinstance(item, Result):
+                    yield self._emit(item)
+                    continue
+                self._take(item)
+                yield from self._stream(ready[0], retarget=True)
             if self._retargeted:  # decoded as another format than their names said: again
-                yield from self._plan(self._replanned())
-                if self._chunks:
+                resolved = ready[0]
+                window: list[_Chunk] = []
+                for again in self._chunked(self._replanned()):
+                    if isinstance(again, Result):
+                        yield self._emit(again)
+                    else:
+                        window.append(again)
+                if window:
+                    self._take(window)
                     yield from self._stream(resolved, retarget=False)
         except BaseException:
             # Ctrl-C, SIGTERM, a closed generator or an error: stop the workers first, then
             # report the outputs they finished that the driver had not heard of yet.
+            feed.close()
             _stop(started)
             stopped = True
             self._report_settled(since)
             raise
         finally:
+            feed.close()
             if not stopped:
                 _stop(started)
             self._sweep_unfinished()
+
+    def _screened(self, planner: Planner) -> Iterator[tuple[int, Result | Screened]]:
+        """The planner's verdict on each job, as the listing yields it (planning thread)."""
+        for index, job in enumerate(self.jobs):
+            if job.error is None and job.source is not None and is_video(job.source):
+                raise UsageError(
+                    "video inputs are restored by the local engine only (for now); "
+                    "drop --engine ray"
+                )
+            yield index, planner.screen(job, sniff=False)
 
     def _report_settled(self, since: float) -> None:
         """Outputs on disk whose records never arrived get one (without timings), so no
@@ -188,25 +305,34 @@ class _FileRun:
                 with contextlib.suppress(Exception):  # a broken reporter must not mask the cause
                     self._emit(Result(screened.job.label, str(target), Status.OK))
 
-    def _plan(self, verdicts: Iterable[tuple[int, Result | Screened]]) -> Iterator[Result]:
-        """Report the planner's verdicts; chunk the jobs it let through."""
+    def _chunked(
+        self, verdicts: Iterable[tuple[int, Result | Screened]]
+    ) -> Iterator[Result | _Chunk]:
+        """The planner's verdicts (skipped, failed early), and the jobs it let through in
+        chunks."""
         chunker = _Chunker()
         for index, verdict in verdicts:
             if isinstance(verdict, Result):
-                yield self._emit(verdict)
+                yield verdict
                 continue
-            self._pending[index] = verdict
-            full = chunker.add(_planned(index, verdict), _size(verdict.job.source))
+            full = chunker.add(index, verdict, _size(verdict.job.source))
             if full is not None:
-                self._chunks.append(full)
+                yield full
         last = chunker.take()
         if last is not None:
-            self._chunks.append(last)
+            yield last
+
+    def _take(self, window: list[_Chunk]) -> None:
+        """A window's chunks become the pending jobs the next `_stream` sends out."""
+        for packed, screened in window:
+            self._pending.update(screened)
+            self._chunks.append(packed)
 
     def _replanned(self) -> Iterator[tuple[int, Result | Screened]]:
         """The retargeted jobs, screened again under the names their decoding settled."""
         assert self._planner is not None
-        retargeted, self._retargeted = self._retargeted, []
+        # in input order: one folder after another, as the planner's claims were made
+        retargeted, self._retargeted = sorted(self._retargeted), []
         for index, settled in retargeted:
             screened = self._pending.pop(index)
             if screened.target is not None:
@@ -293,32 +419,31 @@ def _planned(index: int, screened: Screened) -> Planned:
 @dataclass
 class _Chunker:
     """Groups pending jobs into chunks of about `_CHUNK_BYTES` of input files (at most
-    `_CHUNK_IMAGES`), packed at once: the driver holds a few bytes per pending input.
+    `_CHUNK_IMAGES`), packed at once.
 
     The first chunks are small (1 image, then twice as many each time up to the limit), so
     the first records come after one image's trip through the stages, not a full chunk's,
     and the stages overlap from the start."""
 
-    _items: list[Planned] = field(default_factory=list)
+    _items: list[tuple[int, Screened]] = field(default_factory=list)
     _bytes: int = 0
     _limit: int = 1
 
-    def add(self, planned: Planned, size: int) -> bytes | None:
-        """Add one job of `size` bytes; a full chunk (packed) when this one filled it."""
-        self._items.append(planned)
+    def add(self, index: int, screened: Screened, size: int) -> _Chunk | None:
+        """Add one job of `size` bytes; a full chunk when this one filled it."""
+        self._items.append((index, screened))
         self._bytes += size
         if self._bytes >= _CHUNK_BYTES or len(self._items) >= self._limit:
             return self.take()
         return None
 
-    def take(self) -> bytes | None:
-        """The chunk so far (packed), or None when empty; starts a new one."""
+    def take(self) -> _Chunk | None:
+        """The chunk so far, or None when empty; starts a new one."""
         if not self._items:
             return None
-        packed = _pack(self._items)
-        self._items, self._bytes = [], 0
+        items, self._items, self._bytes = self._items, [], 0
         self._limit = min(2 * self._limit, _CHUNK_IMAGES)
-        return packed
+        return _pack([_planned(i, v) for i, v in items]), items
 
 
 def _size(source: Where | None) -> int:
