@@ -38,6 +38,9 @@ class VideoOptions:
     strict: bool = False  # a damaged packet fails the clip instead of being skipped
     deflicker: float = 0.0  # `Deflicker` strength; 0 off
     queue: int = QUEUE_FRAMES
+    #: FFmpeg's threads for the video decoder and encoder; 0 lets FFmpeg choose (about one
+    #: per core, each side, beside the network's own: see docs/video.md, Speed)
+    codec_threads: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.quality <= 63:
@@ -46,6 +49,8 @@ class VideoOptions:
             raise UsageError(f"--video-deflicker must be in [0, 1), got {self.deflicker}")
         if self.queue < 1:
             raise ValueError("queue must be >= 1")
+        if self.codec_threads < 0:
+            raise ValueError("codec_threads must be >= 0")
 
 
 #: Deflicker: pixels whose restored value moved more than this since the previous output

@@ -98,7 +98,7 @@ def _ffmpeg_reason(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def _video_stream(container: Any, source: Path) -> Any:
+def _video_stream(container: Any, source: Path, threads: int = 0) -> Any:
     streams = list(container.streams.video)
     if not streams:
         raise VideoError(
@@ -108,6 +108,7 @@ def _video_stream(container: Any, source: Path) -> Any:
     if stream.codec_context is None:
         raise VideoError(f"{source}: its video codec cannot be decoded by this PyAV build")
     stream.codec_context.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
     return stream
 
 
@@ -243,7 +244,7 @@ def _restore_open(
     overwrite: bool,
     progress: FrameProgress | None,
 ) -> ClipReport:
-    vin = _video_stream(inp, source)
+    vin = _video_stream(inp, source, options.codec_threads)
     muxer = MUXERS.get(target.suffix.lower())
     if muxer is None:
         raise UsageError(f"{target}: cannot write {target.suffix} video; use .mp4, .mkv or .mov")
@@ -370,6 +371,7 @@ def _add_video(vin: Any, first: Any, out: Any, options: VideoOptions) -> tuple[A
     if in_ctx.sample_aspect_ratio:
         ctx.sample_aspect_ratio = in_ctx.sample_aspect_ratio
     ctx.options = _quality_options(codec.name, options.quality)
+    ctx.thread_count = options.codec_threads
     rotation = first.rotation
     if rotation:
         vout.set_display_rotation(rotation)
