@@ -54,9 +54,11 @@ def make_clip(
     rotation: int = 0,
     pix_fmt: str = "yuv420p",
     video: bool = True,
+    gop: int | None = None,
 ) -> list[int]:
     """A test clip: moving gradients, BT.709 limited-range tags, metadata, a 440 Hz tone;
-    `vfr` doubles every third frame's duration. Returns the frames' timestamps."""
+    `vfr` doubles every third frame's duration; `gop`: a keyframe every `gop` frames
+    exactly. Returns the frames' timestamps."""
     fmt = {".mkv": "matroska", ".webm": "webm"}.get(path.suffix, "mp4")
     out = av.open(str(path), "w", format=fmt)
     out.metadata["creation_time"] = "2024-05-01T12:00:00.000000Z"
@@ -72,6 +74,9 @@ def make_clip(
         ctx.color_range = LIMITED
         if rotation:
             v.set_display_rotation(rotation)
+        if gop is not None:
+            ctx.gop_size = gop
+            ctx.options = {"keyint_min": str(gop), "sc_threshold": "0"}
     a = None
     if audio is not None:
         a = out.add_stream(audio, rate=48000)

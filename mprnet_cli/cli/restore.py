@@ -180,7 +180,6 @@ def _restore(
             say(f"mprnet: {note}", quiet=quiet)
         plan = plan_outputs(expansion, output, suffix=name_suffix, fmt=settings.format)
         _check_output_folder(plan, expansion.jobs)
-        _check_clips(expansion.jobs, ray=ray)
         if plan.destination is Destination.STDOUT and sys.stdout.isatty():
             raise UsageError(
                 "-o - would print image data to the terminal; redirect stdout (> out.png)"
@@ -237,17 +236,6 @@ def _restore(
         reporter.summary()
         if reporter.counts["failed"]:
             raise typer.Exit(1)
-
-
-def _check_clips(jobs: list[Job], *, ray: bool) -> None:
-    """Video with --engine ray is refused up front, in one line."""
-    from mprnet_cli.errors import UsageError
-    from mprnet_cli.imageio.formats import is_video
-
-    if ray and any(j.source is not None and is_video(j.source) for j in jobs):
-        raise UsageError(
-            "video inputs are restored by the local engine only (for now); drop --engine ray"
-        )
 
 
 def _check_watch(inputs: list[str], output: str | None, *, ray: bool) -> None:

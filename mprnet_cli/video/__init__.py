@@ -53,6 +53,9 @@ from mprnet_cli.video.base import (
     FrameProgress as FrameProgress,
 )
 from mprnet_cli.video.base import (
+    Segment as Segment,
+)
+from mprnet_cli.video.base import (
     VideoError as VideoError,
 )
 from mprnet_cli.video.base import (
@@ -116,21 +119,9 @@ def restore_clip_job(
             loaded = restorer()
         except MprnetError as exc:  # weights, device: the whole run's problem, as for images
             raise _RunWideError(exc) from exc
-        plan = getattr(loaded, "clip_tiles", None)
-        tiles = plan(height, width) if plan is not None else None
-        extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
         if callbacks.started is not None:
             callbacks.started(job, width, height)
-        steady = Deflicker(options.deflicker)
-
-        def run(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-            clean, stats = loaded.restore_rgb(rgb, warn=warned.append, **extra)
-            totals["tiles"] += stats.tiles
-            totals.update(device=stats.device, backend=stats.backend, precision=stats.precision)
-            totals.setdefault("notes", stats.notes)
-            return steady(clean)
-
-        return run
+        return frame_restorer(loaded, width, height, options, warned, totals)
 
     try:
         clip = load_clip_module()
@@ -160,3 +151,31 @@ def restore_clip_job(
         width=report.width,
         height=report.height,
     )
+
+
+def frame_restorer(
+    loaded: RestorerLike,
+    width: int,
+    height: int,
+    options: VideoOptions,
+    warned: list[str],
+    totals: dict[str, Any],
+) -> FrameFn:
+    """The per-frame restore of a `width` x `height` clip (or segment): tiles planned once
+    (`clip_tiles`, when the restorer has it) and used for every frame, so each frame is cut
+    the same way, then `Deflicker`; warnings go to `warned`, the run's figures (tiles,
+    device, backend, precision, notes) to `totals`."""
+    plan = getattr(loaded, "clip_tiles", None)
+    tiles = plan(height, width) if plan is not None else None
+    extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
+    steady = Deflicker(options.deflicker)
+    totals.setdefault("tiles", 0)
+
+    def run(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        clean, stats = loaded.restore_rgb(rgb, warn=warned.append, **extra)
+        totals["tiles"] += stats.tiles
+        totals.update(device=stats.device, backend=stats.backend, precision=stats.precision)
+        totals.setdefault("notes", stats.notes)
+        return steady(clean)
+
+    return run

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mprnet_cli.errors import UsageError
 from mprnet_cli.imageio import temp_target
+from mprnet_cli.imageio.formats import is_video
 from mprnet_cli.jobs import (
     Callbacks,
     Destination,
@@ -135,6 +136,7 @@ class _FileRun:
     _chunks: list[bytes] = field(default_factory=list)
     _planner: Planner | None = None
     _retargeted: list[tuple[int, str]] = field(default_factory=list)
+    _clips: list[Screened] = field(default_factory=list)  # videos: `ray.video`, by segments
 
     def _emit(self, result: Result) -> Result:
         if self.callbacks.finished is not None:
@@ -147,7 +149,7 @@ class _FileRun:
         yield from self._plan(
             (index, planner.screen(job, sniff=False)) for index, job in enumerate(self.jobs)
         )
-        if not self._pending:
+        if not self._pending and not self._clips:
             return  # everything skipped or failed early: no weights, no Ray
         resolved = self.weights()
         _check_weights(resolved)
@@ -155,7 +157,10 @@ class _FileRun:
         since = time.time()
         stopped = False
         try:
-            yield from self._stream(resolved, retarget=True)
+            if self._chunks:
+                yield from self._stream(resolved, retarget=True)
+            if self._clips:
+                yield from self._stream_clips(resolved)
             if self._retargeted:  # decoded as another format than their names said: again
                 yield from self._plan(self._replanned())
                 if self._chunks:
@@ -195,6 +200,9 @@ class _FileRun:
             if isinstance(verdict, Result):
                 yield self._emit(verdict)
                 continue
+            if _is_clip(verdict):
+                self._clips.append(verdict)
+                continue
             self._pending[index] = verdict
             full = chunker.add(_planned(index, verdict), _size(verdict.job.source))
             if full is not None:
@@ -202,6 +210,23 @@ class _FileRun:
         last = chunker.take()
         if last is not None:
             self._chunks.append(last)
+
+    def _stream_clips(self, resolved: ResolvedWeights) -> Iterator[Result]:
+        from mprnet_cli.runners.ray.video import restore_clips
+
+        clips, self._clips = self._clips, []
+        yield from restore_clips(
+            clips,
+            resolved,
+            plan_destination=self.plan.destination,
+            task=self.task,
+            settings=self.settings,
+            cluster=self.cluster,
+            overwrite=self.overwrite,
+            callbacks=self.callbacks,
+            factory=self.factory,
+            emit=self._emit,
+        )
 
     def _replanned(self) -> Iterator[tuple[int, Result | Screened]]:
         """The retargeted jobs, screened again under the names their decoding settled."""
@@ -271,6 +296,11 @@ class _FileRun:
                     if temp_target(entry.name) in names:
                         with contextlib.suppress(OSError):
                             Path(entry.path).unlink()
+
+
+def _is_clip(screened: Screened) -> bool:
+    source = screened.job.source
+    return isinstance(source, Path) and is_video(source)
 
 
 def _mtime(target: Where) -> float:
