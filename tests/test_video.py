@@ -432,9 +432,6 @@ def test_cli_end_to_end_in_a_subprocess(tmp_path: Path, checkpoint: Path) -> Non
 def test_cli_refusals_are_one_line(tmp_path: Path, checkpoint: Path) -> None:
     make_clip(tmp_path / "clip.mp4", frames=2, audio=None)
     runner = CliRunner()
-    ray = runner.invoke(app, ["derain", str(tmp_path / "clip.mp4"), "--engine", "ray"])
-    assert ray.exit_code == 2
-    assert "local engine only" in ray.stderr
     png = runner.invoke(
         app,
         [
