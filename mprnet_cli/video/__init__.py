@@ -100,7 +100,7 @@ def restore_clip_job(
     `restorer` is called at most once, when the clip is known to be readable. Tiles are
     planned once from the clip's size (`clip_tiles`, when the restorer has it) and used
     for every frame, so each frame is cut the same way."""
-    from mprnet_cli.jobs import Result, Status, failed, reason, restored
+    from mprnet_cli.jobs import Result, Status, failed, reason
 
     assert isinstance(job.source, Path)
     if not is_video(target):
@@ -139,15 +139,29 @@ def restore_clip_job(
         return Result(job.label, str(target), Status.SKIPPED)
     except MprnetError as exc:
         return failed(job, reason(exc, job.display), target)
+    return clip_result(job, target, report, warned, totals, time.perf_counter() - start)
+
+
+def clip_result(
+    job: Job,
+    target: Path,
+    report: ClipReport,
+    warned: list[str],
+    totals: dict[str, Any],
+    seconds: float,
+) -> Result:
+    """The `Result` of a restored clip, from its report and `frame_restorer`'s figures."""
+    from mprnet_cli.jobs import restored
+
     return restored(
         job,
         target,
         (*report.notes, *dict.fromkeys(warned), *totals.get("notes", ())),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         device=totals.get("device"),
         backend=totals.get("backend"),
         precision=totals.get("precision"),
-        tiles=totals["tiles"],
+        tiles=totals.get("tiles", 0),
         width=report.width,
         height=report.height,
     )

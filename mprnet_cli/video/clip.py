@@ -307,10 +307,7 @@ def _demux(
     tb = vin.time_base
 
     def damaged(what: str, ts: int | None, exc: BaseException) -> None:
-        note = f"{what} at {_seconds(ts, tb)} could not be decoded ({_ffmpeg_reason(exc)})"
-        if strict:
-            raise VideoError(f"{note}; drop --video-strict to skip damaged parts") from None
-        state.notes.append(f"{note}; skipped")
+        _damaged(state, strict, f"{what} at {_seconds(ts, tb)}", exc)
 
     packets = inp.demux(vin, *others)
     while True:
@@ -335,6 +332,14 @@ def _demux(
     with contextlib.suppress(av.error.FFmpegError, ValueError):
         for frame in decoder.decode(None):  # frames still held by the decoder
             yield "frame", frame
+
+
+def _damaged(state: _Clip, strict: bool, what: str, exc: BaseException) -> None:
+    """A damaged part: a note, and skipped; with `strict`, the clip fails instead."""
+    note = f"{what} could not be decoded ({_ffmpeg_reason(exc)})"
+    if strict:
+        raise VideoError(f"{note}; drop --video-strict to skip damaged parts") from None
+    state.notes.append(f"{note}; skipped")
 
 
 def _add_copies(inp: Any, others: list[Any], out: Any, notes: list[str]) -> dict[int, Any]:
@@ -622,13 +627,8 @@ def _encode_segment(
             try:
                 yield from decoder.decode(packet)
             except av.error.FFmpegError as exc:
-                note = (
-                    f"a video packet at {_seconds(packet.pts, vin.time_base)} could not be "
-                    f"decoded ({_ffmpeg_reason(exc)})"
-                )
-                if options.strict:
-                    raise VideoError(f"{note}; drop --video-strict to skip damaged parts") from None
-                state.notes.append(f"{note}; skipped")
+                where = _seconds(packet.pts, vin.time_base)
+                _damaged(state, options.strict, f"a video packet at {where}", exc)
         with contextlib.suppress(av.error.FFmpegError, ValueError):
             yield from decoder.decode(None)
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from mprnet_cli.errors import MprnetError
 from mprnet_cli.imageio.formats import VIDEO_EXTENSIONS, is_video
-from mprnet_cli.jobs import Callbacks, Destination, Result, Screened, failed, reason, restored
+from mprnet_cli.jobs import Callbacks, Destination, Result, Screened, failed, reason
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.runners.ray.cluster import (
     _dataset_of,
@@ -45,7 +45,13 @@ from mprnet_cli.runners.ray.plan import RestorerFactory, cluster_plan
 from mprnet_cli.runners.ray.stages import _in_folder, _pack, _unpack
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
-from mprnet_cli.video import Segment, VideoOptions, frame_restorer, load_clip_module
+from mprnet_cli.video import (
+    Segment,
+    VideoOptions,
+    clip_result,
+    frame_restorer,
+    load_clip_module,
+)
 
 if TYPE_CHECKING:
     from mprnet_cli.jobs import RestorerLike
@@ -251,16 +257,5 @@ def _join(
         return failed(job, reason(exc, job.label), target)
     except OSError as exc:
         return failed(job, f"cannot write {target} ({exc.strerror or exc})", target)
-    totals = state.totals
-    return restored(
-        job,
-        target,
-        (*report.notes, *dict.fromkeys(state.warned), *totals.get("notes", ())),
-        seconds=time.perf_counter() - state.began,
-        device=totals.get("device"),
-        backend=totals.get("backend"),
-        precision=totals.get("precision"),
-        tiles=totals["tiles"],
-        width=report.width,
-        height=report.height,
-    )
+    seconds = time.perf_counter() - state.began
+    return clip_result(job, target, report, state.warned, state.totals, seconds)
