@@ -11,6 +11,7 @@ encoder quantises on its own, so frames differ within the encoder's error (bound
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,21 @@ def test_a_segment_with_a_bad_header_fails_the_join_and_leaves_nothing(tmp_path:
     assert list(tmp_path.iterdir()) == [src]
 
 
+def test_ctrl_c_during_the_join_leaves_no_output_and_no_temp_file(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, frames=24, gop=GOP)
+    bounds, _ = clip.plan_segments(src, GOP)
+    first = clip.restore_segment(src, *bounds[0], darken, options=VideoOptions(), muxer="mp4")
+
+    def segments() -> Iterator[Any]:
+        yield first
+        raise KeyboardInterrupt  # the user presses Ctrl-C while the second is awaited
+
+    with pytest.raises(KeyboardInterrupt):
+        clip.join_segments(src, dst, segments(), options=VideoOptions(), overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
 # --------------------------------------------------------------------------- on Ray
 
 
@@ -152,12 +168,18 @@ def test_ray_engine_restores_a_clip_by_segments_frame_identical_to_local(
     tmp_path: Path, checkpoint: Path, ray_local: None
 ) -> None:
     stamps = make_clip(tmp_path / "clip.mp4", frames=48, gop=GOP, rotation=90)
+    (tmp_path / "broken.mkv").write_bytes(b"\x1a\x45\xdf\xa3 not a clip")
     args = ["derain", "clip.mp4", "--json", "-w", checkpoint, *FAST, "--video-quality", "0"]
     local = invoke(*args, "-o", "local/", cwd=tmp_path)
     assert local.exit_code == 0, local.stderr
-    distributed = invoke(*args, "-o", "ray/", "--engine", "ray", cwd=tmp_path)
-    assert distributed.exit_code == 0, distributed.stderr
-    assert '"status": "ok"' in distributed.stdout
+    distributed = invoke(*args, "broken.mkv", "-o", "ray/", "--engine", "ray", cwd=tmp_path)
+    assert distributed.exit_code == 1, distributed.stderr
+    records = {r["input"]: r for r in map(json.loads, distributed.stdout.splitlines())}
+    assert records["clip.mp4"]["status"] == "ok"
+    assert (records["clip.mp4"]["width"], records["clip.mp4"]["height"]) == (96, 64)
+    assert records["broken.mkv"]["status"] == "failed"
+    assert "cannot read this video" in records["broken.mkv"]["error"]
+    assert not (tmp_path / "ray" / "broken_derained.mkv").exists()
     want, got = tmp_path / "local" / "clip_derained.mp4", tmp_path / "ray" / "clip_derained.mp4"
     # four segments, each opening with a keyframe; the local encode has one GOP
     assert keyframe_times(got) == [0, GOP * STEP, 2 * GOP * STEP, 3 * GOP * STEP]
@@ -173,4 +195,4 @@ def test_ray_engine_restores_a_clip_by_segments_frame_identical_to_local(
     assert audio_packets(got) == audio_packets(tmp_path / "clip.mp4")
     assert temps(tmp_path) == []
     again = invoke(*args, "-o", "ray/", "--engine", "ray", cwd=tmp_path)
-    assert again.exit_code == 0 and '"status": "skipped"' in again.stdout
+    assert again.exit_code == 0 and json.loads(again.stdout)["status"] == "skipped"
