@@ -11,7 +11,11 @@ encoder quantises on its own, so frames differ within the encoder's error (bound
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,7 +157,7 @@ def ray_local() -> Iterator[None]:
         yield
         return
     ray.init(
-        num_cpus=2,
+        num_cpus=3,
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
@@ -196,3 +200,51 @@ def test_ray_engine_restores_a_clip_by_segments_frame_identical_to_local(
     assert temps(tmp_path) == []
     again = invoke(*args, "-o", "ray/", "--engine", "ray", cwd=tmp_path)
     assert again.exit_code == 0 and json.loads(again.stdout)["status"] == "skipped"
+
+
+class MarkedRestorer:
+    """The real restorer, leaving a mark per frame named by the actor process's id."""
+
+    def __init__(self, inner: Any, folder: str) -> None:
+        self.inner, self.folder = inner, folder
+
+    def restore_rgb(self, rgb: Any, **kw: Any) -> Any:
+        Path(self.folder, f"{os.getpid()}-{uuid.uuid4().hex}").touch()
+        return self.inner.restore_rgb(rgb, **kw)
+
+
+def marked_factory(task: Any, settings: Any, weights: Path, *, folder: str) -> MarkedRestorer:
+    from mprnet_cli.runners.ray import default_restorer
+
+    return MarkedRestorer(default_restorer(task, settings, weights), folder)
+
+
+def test_segments_restore_on_two_actors(
+    tmp_path: Path, checkpoint: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--workers 2: the clip's four segments are shared by two actor processes (each
+    restores whole segments: a multiple of 12 frames), and the output is the clip."""
+    from mprnet_cli.jobs import Status, expand_inputs, plan_outputs
+    from mprnet_cli.runners import RaySettings
+    from mprnet_cli.runners.ray import restore_files
+    from mprnet_cli.settings import RestoreSettings
+    from mprnet_cli.weights import resolve
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    make_clip(tmp_path / "clip.mp4", frames=48, audio=None, gop=GOP)
+    monkeypatch.chdir(tmp_path)
+    expansion = expand_inputs(["clip.mp4"], suffix="_r")
+    (result,) = restore_files(
+        expansion.jobs,
+        plan_outputs(expansion, "out/", suffix="_r"),
+        weights=lambda: resolve(None, weights=checkpoint, quiet=True),
+        settings=RestoreSettings(tile=0, threads=1),
+        cluster=RaySettings(None, 2, None),
+        factory=functools.partial(marked_factory, folder=str(marks)),
+    )
+    assert result.status is Status.OK, result.error
+    per_actor = collections.Counter(m.name.split("-")[0] for m in marks.iterdir())
+    assert len(per_actor) == 2, per_actor
+    assert sorted(per_actor.values()) in ([12, 36], [24, 24])
+    assert len(video_frames(tmp_path / "out" / "clip_r.mp4")[1]) == 48
