@@ -151,11 +151,14 @@ def test_ctrl_c_during_the_join_leaves_no_output_and_no_temp_file(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """A local Ray with 2 CPUs (one network actor: 2 need 3 CPUs with the I/O one), whose
-    workers import this checkout; one another module started is used as it is."""
+    """A local Ray of 3 logical CPUs on this 2-core machine (two network actors of one CPU
+    each, one CPU for I/O: `cluster_plan`), whose workers import this checkout. Another
+    module's smaller Ray (test_runners_ray.py's, whose tests run before these) is replaced."""
     if ray.is_initialized():
-        yield
-        return
+        if ray.cluster_resources().get("CPU", 0) >= 3:
+            yield
+            return
+        ray.shutdown()
     ray.init(
         num_cpus=3,
         include_dashboard=False,
