@@ -6,8 +6,9 @@ pays PNG decoding and encoding; this measures which is cheaper per frame, checks
 memory does not grow with the clip's length, and measures frame-to-frame flicker.
 
 throughput: a synthetic `--size` clip (moving gradients + noise, H.264 CRF 18, AAC tone)
-of `--frames` frames, and the same frames as PNGs in a folder. Each round restores both
-with `run_batch` (one network, loaded once; the order alternates between rounds) and the
+of `--frames` frames, and the same frames as PNGs in a folder. Each round restores the clip
+(FFmpeg choosing its codec threads, and with one decoder and one encoder thread) and the
+folder with `run_batch` (one network, loaded once; the order rotates between rounds) and the
 script reports frames/s of each and their ratio, within one run. The network is the test
 suite's tiny MPRNet by default (`--model tiny`): it makes the I/O, which is what differs
 between the two paths, visible; with `full` the network dominates both alike. Memory:
@@ -48,6 +49,7 @@ from mprnet_cli.model.network import MPRNet
 from mprnet_cli.runners.local import run_batch
 from mprnet_cli.video import Deflicker, VideoOptions
 
+KINDS = ("video", "video 1 codec thread", "pngs")
 TINY = MPRNetConfig(n_feat=8, scale_unetfeats=4, scale_orsnetfeats=4, num_cab=1, reduction=4)
 
 
@@ -99,14 +101,14 @@ def clip_to_pngs(clip: Path, folder: Path) -> int:
     return n + 1
 
 
-def tiny_restorer(folder: Path, model: str) -> Restorer:
+def tiny_restorer(folder: Path, model: str, device: str = "cpu") -> Restorer:
     import torch
 
     torch.manual_seed(0)
     net = MPRNet(TINY if model == "tiny" else MPRNetConfig()).eval()
     path = folder / "net.pth"
     torch.save({"state_dict": net.state_dict()}, path)
-    return Restorer(weights=path, device="cpu", backend="torch", precision="fp32")
+    return Restorer(weights=path, device=device, backend="torch", precision="fp32")
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,15 +117,21 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         clip = root / "clip.mp4"
         write_clip(clip, synthetic_frames(width, height, args.frames))
-        count = clip_to_pngs(clip, root / "pngs")
-        restorer = tiny_restorer(root, args.model)
+        kinds = tuple(k for k in KINDS if k in args.kinds)
+        if "pngs" in kinds:
+            count = clip_to_pngs(clip, root / "pngs")
+        else:
+            with av.open(str(clip)) as c:
+                count = sum(1 for _ in c.decode(video=0))
+        restorer = tiny_restorer(root, args.model, args.device)
         restorer.restore_rgb(np.zeros((64, 64, 3), np.float32))  # first-call setup
-        seconds: dict[str, list[float]] = {"video": [], "pngs": []}
-        memory: list[list[int]] = []
+        seconds: dict[str, list[float]] = {k: [] for k in kinds}
+        memory: dict[str, list[list[int]]] = {k: [] for k in kinds if k != "pngs"}
         for r in range(args.rounds):
-            for kind in ("video", "pngs") if r % 2 == 0 else ("pngs", "video"):
-                out = root / f"out-{kind}-{r}"
-                source = str(clip if kind == "video" else root / "pngs")
+            turn = r % len(kinds)
+            for n, kind in enumerate(kinds[turn:] + kinds[:turn]):  # rotate the order
+                out = root / f"out-{r}-{n}"
+                source = str(root / "pngs" if kind == "pngs" else clip)
                 expansion = expand_inputs([source], suffix="_r")
                 plan = plan_outputs(expansion, str(out) + "/", suffix="_r")
                 samples: list[int] = []
@@ -135,14 +143,21 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                     if done % step == 0 or done == total:
                         samples.append(status_bytes().get("VmRSS", 0))
 
+                options = VideoOptions(codec_threads=1 if kind.endswith("thread") else 0)
                 start = time.perf_counter()
                 results = list(
-                    run_batch(expansion.jobs, restorer, plan, callbacks=Callbacks(frames=frames))
+                    run_batch(
+                        expansion.jobs,
+                        restorer,
+                        plan,
+                        callbacks=Callbacks(frames=frames),
+                        video=options,
+                    )
                 )
                 seconds[kind].append(time.perf_counter() - start)
                 assert all(x.status is Status.OK for x in results), results[:1]
-                if kind == "video":
-                    memory.append(samples)
+                if kind in memory:
+                    memory[kind].append(samples)
         fps = {k: count / min(v) for k, v in seconds.items()}
         return {
             "benchmark": "video throughput",
@@ -151,11 +166,16 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             "size": args.size,
             "frames": count,
             "model": args.model,
+            "device": args.device,
             "rounds": args.rounds,
             "seconds": seconds,
             "frames_per_s": {k: round(v, 3) for k, v in fps.items()},
-            "video_over_pngs": round(fps["video"] / fps["pngs"], 3),
-            "video_rss_mib_every_10pct": [[round(b / 2**20) for b in s] for s in memory],
+            "over_pngs": {
+                k: round(fps[k] / fps["pngs"], 3) for k in kinds if "pngs" in fps and k != "pngs"
+            },
+            "video_rss_mib_every_10pct": {
+                k: [[round(b / 2**20) for b in s] for s in v] for k, v in memory.items()
+            },
             "peak_rss_mib": round(status_bytes().get("VmHWM", 0) / 2**20),
         }
 
@@ -242,6 +262,8 @@ def main() -> None:
     t.add_argument("--frames", type=int, default=240)
     t.add_argument("--rounds", type=int, default=1)
     t.add_argument("--model", choices=("tiny", "full"), default="tiny")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     f = sub.add_parser("flicker")
     f.add_argument("--task", default="derain")
     f.add_argument("--frames", type=int, default=24)

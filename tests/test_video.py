@@ -54,9 +54,11 @@ def make_clip(
     rotation: int = 0,
     pix_fmt: str = "yuv420p",
     video: bool = True,
+    gop: int | None = None,
 ) -> list[int]:
     """A test clip: moving gradients, BT.709 limited-range tags, metadata, a 440 Hz tone;
-    `vfr` doubles every third frame's duration. Returns the frames' timestamps."""
+    `vfr` doubles every third frame's duration; `gop`: a keyframe every `gop` frames
+    exactly. Returns the frames' timestamps."""
     fmt = {".mkv": "matroska", ".webm": "webm"}.get(path.suffix, "mp4")
     out = av.open(str(path), "w", format=fmt)
     out.metadata["creation_time"] = "2024-05-01T12:00:00.000000Z"
@@ -72,6 +74,9 @@ def make_clip(
         ctx.color_range = LIMITED
         if rotation:
             v.set_display_rotation(rotation)
+        if gop is not None:
+            ctx.gop_size = gop
+            ctx.options = {"keyint_min": str(gop), "sc_threshold": "0"}
     a = None
     if audio is not None:
         a = out.add_stream(audio, rate=48000)
@@ -186,6 +191,86 @@ def test_opus_in_matroska_is_copied_and_10_bit_stays_10_bit(
     assert len(after) == 12
     assert after[0].format.name == "yuv420p10le"
     assert audio_packets(dst) == audio_packets(src)
+
+
+SRT = "1\n00:00:00,000 --> 00:00:00,400\nRain stops\n\n2\n00:00:01,000 --> 00:00:01,500\nSun\n"
+ASS = (
+    "[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, Fontsize\n"
+    "Style: Default,Arial,20\n\n[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, "
+    "MarginR, MarginV, Effect, Text\nDialogue: 0,0:00:00.00,0:00:00.40,Default,,0,0,0,,Rain\n"
+)
+
+
+def add_subtitles(clip_path: Path, texts: list[Path], dst: Path) -> None:
+    """`clip_path`'s streams plus one subtitle stream per file in `texts` (.srt, .ass),
+    remuxed into `dst` (Matroska): PyAV reads subtitle files but encodes no text ones."""
+    sources = [av.open(str(clip_path)), *(av.open(str(t)) for t in texts)]
+    try:
+        with av.open(str(dst), "w", format="matroska") as out:
+            pairs = [(s, out.add_stream_from_template(s)) for c in sources for s in c.streams]
+            for (src_stream, copy), container in zip(
+                pairs, [c for c in sources for _ in c.streams], strict=True
+            ):
+                for packet in container.demux(src_stream):
+                    if packet.size:
+                        packet.stream = copy
+                        out.mux(packet)
+    finally:
+        for c in sources:
+            c.close()
+
+
+def subtitle_packets(path: Path) -> list[list[tuple[bytes, int | None]]]:
+    with av.open(str(path)) as c:
+        streams = list(c.streams.subtitles)
+        if not streams:
+            return []
+        out: dict[int, list[tuple[bytes, int | None]]] = {s.index: [] for s in streams}
+        for p in c.demux(*streams):
+            if p.size:
+                out[p.stream.index].append((bytes(p), p.pts))
+        return list(out.values())
+
+
+def unchanged(width: int, height: int) -> Callable[[Any], Any]:
+    """A frame function that restores nothing: for tests of what a clip keeps."""
+    return lambda rgb: rgb
+
+
+def test_srt_and_ass_subtitles_are_copied_into_matroska_and_named_when_mp4_drops_them(
+    tmp_path: Path,
+) -> None:
+    base, src = tmp_path / "base.mkv", tmp_path / "subbed.mkv"
+    make_clip(base, frames=24, gop=8)
+    (tmp_path / "a.srt").write_text(SRT)
+    (tmp_path / "b.ass").write_text(ASS)
+    add_subtitles(base, [tmp_path / "a.srt", tmp_path / "b.ass"], src)
+    want = subtitle_packets(src)
+    assert [len(w) for w in want] == [2, 1]  # the clip really holds both
+    options = VideoOptions()
+    clip.restore_video(src, tmp_path / "out.mkv", unchanged, options=options, overwrite=False)
+    assert subtitle_packets(tmp_path / "out.mkv") == want
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert [s.codec_context.name for s in c.streams.subtitles] == ["srt", "ssa"]
+    # the Ray engine's join copies them the same way
+    bounds, _ = clip.plan_segments(src, 8)
+    assert len(bounds) == 3
+    segments = [
+        clip.restore_segment(src, a, b, unchanged, options=options, muxer="matroska")
+        for a, b in bounds
+    ]
+    clip.join_segments(
+        src, tmp_path / "joined.mkv", iter(segments), options=options, overwrite=False
+    )
+    assert subtitle_packets(tmp_path / "joined.mkv") == want
+    assert audio_packets(tmp_path / "joined.mkv") == audio_packets(src)
+    # MP4 holds only mov_text: the text streams are left out, each with a note saying so
+    report = clip.restore_video(
+        src, tmp_path / "out.mp4", unchanged, options=options, overwrite=False
+    )
+    assert subtitle_packets(tmp_path / "out.mp4") == []
+    dropped = [n for n in report.notes if "subtitle stream" in n]
+    assert len(dropped) == 2 and all("write .mkv to keep it" in n for n in dropped)
 
 
 def test_frames_equal_an_image_by_image_restore_at_lossless_quality(
@@ -427,9 +512,6 @@ def test_cli_end_to_end_in_a_subprocess(tmp_path: Path, checkpoint: Path) -> Non
 def test_cli_refusals_are_one_line(tmp_path: Path, checkpoint: Path) -> None:
     make_clip(tmp_path / "clip.mp4", frames=2, audio=None)
     runner = CliRunner()
-    ray = runner.invoke(app, ["derain", str(tmp_path / "clip.mp4"), "--engine", "ray"])
-    assert ray.exit_code == 2
-    assert "local engine only" in ray.stderr
     png = runner.invoke(
         app,
         [

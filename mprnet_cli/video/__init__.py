@@ -53,6 +53,9 @@ from mprnet_cli.video.base import (
     FrameProgress as FrameProgress,
 )
 from mprnet_cli.video.base import (
+    Segment as Segment,
+)
+from mprnet_cli.video.base import (
     VideoError as VideoError,
 )
 from mprnet_cli.video.base import (
@@ -97,7 +100,7 @@ def restore_clip_job(
     `restorer` is called at most once, when the clip is known to be readable. Tiles are
     planned once from the clip's size (`clip_tiles`, when the restorer has it) and used
     for every frame, so each frame is cut the same way."""
-    from mprnet_cli.jobs import Result, Status, failed, reason, restored
+    from mprnet_cli.jobs import Result, Status, failed, reason
 
     assert isinstance(job.source, Path)
     if not is_video(target):
@@ -116,21 +119,9 @@ def restore_clip_job(
             loaded = restorer()
         except MprnetError as exc:  # weights, device: the whole run's problem, as for images
             raise _RunWideError(exc) from exc
-        plan = getattr(loaded, "clip_tiles", None)
-        tiles = plan(height, width) if plan is not None else None
-        extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
         if callbacks.started is not None:
             callbacks.started(job, width, height)
-        steady = Deflicker(options.deflicker)
-
-        def run(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-            clean, stats = loaded.restore_rgb(rgb, warn=warned.append, **extra)
-            totals["tiles"] += stats.tiles
-            totals.update(device=stats.device, backend=stats.backend, precision=stats.precision)
-            totals.setdefault("notes", stats.notes)
-            return steady(clean)
-
-        return run
+        return frame_restorer(loaded, width, height, options, warned, totals)
 
     try:
         clip = load_clip_module()
@@ -148,15 +139,57 @@ def restore_clip_job(
         return Result(job.label, str(target), Status.SKIPPED)
     except MprnetError as exc:
         return failed(job, reason(exc, job.display), target)
+    return clip_result(job, target, report, warned, totals, time.perf_counter() - start)
+
+
+def clip_result(
+    job: Job,
+    target: Path,
+    report: ClipReport,
+    warned: list[str],
+    totals: dict[str, Any],
+    seconds: float,
+) -> Result:
+    """The `Result` of a restored clip, from its report and `frame_restorer`'s figures."""
+    from mprnet_cli.jobs import restored
+
     return restored(
         job,
         target,
         (*report.notes, *dict.fromkeys(warned), *totals.get("notes", ())),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         device=totals.get("device"),
         backend=totals.get("backend"),
         precision=totals.get("precision"),
-        tiles=totals["tiles"],
+        tiles=totals.get("tiles", 0),
         width=report.width,
         height=report.height,
     )
+
+
+def frame_restorer(
+    loaded: RestorerLike,
+    width: int,
+    height: int,
+    options: VideoOptions,
+    warned: list[str],
+    totals: dict[str, Any],
+) -> FrameFn:
+    """The per-frame restore of a `width` x `height` clip (or segment): tiles planned once
+    (`clip_tiles`, when the restorer has it) and used for every frame, so each frame is cut
+    the same way, then `Deflicker`; warnings go to `warned`, the run's figures (tiles,
+    device, backend, precision, notes) to `totals`."""
+    plan = getattr(loaded, "clip_tiles", None)
+    tiles = plan(height, width) if plan is not None else None
+    extra: dict[str, Any] = {} if tiles is None else {"tiles": tiles}
+    steady = Deflicker(options.deflicker)
+    totals.setdefault("tiles", 0)
+
+    def run(rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        clean, stats = loaded.restore_rgb(rgb, warn=warned.append, **extra)
+        totals["tiles"] += stats.tiles
+        totals.update(device=stats.device, backend=stats.backend, precision=stats.precision)
+        totals.setdefault("notes", stats.notes)
+        return steady(clean)
+
+    return run

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mprnet_cli.errors import MprnetError, UsageError
-from mprnet_cli.settings import DEFAULT_VIDEO_QUALITY
+from mprnet_cli.settings import DEFAULT_VIDEO_QUALITY, RestoreSettings
 
 #: CRF-like quality: x264's scale (lower is better; 0 is lossless for H.264/H.265). 18 is
 #: x264's "visually lossless" point, so the restored detail survives the re-encode.
@@ -38,6 +38,19 @@ class VideoOptions:
     strict: bool = False  # a damaged packet fails the clip instead of being skipped
     deflicker: float = 0.0  # `Deflicker` strength; 0 off
     queue: int = QUEUE_FRAMES
+    #: FFmpeg's threads for the video decoder and encoder; 0 lets FFmpeg choose (about one
+    #: per core, each side, beside the network's own: see docs/video.md, Speed)
+    codec_threads: int = 0
+
+    @classmethod
+    def of(cls, settings: RestoreSettings) -> VideoOptions:
+        """The options a run's settings give (`--video-*`)."""
+        return cls(
+            quality=settings.video_quality,
+            codec=settings.video_codec,
+            strict=settings.video_strict,
+            deflicker=settings.video_deflicker,
+        )
 
     def __post_init__(self) -> None:
         if not 0 <= self.quality <= 63:
@@ -46,6 +59,8 @@ class VideoOptions:
             raise UsageError(f"--video-deflicker must be in [0, 1), got {self.deflicker}")
         if self.queue < 1:
             raise ValueError("queue must be >= 1")
+        if self.codec_threads < 0:
+            raise ValueError("codec_threads must be >= 0")
 
 
 #: Deflicker: pixels whose restored value moved more than this since the previous output
@@ -94,4 +109,23 @@ class ClipReport:
     width: int
     height: int
     codec: str
+    notes: tuple[str, ...] = ()
+
+
+#: A segment's encoded video packet: (data, pts, dts, duration, keyframe), in the clip's
+#: video time base.
+EncodedPacket = tuple[bytes, int | None, int | None, int | None, bool]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One keyframe-to-keyframe stretch of a clip, restored and encoded on its own (the
+    Ray engine's unit of work), as its packets: the driver joins the segments in order."""
+
+    start: int | None  # the first frame's timestamp (None: the clip's start)
+    packets: tuple[EncodedPacket, ...]
+    extradata: bytes | None  # the encoder's global header (SPS/PPS): equal in every segment
+    frames: int
+    width: int
+    height: int
     notes: tuple[str, ...] = ()

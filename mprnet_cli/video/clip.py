@@ -10,10 +10,13 @@ grow with the clip's length. See the package docstring for what is kept.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import io
+import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -27,7 +30,14 @@ import numpy.typing as npt
 from mprnet_cli.errors import OutputError, UsageError
 from mprnet_cli.imageio import to_uint8, to_uint16
 from mprnet_cli.imageio.atomic import commit_temp, create_temp
-from mprnet_cli.video.base import ClipReport, FrameFn, FrameProgress, VideoError, VideoOptions
+from mprnet_cli.video.base import (
+    ClipReport,
+    FrameFn,
+    FrameProgress,
+    Segment,
+    VideoError,
+    VideoOptions,
+)
 
 #: Output extension -> FFmpeg muxer.
 MUXERS: Final = {
@@ -98,7 +108,7 @@ def _ffmpeg_reason(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def _video_stream(container: Any, source: Path) -> Any:
+def _video_stream(container: Any, source: Path, threads: int = 0) -> Any:
     streams = list(container.streams.video)
     if not streams:
         raise VideoError(
@@ -108,6 +118,7 @@ def _video_stream(container: Any, source: Path) -> Any:
     if stream.codec_context is None:
         raise VideoError(f"{source}: its video codec cannot be decoded by this PyAV build")
     stream.codec_context.thread_type = "AUTO"
+    stream.codec_context.thread_count = threads
     return stream
 
 
@@ -243,7 +254,7 @@ def _restore_open(
     overwrite: bool,
     progress: FrameProgress | None,
 ) -> ClipReport:
-    vin = _video_stream(inp, source)
+    vin = _video_stream(inp, source, options.codec_threads)
     muxer = MUXERS.get(target.suffix.lower())
     if muxer is None:
         raise UsageError(f"{target}: cannot write {target.suffix} video; use .mp4, .mkv or .mov")
@@ -296,10 +307,7 @@ def _demux(
     tb = vin.time_base
 
     def damaged(what: str, ts: int | None, exc: BaseException) -> None:
-        note = f"{what} at {_seconds(ts, tb)} could not be decoded ({_ffmpeg_reason(exc)})"
-        if strict:
-            raise VideoError(f"{note}; drop --video-strict to skip damaged parts") from None
-        state.notes.append(f"{note}; skipped")
+        _damaged(state, strict, f"{what} at {_seconds(ts, tb)}", exc)
 
     packets = inp.demux(vin, *others)
     while True:
@@ -324,6 +332,14 @@ def _demux(
     with contextlib.suppress(av.error.FFmpegError, ValueError):
         for frame in decoder.decode(None):  # frames still held by the decoder
             yield "frame", frame
+
+
+def _damaged(state: _Clip, strict: bool, what: str, exc: BaseException) -> None:
+    """A damaged part: a note, and skipped; with `strict`, the clip fails instead."""
+    note = f"{what} could not be decoded ({_ffmpeg_reason(exc)})"
+    if strict:
+        raise VideoError(f"{note}; drop --video-strict to skip damaged parts") from None
+    state.notes.append(f"{note}; skipped")
 
 
 def _add_copies(inp: Any, others: list[Any], out: Any, notes: list[str]) -> dict[int, Any]:
@@ -370,6 +386,7 @@ def _add_video(vin: Any, first: Any, out: Any, options: VideoOptions) -> tuple[A
     if in_ctx.sample_aspect_ratio:
         ctx.sample_aspect_ratio = in_ctx.sample_aspect_ratio
     ctx.options = _quality_options(codec.name, options.quality)
+    ctx.thread_count = options.codec_threads
     rotation = first.rotation
     if rotation:
         vout.set_display_rotation(rotation)
@@ -493,3 +510,305 @@ def _as_error(exc: BaseException) -> BaseException:
     if isinstance(exc, av.error.FFmpegError):
         return VideoError(f"video encoding or decoding failed ({_ffmpeg_reason(exc)})")
     return exc
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def plan_segments(source: Path, min_frames: int) -> tuple[list[tuple[int | None, int | None]], int]:
+    """The clip cut at its keyframes into `[start, end)` ranges of presentation time (the
+    video stream's time base; None: the clip's start or end), each at least `min_frames`
+    frames long but the last, and its count of video packets (its frames, as a rule);
+    found by demuxing alone (nothing is decoded). A clip with one keyframe interval, or
+    whose packets have no timestamps, is one segment."""
+    inp = _open_input(source)
+    try:
+        vin = _video_stream(inp, source)
+        starts: list[int] = []
+        since = count = 0
+        timed = True
+        for packet in inp.demux(vin):
+            if not packet.size:
+                continue
+            count += 1
+            timed = timed and packet.pts is not None
+            if timed and packet.is_keyframe and (not starts or since >= min_frames):
+                starts.append(packet.pts)
+                since = 0
+            since += 1
+    except (av.error.FFmpegError, OSError):
+        pass  # damage: the last segment runs to wherever its decoding stops
+    finally:
+        inp.close()
+    if not timed:
+        starts = []
+    elif since < min_frames and len(starts) > 1:
+        starts.pop()  # a short tail joins the segment before it
+    bounds: list[int | None] = [None, *starts[1:], None]
+    return list(itertools.pairwise(bounds)), count
+
+
+def restore_segment(
+    source: Path,
+    start: int | None,
+    end: int | None,
+    frame_fn: Callable[[int, int], FrameFn],
+    *,
+    options: VideoOptions,
+    muxer: str,
+) -> Segment:
+    """Restore the frames of `source` whose timestamps are in `[start, end)` and encode
+    them as `restore_video` would for a `muxer` output (a fresh encoder: the segment
+    starts with a keyframe). Decoding starts at the keyframe `start` and runs on past
+    `end`'s keyframe only for the pictures shown before it (open GOPs)."""
+    inp = _open_input(source)
+    try:
+        vin = _video_stream(inp, source, options.codec_threads)
+        packets = _segment_packets(inp, vin, source, start, end)
+        return _encode_segment(inp, vin, packets, start, end, frame_fn, options, muxer)
+    finally:
+        inp.close()
+
+
+def _segment_packets(
+    inp: Any, vin: Any, source: Path, start: int | None, end: int | None
+) -> Iterator[Any]:
+    """The video packets to decode for `[start, end)`: from the keyframe at `start`
+    (found by seeking, else by reading from the top) to the first packet shown after
+    `end` once `end`'s keyframe has passed."""
+    if start is not None:
+        with contextlib.suppress(av.error.FFmpegError):
+            inp.seek(start, stream=vin, backward=True, any_frame=False)
+    found = start is None
+    past_end = False
+    for packet in inp.demux(vin):
+        if not packet.size:
+            continue
+        if not found:
+            if packet.pts is not None and packet.pts > start and packet.is_keyframe:
+                break  # the seek landed past the keyframe: read from the top instead
+            found = packet.is_keyframe and packet.pts == start
+            if not found:
+                continue
+        if end is not None and packet.pts is not None and packet.pts >= end:
+            if past_end and not packet.is_keyframe:
+                return
+            if packet.is_keyframe:
+                if past_end:
+                    return
+                past_end = True
+        yield packet
+    if found:
+        return
+    inp.seek(0, stream=vin, backward=True, any_frame=True)
+    for packet in inp.demux(vin):
+        if packet.size and packet.is_keyframe and packet.pts == start:
+            yield packet
+            yield from _segment_packets(inp, vin, source, None, end)
+            return
+    raise VideoError(f"{source}: no keyframe at {_seconds(start, vin.time_base)} any more")
+
+
+def _encode_segment(
+    inp: Any,
+    vin: Any,
+    packets: Iterator[Any],
+    start: int | None,
+    end: int | None,
+    frame_fn: Callable[[int, int], FrameFn],
+    options: VideoOptions,
+    muxer: str,
+) -> Segment:
+    state = _Clip()
+    decoder = vin.codec_context
+
+    def frames() -> Iterator[Any]:
+        for packet in packets:
+            try:
+                yield from decoder.decode(packet)
+            except av.error.FFmpegError as exc:
+                where = _seconds(packet.pts, vin.time_base)
+                _damaged(state, options.strict, f"a video packet at {where}", exc)
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
+            yield from decoder.decode(None)
+
+    kept = (
+        f
+        for f in frames()
+        if f.pts is None or ((start is None or f.pts >= start) and (end is None or f.pts < end))
+    )
+    first = next(kept, None)
+    if first is None:
+        return Segment(start, (), None, 0, 0, 0, tuple(state.notes))
+    # The encoder exactly as `restore_video` sets it up for this container; its packets
+    # are kept, not written: the driver joins the segments into the output.
+    out = av.open(io.BytesIO(), "w", format=muxer)
+    try:
+        vout, conv = _add_video(vin, first, out, options)
+        restore = frame_fn(conv.width, conv.height)
+        encoded: list[tuple[bytes, int | None, int | None, int | None, bool]] = []
+
+        def keep(batch: list[Any]) -> None:
+            encoded.extend((bytes(p), p.pts, p.dts, p.duration, bool(p.is_keyframe)) for p in batch)
+
+        count = 0
+        for frame in itertools.chain([first], kept):
+            pts = frame.pts
+            out_frame = conv.to_frame(restore(conv.to_rgb(frame)))
+            out_frame.pts, out_frame.time_base = pts, vin.time_base
+            keep(vout.encode(out_frame))
+            count += 1
+        keep(vout.encode(None))
+        extradata = vout.codec_context.extradata
+    except av.error.FFmpegError as exc:
+        raise _as_error(exc) from None
+    finally:
+        with contextlib.suppress(Exception):
+            out.close()
+    return Segment(
+        start,
+        tuple(encoded),
+        None if extradata is None else bytes(extradata),
+        count,
+        conv.width,
+        conv.height,
+        tuple(state.notes),
+    )
+
+
+def join_segments(
+    source: Path,
+    target: Path,
+    segments: Iterable[Segment],
+    *,
+    options: VideoOptions,
+    overwrite: bool,
+) -> ClipReport:
+    """Write `target` from `source`'s restored segments, in order (read one at a time):
+    their video packets as they are (no re-encode: a lossless join), the other streams'
+    packets copied from `source` as `restore_video` copies them, interleaved by time,
+    through a temporary file renamed when complete (see `restore_video` for errors)."""
+    muxer = MUXERS.get(target.suffix.lower())
+    if muxer is None:
+        raise UsageError(f"{target}: cannot write {target.suffix} video; use .mp4, .mkv or .mov")
+    probe = _open_input(source)
+    try:
+        first = next(probe.decode(_video_stream(probe, source)), None)
+    except av.error.FFmpegError:
+        first = None
+    finally:
+        probe.close()
+    if first is None:
+        raise VideoError(f"{source}: no video frame could be decoded")
+    inp = _open_input(source)
+    try:
+        vin = _video_stream(inp, source)
+        others = [s for s in inp.streams if s.index != vin.index and s.type != "attachment"]
+        return _write_joined(inp, vin, others, first, target, muxer, segments, options, overwrite)
+    finally:
+        inp.close()
+
+
+def _write_joined(
+    inp: Any,
+    vin: Any,
+    others: list[Any],
+    first: Any,
+    target: Path,
+    muxer: str,
+    segments: Iterable[Segment],
+    options: VideoOptions,
+    overwrite: bool,
+) -> ClipReport:
+    try:
+        tmp, fd = create_temp(target.parent, target.name)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write here ({_ffmpeg_reason(exc)})") from None
+    os.close(fd)
+    notes: list[str] = []
+    counted = {"frames": 0}
+    try:
+        out = av.open(str(tmp), "w", format=muxer)
+        try:
+            out.metadata.update({k: v for k, v in inp.metadata.items() if k != "encoder"})
+            copies = _add_copies(inp, others, out, notes)
+            vout, conv = _add_video(vin, first, out, options)
+            out.start_encoding()  # opens the encoder, as each segment's was: its header
+            header = vout.codec_context.extradata
+            header = None if header is None else bytes(header)
+
+            def video() -> Iterator[tuple[float, Any]]:
+                last: int | None = None
+                for seg in segments:
+                    if seg.packets and seg.extradata != header:
+                        raise VideoError(
+                            "the segments were encoded with other codec settings than the "
+                            "output's (different encoder versions on the Ray nodes?); "
+                            "restore this clip with --engine local"
+                        )
+                    counted["frames"] += seg.frames
+                    notes.extend(seg.notes)
+                    for data, pts, dts, duration, key in seg.packets:
+                        if dts is not None and last is not None and dts <= last:
+                            raise VideoError(
+                                f"segment at {_seconds(seg.start, vin.time_base)} overlaps the "
+                                "one before it in decoding time; restore this clip with "
+                                "--engine local"
+                            )
+                        last = dts if dts is not None else last
+                        packet = av.Packet(data)
+                        packet.pts, packet.dts, packet.time_base = pts, dts, vin.time_base
+                        if duration is not None:
+                            packet.duration = duration
+                        packet.is_keyframe = key
+                        packet.stream = vout
+                        yield _when(dts if dts is not None else pts, vin.time_base), packet
+
+            def copied() -> Iterator[tuple[float, Any]]:
+                if not copies:
+                    return
+                streams = [s for s in others if s.index in copies]
+                try:
+                    for packet in inp.demux(*streams):
+                        if packet.size:
+                            when = packet.dts if packet.dts is not None else packet.pts
+                            yield _when(when, packet.time_base), packet
+                except (av.error.FFmpegError, OSError) as exc:
+                    notes.append(f"copying the other streams stopped ({_ffmpeg_reason(exc)})")
+
+            for _, packet in heapq.merge(video(), copied(), key=lambda item: item[0]):
+                copy = copies.get(packet.stream.index) if packet.stream is not vout else vout
+                if copy is not vout:
+                    packet.stream = copy
+                out.mux(packet)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                out.close()
+            raise
+        try:
+            out.close()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"{target}: cannot finish writing ({_ffmpeg_reason(exc)})") from None
+        commit_temp(tmp, target, overwrite=overwrite)
+    except av.error.FFmpegError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _as_error(exc) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return ClipReport(
+        frames=counted["frames"],
+        width=conv.width,
+        height=conv.height,
+        codec=vout.codec_context.name,
+        notes=tuple(notes),
+    )
+
+
+def _when(ts: int | None, time_base: Fraction | None) -> float:
+    """A packet's time in seconds for interleaving (unknown: at once)."""
+    if ts is None or time_base is None:
+        return float("-inf")
+    return float(ts * time_base)

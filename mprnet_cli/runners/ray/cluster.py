@@ -160,10 +160,11 @@ def _infer_stage(
     settings: RestoreSettings,
     cluster: ClusterPlan,
     factory: RestorerFactory,
+    actor: type[_Network] = _Network,
 ) -> ray.data.Dataset:
     threads = _threads(settings, cluster)
     return ds.map_batches(
-        _Network,
+        actor,  # `_Network`, or a subclass that restores more kinds of payload (video.py)
         fn_constructor_args=(weights[0], weights[1], task, settings, factory, threads),
         batch_size=1,  # one chunk of files (or one Dataset row) per call
         batch_format="numpy",

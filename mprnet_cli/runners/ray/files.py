@@ -225,6 +225,7 @@ class _FileRun:
     _chunks: list[bytes] = field(default_factory=list)
     _planner: Planner | None = None
     _retargeted: list[tuple[int, str]] = field(default_factory=list)
+    _clips: list[Screened] = field(default_factory=list)  # videos: `ray.video`, by segments
 
     def _emit(self, result: Result) -> Result:
         if self.callbacks.finished is not None:
@@ -254,6 +255,10 @@ class _FileRun:
                     continue
                 self._take(item)
                 yield from self._stream(ready[0], retarget=True)
+            if self._clips:  # videos go by segments once the images are planned
+                if not ready:
+                    start()
+                yield from self._stream_clips(ready[0])
             if self._retargeted:  # decoded as another format than their names said: again
                 resolved = ready[0]
                 window: list[_Chunk] = []
@@ -282,11 +287,6 @@ class _FileRun:
     def _screened(self, planner: Planner) -> Iterator[tuple[int, Result | Screened]]:
         """The planner's verdict on each job, as the listing yields it (planning thread)."""
         for index, job in enumerate(self.jobs):
-            if job.error is None and job.source is not None and is_video(job.source):
-                raise UsageError(
-                    "video inputs are restored by the local engine only (for now); "
-                    "drop --engine ray"
-                )
             yield index, planner.screen(job, sniff=False)
 
     def _report_settled(self, since: float) -> None:
@@ -315,6 +315,9 @@ class _FileRun:
             if isinstance(verdict, Result):
                 yield verdict
                 continue
+            if _is_clip(verdict):
+                self._clips.append(verdict)  # restored by segments after the images
+                continue
             full = chunker.add(index, verdict, _size(verdict.job.source))
             if full is not None:
                 yield full
@@ -327,6 +330,23 @@ class _FileRun:
         for packed, screened in window:
             self._pending.update(screened)
             self._chunks.append(packed)
+
+    def _stream_clips(self, resolved: ResolvedWeights) -> Iterator[Result]:
+        from mprnet_cli.runners.ray.video import restore_clips
+
+        clips, self._clips = self._clips, []
+        yield from restore_clips(
+            clips,
+            resolved,
+            plan_destination=self.plan.destination,
+            task=self.task,
+            settings=self.settings,
+            cluster=self.cluster,
+            overwrite=self.overwrite,
+            callbacks=self.callbacks,
+            factory=self.factory,
+            emit=self._emit,
+        )
 
     def _replanned(self) -> Iterator[tuple[int, Result | Screened]]:
         """The retargeted jobs, screened again under the names their decoding settled."""
@@ -397,6 +417,11 @@ class _FileRun:
                     if temp_target(entry.name) in names:
                         with contextlib.suppress(OSError):
                             Path(entry.path).unlink()
+
+
+def _is_clip(screened: Screened) -> bool:
+    source = screened.job.source
+    return isinstance(source, Path) and is_video(source)
 
 
 def _mtime(target: Where) -> float:
