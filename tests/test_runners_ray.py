@@ -717,10 +717,10 @@ def test_the_driver_plans_on_a_thread_and_sends_what_is_planned_in_windows() -> 
 
     def failing() -> Iterator[Any]:
         yield b"1", []
-        raise UsageError("video inputs are restored by the local engine only")
+        raise UsageError("an input folder cannot be read")
 
     feed = files._Feed(failing())
-    with pytest.raises(UsageError, match="local engine only"):
+    with pytest.raises(UsageError, match="cannot be read"):
         list(feed.windows())
     feed.close()
 
