@@ -40,7 +40,7 @@ from mprnet_cli.pipeline import (
 )
 from mprnet_cli.quality import apply_strength, self_ensemble
 from mprnet_cli.settings import RestoreSettings, settings_of
-from mprnet_cli.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
+from mprnet_cli.splitlines import restore_hiding_split_lines
 from mprnet_cli.tasks import Task
 from mprnet_cli.tiling import round_up
 from mprnet_cli.weights import ResolvedWeights, Source, registry, resolve
@@ -93,8 +93,11 @@ class Restorer:
         checkpoint = read_checkpoint(self.resolved.path)
         check_rgb(checkpoint)
         self.config: MPRNetConfig = checkpoint.config
+        model = build_model(checkpoint)
+        # fix: the network runs on its input uncut, so it draws no split lines at all.
+        model.cut_input = s.split_lines is not SplitLines.FIX
         spec = BackendSpec(
-            build_model(checkpoint),
+            model,
             self.device,
             s.precision,
             memory=self._bytes_per_pixel,
@@ -199,7 +202,7 @@ def load_restorer(
 
 _SPLIT_LINE_RUNS = {
     SplitLines.KEEP: restore_array,
-    SplitLines.FIX: restore_fixing_split_lines,
+    SplitLines.FIX: restore_array,  # on the uncut network (`MPRNet.cut_input`)
     SplitLines.HIDE: restore_hiding_split_lines,
 }
 
