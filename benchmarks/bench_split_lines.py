@@ -8,10 +8,11 @@ For each network and photo, a crop of --crop HxW (top-left) and the same crop mo
 down by 8 rows are degraded with the network's task degradation (noise:15, rain,
 blur:levin:1, fixed seeds; the moved crop is cut from the same degraded image) and
 restored in one pass ("plain-1", `--split-lines keep`) and in tiles of --tile px with
---overlap ("plain-t"), and both again through `splitlines.restore_fixing_split_lines`
-("fixed-1", "fixed-t", the default) and, with --methods, `restore_hiding_split_lines`
-("hidden-1", "hidden-t"). The network runs on the backend `mprnet derain` picks here
-(--backend auto: OpenVINO on CPUs that have it, bf16 where the CPU does bf16).
+--overlap ("plain-t"), and both again by the same weights on their input uncut
+("fixed-1", "fixed-t": `--split-lines fix`, the default) and, with --methods,
+`restore_hiding_split_lines` ("hidden-1", "hidden-t"). The network runs on the backend
+`mprnet derain` picks here (--backend auto: PyTorch for the compact bundled networks,
+OpenVINO for published widths once converted, bf16 where the CPU does bf16).
 Metrics, all on outputs quantised to 8-bit levels (0-255 scale, float):
 
 shift   D(r) = mean over columns and channels of |A(r) - B(r)|, for image rows r that
@@ -35,7 +36,7 @@ time    seconds of each restore (fixed or hidden / plain, same image, measured o
         the other in this process). And --time-size WxH: the first --time-count photos
         resized to that size (bicubic; the test sets hold no 1-MP or 12-MP photos) and
         restored with the DEFAULT options (tile from free memory) as `keep` and `fix`,
-        alternating, --rounds times: "time_ratio" = sum(fix) / sum(keep) over all rounds
+        alternating (which goes first alternates too), --rounds times: "time_ratio" = sum(fix) / sum(keep) over all rounds
         (wall), "cpu_ratio" the same in this process's CPU seconds
         (the first round includes OpenVINO's first-shape costs; "time_ratio_warm" leaves
         it out).
@@ -73,12 +74,7 @@ from mprnet_cli.degradations.benchmark import parse_degradation
 from mprnet_cli.evaluation.metrics import line_contrast, line_steps, shifted_difference
 from mprnet_cli.imageio import read_image
 from mprnet_cli.inference.pipeline import TileOptions, restore_array
-from mprnet_cli.inference.splitlines import (
-    canvas_plan,
-    pass_offsets,
-    restore_fixing_split_lines,
-    restore_hiding_split_lines,
-)
+from mprnet_cli.inference.splitlines import canvas_plan, pass_offsets, restore_hiding_split_lines
 from mprnet_cli.inference.tiling import TilePlan, plan_tiles, round_up
 from mprnet_cli.model import MPRNet
 from mprnet_cli.model.checkpoint import state_dict_for_saving
@@ -117,17 +113,19 @@ def inside(positions: list[int], size: int, margin: int = 16) -> list[int]:
 
 RUNS = {
     "plain": restore_array,
-    "fixed": restore_fixing_split_lines,
+    "fixed": restore_array,  # on the uncut network
     "hidden": restore_hiding_split_lines,
 }
+SPLIT_LINES = {"plain": "keep", "fixed": "fix", "hidden": "hide"}
 
 
-def network(name: str, backend: str, scratch: Path) -> Restorer:
-    """The network as `mprnet` runs it (same backend choice, precision and tile sizing)."""
+def network(name: str, backend: str, scratch: Path, split_lines: str = "keep") -> Restorer:
+    """The network as `mprnet --split-lines SPLIT_LINES` runs it (same backend choice,
+    precision and tile sizing)."""
     kind, task_name = name.split("-", 1)
     task = Task(task_name)
     if kind == "bundled":
-        return Restorer(task, model="bundled", backend=backend, quiet=True)
+        return Restorer(task, model="bundled", backend=backend, quiet=True, split_lines=split_lines)
     torch.manual_seed(0)
     path = scratch / f"{name}.safetensors"
     config = published_configs()[task.value]
@@ -136,7 +134,7 @@ def network(name: str, backend: str, scratch: Path) -> Restorer:
         path,
         metadata={"format": "mprnet", "config": json.dumps(config.to_dict())},
     )
-    return Restorer(task, weights=path, backend=backend, quiet=True)
+    return Restorer(task, weights=path, backend=backend, quiet=True, split_lines=split_lines)
 
 
 def restore(
@@ -149,7 +147,7 @@ def restore(
 
 
 def time_default(
-    restorer: Restorer, photos: list[Path], size: tuple[int, int], rounds: int
+    restorers: dict[str, Restorer], photos: list[Path], size: tuple[int, int], rounds: int
 ) -> dict[str, Any]:
     """keep vs fix with the default options on resized photos, alternating, in one run."""
     images = [
@@ -166,7 +164,8 @@ def time_default(
         for x in images:
             for method in order:
                 c0 = time.process_time()
-                _, sec = restore(restorer.backend, x, None, restorer.options.overlap, method)
+                r = restorers[method]
+                _, sec = restore(r.backend, x, None, r.options.overlap, method)
                 cpu[method].append(time.process_time() - c0)
                 seconds[method].append(sec)
                 print(
@@ -189,7 +188,7 @@ def time_default(
 
 
 def measure_one(
-    engine: Backend,
+    engines: dict[str, Backend],
     degraded: FloatImage,
     crop: tuple[int, int],
     tile: int,
@@ -212,8 +211,8 @@ def measure_one(
     for method in methods:
         for mode, size in (("1", 0), ("t", tile)) if tile else (("1", 0),):
             key = f"{method}-{mode}"
-            a, ta = restore(engine, a_in, size, overlap, method)
-            b, tb = restore(engine, b_in, size, overlap, method)
+            a, ta = restore(engines[method], a_in, size, overlap, method)
+            b, tb = restore(engines[method], b_in, size, overlap, method)
             outs[key] = (levels(a), levels(b))
             seconds[key] = (ta + tb) / 2
     one = outs["plain-1"][0]
@@ -295,13 +294,17 @@ def main(argv: list[str] | None = None) -> int:
         random = name.startswith("random")
         crop = tuple(int(v) for v in (args.random_crop if random else args.crop).split("x"))
         tile = args.random_tile if random else args.tile
-        restorer = network(name, args.backend, scratch)
-        engine = restorer.backend
+        restorers = {
+            m: network(name, args.backend, scratch, SPLIT_LINES[m])
+            for m in {*methods, "plain", "fixed"}
+        }
+        engines = {m: r.backend for m, r in restorers.items()}
+        engine = engines["plain"]
         print(f"{name}: {engine.name} {engine.precision.value} on {engine.device}", flush=True)
         degradation = parse_degradation(DEGRADE[task], kernels_dir=args.kernels)
         for index, photo in enumerate(photos[: args.random_count if random else args.count]):
             degraded, _ = degradation(read_image(photo).rgb, index)
-            res = measure_one(engine, degraded, (crop[0], crop[1]), tile, args.overlap, methods)
+            res = measure_one(engines, degraded, (crop[0], crop[1]), tile, args.overlap, methods)
             rec = {
                 "network": name,
                 "backend": f"{engine.name} {engine.precision.value}",
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.time_size:
             size = tuple(int(v) for v in args.time_size.split("x"))
             timing = time_default(
-                restorer, photos[: args.time_count], (size[0], size[1]), args.rounds
+                restorers, photos[: args.time_count], (size[0], size[1]), args.rounds
             )
             records.append(
                 {

@@ -36,7 +36,7 @@ from mprnet_cli.inference.pipeline import (
     restore_array,
 )
 from mprnet_cli.inference.quality import apply_strength, self_ensemble
-from mprnet_cli.inference.splitlines import restore_fixing_split_lines, restore_hiding_split_lines
+from mprnet_cli.inference.splitlines import restore_hiding_split_lines
 from mprnet_cli.inference.tiling import round_up
 from mprnet_cli.model.checkpoint import build_model, check_rgb, read_checkpoint
 from mprnet_cli.model.config import MPRNetConfig
@@ -96,8 +96,11 @@ class Restorer:
         checkpoint = read_checkpoint(self.resolved.path)
         check_rgb(checkpoint)
         self.config: MPRNetConfig = checkpoint.config
+        model = build_model(checkpoint)
+        # fix: the network runs on its input uncut, so it draws no split lines at all.
+        model.cut_input = s.split_lines is not SplitLines.FIX
         spec = BackendSpec(
-            build_model(checkpoint),
+            model,
             self.device,
             s.precision,
             memory=self._bytes_per_pixel,
@@ -203,7 +206,7 @@ def load_restorer(
 
 _SPLIT_LINE_RUNS = {
     SplitLines.KEEP: restore_array,
-    SplitLines.FIX: restore_fixing_split_lines,
+    SplitLines.FIX: restore_array,  # on the uncut network (`MPRNet.cut_input`)
     SplitLines.HIDE: restore_hiding_split_lines,
 }
 

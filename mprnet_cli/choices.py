@@ -50,15 +50,15 @@ class Ensemble(str, Enum):
 class SplitLines(str, Enum):
     """What to do about MPRNet's split lines (the centre row/column of every network pass)."""
 
-    KEEP = "keep"  # the network's output as is
-    FIX = "fix"  # re-run thin windows across each line (`splitlines.restore_fixing_split_lines`)
+    KEEP = "keep"  # the network as published: quarters and halves, lines included
+    FIX = "fix"  # the same weights on the input uncut (`MPRNet.cut_input`): no lines
     HIDE = "hide"  # three shifted full passes (`splitlines.restore_hiding_split_lines`)
 
 
-DEFAULT_SPLIT_LINES = SplitLines.KEEP
-"""`fix` becomes the default once it meets issue 21's bars on the default command (split
-rows <= 0.6 levels one pass AND tiled, time <= 1.2x); measured: 0.31 one pass, 0.82 in
-256-px tiles, time not measurable on the loaded machine (docs/quality-and-split-lines.md, Split lines)."""
+DEFAULT_SPLIT_LINES = SplitLines.FIX
+"""Issue 21's bars met by `fix` on the default command: split rows <= 0.6 levels in one
+pass and tiled, tile-centre ratio <= 1.15, time <= 1.2x `keep` (it is ~1x: the same
+operations); measured in benchmarks/bench_split_lines.py, docs/quality-and-split-lines.md."""
 
 
 def split_lines_choice(value: SplitLines | str | None, hide: bool = False) -> SplitLines:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from mprnet_cli import Restorer
 from mprnet_cli.api import choose_precision
+from mprnet_cli.backends.torch import TorchBackend
 from mprnet_cli.choices import Precision
 from mprnet_cli.errors import CheckpointError, UsageError
 from mprnet_cli.inference.pipeline import TileOptions, restore_array
@@ -136,6 +137,19 @@ def test_ensemble_and_strength(tiny_checkpoint: Path) -> None:
         Restorer(weights=tiny_checkpoint, strength=2)
     with pytest.raises(UsageError, match="--ensemble"):
         Restorer(weights=tiny_checkpoint, ensemble=3)
+
+
+@pytest.mark.parametrize(
+    ("split_lines", "cut"), [(None, False), ("fix", False), ("keep", True), ("hide", True)]
+)
+def test_split_lines_fix_is_the_default_and_runs_the_network_uncut(
+    tiny_checkpoint: Path, split_lines: str | None, cut: bool
+) -> None:
+    """Issue 21: the default output has no split lines: `fix` (the default) builds the
+    network uncut; `keep` and `hide` run it as published."""
+    r = Restorer(weights=tiny_checkpoint, device="cpu", tile=0, split_lines=split_lines)
+    assert isinstance(r.backend, TorchBackend)
+    assert r.backend.model.cut_input is cut
 
 
 def test_bad_settings_are_usage_errors(tiny_checkpoint: Path) -> None:

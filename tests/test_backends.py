@@ -679,6 +679,33 @@ def test_auto_runs_pytorch_on_a_first_run_and_converts_in_the_background(
     assert later.name == "openvino" and len(calls) == 1
 
 
+def test_openvino_runs_the_uncut_network_under_its_own_key(
+    ov_cache: Path, converted_cache: Path, spawned: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: `--split-lines fix` runs the same weights uncut, another graph: converted
+    and cached apart from the cut one (also by the background converter), and equal to
+    PyTorch's uncut run within float32 rounding (1e-4, as for the cut network)."""
+    from mprnet_cli.backends import openvino as ovb
+    from mprnet_cli.backends.openvino import OpenVinoBackend
+
+    uncut = tiny_model()
+    uncut.cut_input = False
+    assert ovb.weights_key(uncut) != ovb.weights_key(tiny_model())
+    ov = OpenVinoBackend.create(BackendSpec(uncut, torch.device("cpu"), Precision.FP32))
+    rgb = image(40, 64)
+    a, _ = restore_array(ov, rgb, TileOptions(tile=0))
+    b, _ = restore_array(TorchBackend(uncut, torch.device("cpu")), rgb, TileOptions(tile=0))
+    c, _ = restore_array(TorchBackend(tiny_model(), torch.device("cpu")), rgb, TileOptions(tile=0))
+    assert np.abs(a - b).max() <= 1e-4 and np.abs(a - c).max() > 1e-3
+    assert len(list((ov_cache / "openvino").iterdir())) == 2
+    # The background converter is told too (it rebuilds the network from saved weights).
+    calls, _ = _converts_from(converted_cache, monkeypatch)
+    folder = ov_cache / "openvino" / "uncut-job-test"
+    assert ovb.convert_in_background(uncut, folder) and len(spawned) == 1
+    assert ovb.convert_job(Path(spawned[0][-2]), folder)
+    assert [getattr(m, "cut_input", None) for m in calls] == [False]
+
+
 def test_auto_runs_compact_networks_on_pytorch(ov_cache: Path, spawned: list[list[str]]) -> None:
     """Part 2: as fast end to end with PyTorch (OpenVINO's compile ate its advantage)."""
     spec = BackendSpec(tiny_model(), torch.device("cpu"), Precision.FP32)  # n_feat 8

@@ -483,7 +483,7 @@ def test_stdin_needs_an_output_and_stdout_takes_one_input(tmp_path: Path) -> Non
 
 def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Path) -> None:
     """--strength 0 gives the input back; --ensemble and --split-lines change the result."""
-    save_png(tmp_path / "a.png", size=96)  # 96 px: room for a window across each line
+    save_png(tmp_path / "a.png", size=96)
     base: list[str | Path] = ["derain", "a.png", "-w", tiny_checkpoint, *FAST, "-q", "-o"]
     outputs = {}
     for name, extra in [
@@ -503,8 +503,8 @@ def test_quality_options_reach_the_restorer(tmp_path: Path, tiny_checkpoint: Pat
     assert not np.array_equal(outputs["mirror"], outputs["plain"])
     assert not np.array_equal(outputs["hidden"], outputs["plain"])
     assert np.array_equal(outputs["hide"], outputs["hidden"])  # the alias
-    assert np.array_equal(outputs["keep"], outputs["plain"])  # the default
-    assert not np.array_equal(outputs["fix"], outputs["plain"])
+    assert np.array_equal(outputs["fix"], outputs["plain"])  # the default
+    assert not np.array_equal(outputs["keep"], outputs["plain"])
     clash = invoke(*base, "x.png", "--split-lines", "keep", "--hide-split-lines", cwd=tmp_path)
     assert clash.exit_code == 2 and "contradicts --split-lines keep" in clash.stderr
 

@@ -217,7 +217,7 @@ def test_split_lines_choice_default_alias_and_clash() -> None:
     from mprnet_cli.choices import split_lines_choice
     from mprnet_cli.settings import settings_of
 
-    assert split_lines_choice(None) is SplitLines.KEEP
+    assert split_lines_choice(None) is SplitLines.FIX  # issue 21: the default
     assert split_lines_choice("fix") is SplitLines.FIX
     assert split_lines_choice("keep") is SplitLines.KEEP
     assert split_lines_choice(None, hide=True) is SplitLines.HIDE
@@ -228,6 +228,6 @@ def test_split_lines_choice_default_alias_and_clash() -> None:
         split_lines_choice("off")
     # The settings object takes the alias too (Restorer and restore_dataset pass it on).
     assert settings_of(hide_split_lines=True).split_lines is SplitLines.HIDE
-    assert settings_of(split_lines=None).split_lines is SplitLines.KEEP  # the default
+    assert settings_of(split_lines=None).split_lines is SplitLines.FIX  # the default
     with pytest.raises(UsageError, match="contradicts"):
         settings_of(split_lines="keep", hide_split_lines=True)

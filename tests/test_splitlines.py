@@ -15,21 +15,15 @@ from mprnet_cli.evaluation.metrics import line_contrast, line_steps, shifted_dif
 from mprnet_cli.inference import splitlines
 from mprnet_cli.inference.pipeline import TileOptions, restore_array
 from mprnet_cli.inference.splitlines import (
-    FIX_CORE,
-    FIX_FEATHER,
-    FIX_LEAD,
-    FIX_WINDOW,
     canvas_plan,
-    fix_plan,
-    fix_weight,
-    fix_window,
     line_weight,
     pass_weights,
-    restore_fixing_split_lines,
     restore_hiding_split_lines,
     split_lines,
 )
 from mprnet_cli.inference.tiling import plan_tiles
+from mprnet_cli.model import MPRNet
+from mprnet_cli.weights import published_configs
 
 
 class _Identity(nn.Module):
@@ -161,88 +155,29 @@ def test_lines_at_the_split_disappear_shift_metric(tile: int) -> None:
 # --------------------------------------------------------------------------- fix (default)
 
 
-def test_fix_window_keeps_its_own_split_away_from_the_line() -> None:
-    for size, line in [(128, 64), (1024, 512), (200, 100), (64, 8), (96, 80), (520, 500)]:
-        start = fix_window(line, size)
-        assert start is not None, (size, line)
-        assert start >= 0 and start + FIX_WINDOW <= size
-        assert start <= line - FIX_LEAD or start == 0  # the band's rows lie inside
-        assert line + FIX_LEAD <= start + FIX_WINDOW or start + FIX_WINDOW == size
-        assert abs(start + FIX_WINDOW // 2 - line) >= FIX_LEAD
-    assert fix_window(24, 48) is None  # smaller than a window: nothing to re-run
-    assert fix_window(32, 64) is None  # a 64-px axis split at 32: a window would be the pass
+def test_fix_uncut_network_draws_no_split_line_at_a_published_width() -> None:
+    """Issue 21's bar on a random network of the published derain width (the bundled
+    weights are checked by benchmarks/bench_split_lines.py): the benchmark's shift-by-8
+    row difference. Cut, such networks draw lines of 12-46 levels on their split rows
+    (5 levels is far below any of them); uncut there is no split, and what is left is
+    the attention averages seeing 8 other rows of 96 (0.02-0.03 levels measured for
+    all three published widths): the issue's 0.6 has a 20x margin over that."""
+    torch.manual_seed(0)
+    model = MPRNet(published_configs()["derain"]).eval()
+    engine = _engine(model)
+    rows, cols = np.mgrid[0:104, 0:64].astype(np.float32)
+    texture = np.random.default_rng(0).random((104, 64, 3), dtype=np.float32)
+    image = (0.5 + 0.2 * np.sin(cols / 7)[..., None] * np.cos(rows / 11)[..., None]) + 0.1 * texture
+    a_in, b_in = np.ascontiguousarray(image[:96]), np.ascontiguousarray(image[8:])
 
+    def shift_rows(cut: bool) -> np.ndarray:
+        model.cut_input = cut
+        a, b = (restore_array(engine, x, TileOptions(tile=0))[0] for x in (a_in, b_in))
+        return shifted_difference(np.round(a * 255), np.round(b * 255), 8)
 
-def test_fix_weight_is_one_on_the_line_and_zero_past_the_band() -> None:
-    w = fix_weight(100, [50])
-    np.testing.assert_array_equal(w[50 - FIX_CORE : 50 + FIX_CORE], 1.0)
-    np.testing.assert_array_equal(w[: 50 - FIX_CORE - FIX_FEATHER], 0.0)
-    np.testing.assert_array_equal(w[50 + FIX_CORE + FIX_FEATHER :], 0.0)
-    assert np.all(np.diff(w[:50]) >= 0) and np.all(np.diff(w[50:]) <= 0)
-
-
-def test_fix_plan_counts_row_column_and_crossing_windows() -> None:
-    one = fix_plan(plan_tiles(128, 160, 0, 0))
-    assert one.rows == ((64, 48),) and one.cols == ((80, 64),)
-    assert one.windows == 3
-    tiled = fix_plan(plan_tiles(208, 208, 128, 32))  # 2x2 tiles, centres 60 and 148
-    assert [r for r, _ in tiled.rows] == [60, 148] and [c for c, _ in tiled.cols] == [60, 148]
-    assert tiled.windows == 2 * 2 + 2 * 2 + 2 * 2
-
-
-def test_fix_identity_network_comes_back_bit_exact() -> None:
-    rgb = np.random.default_rng(0).random((150, 170, 3), dtype=np.float32)
-    for tile in (0, 96):
-        out, stats = restore_fixing_split_lines(
-            _engine(_Identity()), rgb, TileOptions(tile=tile, overlap=16)
-        )
-        np.testing.assert_array_equal(out, rgb)
-        plan = plan_tiles(152, 176, tile, 16 if tile else 0)
-        assert stats.tiles == len(plan) + fix_plan(plan).windows
-
-
-@pytest.mark.parametrize("tile", [0, 112])
-def test_fix_removes_lines_at_the_split_shift_metric(tile: int) -> None:
-    """A line drawn at every network input's centre: gone from the default output,
-    crossings and each window's own (column or row) line included."""
-    image = np.random.default_rng(1).random((264, 232, 3), dtype=np.float32) * 0.8
-    a_in, b_in = image[:256], image[8:]
-    options = TileOptions(tile=tile)
-    engine = _engine(_SplitArtefact("line"))
-    plain = [restore_array(engine, np.ascontiguousarray(x), options)[0] for x in (a_in, b_in)]
-    fixed = [
-        restore_fixing_split_lines(engine, np.ascontiguousarray(x), options)[0]
-        for x in (a_in, b_in)
-    ]
-    assert np.nanmax(shifted_difference(*plain, 8)) > 0.09
-    # The windows never draw inside a band they fill, and only 0-weight pixels carry
-    # another input's line: exact up to float32 rounding of x + (y - x) * w.
-    assert np.nanmax(shifted_difference(*fixed, 8)) < 1e-5
-    np.testing.assert_allclose(fixed[0], a_in, atol=1e-6)
-
-
-@pytest.mark.parametrize("tile", [0, 112])
-def test_fix_spreads_a_step_over_the_feather(tile: int) -> None:
-    rows, cols = np.mgrid[0:136, 0:152]
-    rgb = np.repeat((0.3 + 0.001 * rows + 0.0005 * cols)[..., None], 3, axis=2).astype(np.float32)
-    engine = _engine(_SplitArtefact("step"))
-    fixed, _ = restore_fixing_split_lines(engine, rgb, TileOptions(tile=tile))
-    # A step is an offset between halves, not a line: the window (no offset across the
-    # band) gives way to the pass over FIX_FEATHER px, cos²: slope at most
-    # 0.1 * pi / (2 * FIX_FEATHER) = 0.026, plus the ramp's own 0.001.
-    bound = 0.1 * np.pi / (2 * FIX_FEATHER) + 0.0011
-    assert np.nanmax(line_steps(fixed, 0)) < bound
-    assert np.nanmax(line_steps(fixed, 1)) < bound
-
-
-def test_fix_reports_progress_to_the_end() -> None:
-    seen: list[tuple[int, int]] = []
-    rgb = np.zeros((128, 128, 3), dtype=np.float32)
-    restore_fixing_split_lines(
-        _engine(_Identity()), rgb, TileOptions(tile=0), progress=lambda d, t: seen.append((d, t))
-    )
-    assert seen[-1] == (4, 4)  # one pass, then a row, a column and a crossing window
-    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    keep, fix = shift_rows(True), shift_rows(False)
+    assert min(keep[47], keep[55]) > 5.0  # the cut network's split rows (48 and 8 + 48)
+    assert np.nanmax(fix[24:80]) < 0.6  # rows 16 px from both crops' borders
 
 
 class _Offset(nn.Module):
@@ -252,12 +187,10 @@ class _Offset(nn.Module):
         return [x + 0.02]
 
 
-@pytest.mark.parametrize(
-    "run", [restore_array, restore_fixing_split_lines, restore_hiding_split_lines]
-)
+@pytest.mark.parametrize("run", [restore_array, restore_hiding_split_lines])
 @pytest.mark.parametrize("tile", [0, 96])
 def test_blending_adds_no_colour_shift_of_its_own(run: Any, tile: int) -> None:
-    """Issue 21: outputs ~3 levels darker than targets. Tiles, windows and passes are
+    """Issue 21: outputs ~3 levels darker than targets. Tiles and passes are
     blended as normalised weighted means, so a network's own shift comes out exactly
     (to float32 rounding of values near 1: 1e-6), never more or less."""
     rgb = np.random.default_rng(2).random((200, 184, 3), dtype=np.float32) * 0.9

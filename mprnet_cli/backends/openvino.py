@@ -119,6 +119,8 @@ def weights_key(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is not None:
         digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    if not getattr(model, "cut_input", True):
+        digest.update(b"uncut")  # another graph on the same weights (`--split-lines fix`)
     for name, tensor in model.state_dict().items():
         t = tensor.detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{name}:{tuple(t.shape)}".encode())
@@ -348,6 +350,8 @@ AUTO_MIN_WIDTH = 40
 # A conversion job whose lock folder is this old died with its process.
 STALE_JOB_SECONDS = 3600.0
 _JOB_PREFIX = ".converting-"
+# In a job folder: convert the network with `cut_input=False`.
+_UNCUT = "uncut"
 
 
 def create_auto(spec: BackendSpec, notify: Notify | None = None) -> Any:
@@ -393,6 +397,8 @@ def convert_in_background(model: nn.Module, folder: Path) -> bool:
         return False
     try:
         save_file(state_dict_for_saving(model), str(job / "weights.safetensors"))  # type: ignore[arg-type]
+        if not getattr(model, "cut_input", True):
+            (job / _UNCUT).touch()
         code = "from mprnet_cli.backends.openvino import _background_main; _background_main()"
         subprocess.Popen(
             [sys.executable, "-c", code, str(job), str(folder)],
@@ -415,6 +421,7 @@ def convert_job(job: Path, folder: Path) -> bool:
 
     try:
         model = build_model(read_checkpoint(job / "weights.safetensors"))
+        model.cut_input = not (job / _UNCUT).exists()
         start = time.perf_counter()
         converted = export(model)
         return save(converted, folder, time.perf_counter() - start)

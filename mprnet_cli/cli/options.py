@@ -178,9 +178,9 @@ SplitLinesOpt = Annotated[
     typer.Option(
         "--split-lines",
         help="The network's split lines (centre row/column of the image or of each tile): "
-        "keep (default) leaves them, fix re-runs thin windows across them (12-19% more "
-        "pixels through the network on 1-MP photos, more on small ones), hide blends "
-        "three shifted passes (3-5x the time).",
+        "fix (default) runs the network on its input uncut, so it draws none (same "
+        "time), keep runs it as published (lines included), hide blends three "
+        "shifted passes of the published network (3-5x the time).",
         show_default=False,
     ),
 ]

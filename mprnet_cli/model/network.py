@@ -269,7 +269,9 @@ def _join_halves(f: Tensor) -> Tensor:
 class MPRNet(nn.Module):
     """The three-stage network. `forward` returns [restored, stage-2, stage-1] images.
 
-    Inputs must have height and width divisible by 8 (the caller pads).
+    Inputs must have height and width divisible by 8 (the caller pads). `cut_input`
+    (True, as published and trained) cuts the input into quarters for stage 1 and
+    halves for stage 2; False runs both stages on it whole (no split lines).
     """
 
     def __init__(self, config: MPRNetConfig | None = None) -> None:
@@ -292,6 +294,7 @@ class MPRNet(nn.Module):
         self.concat23 = conv(2 * n, n + o, k, b)
         self.tail = conv(n + o, cfg.out_c, k, b)
         self.batched = True
+        self.cut_input = True
 
     @property
     def batched(self) -> bool:
@@ -309,7 +312,9 @@ class MPRNet(nn.Module):
         h, w = x.shape[-2:]
         if h % 8 or w % 8:
             raise ValueError(f"MPRNet input must be a multiple of 8 in size, got {h}x{w}")
-        if self.batched:
+        if not self.cut_input:
+            feat2, res2 = self._stages12_whole(x)
+        elif self.batched:
             feat2, res2 = self._stages12_batched(x)
         else:
             feat2, res2 = self._stages12_reference(x)
@@ -318,6 +323,18 @@ class MPRNet(nn.Module):
         x3 = self.concat23(torch.cat((self.shallow_feat3(x), x3_samfeats), 1))
         x3 = self.stage3_orsnet(x3, stage2_inputs, res2)
         return [self.tail(x3) + x, stage2_img, stage1_img]
+
+    def _stages12_whole(self, x: Tensor) -> tuple[Features, Features]:
+        """Stages 1 and 2 on the whole input, uncut (`cut_input=False`): the same weights
+        and operations without the quarter/half borders, which leave split lines
+        (`--split-lines fix`; `splitlines` says why and what it costs)."""
+        feat1 = self.stage1_encoder(self.shallow_feat1(x))
+        res1 = self.stage1_decoder(feat1)
+        sam1, stage1_img = self.sam12(res1[0], x)
+        x2 = self.concat12(torch.cat((self.shallow_feat2(x), sam1), 1))
+        feat2 = self.stage2_encoder(x2, feat1, res1)
+        res2 = self.stage2_decoder(feat2)
+        return [*feat2, stage1_img], res2
 
     def _stages12_reference(self, x: Tensor) -> tuple[Features, Features]:
         """Stages 1 and 2 quarter by quarter, half by half (the reference order)."""
