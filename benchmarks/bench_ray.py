@@ -34,12 +34,14 @@ from benchlib import host_info, measured_at
 from PIL import Image
 
 from mprnet_cli.api import Restorer
-from mprnet_cli.choices import ModelChoice
+from mprnet_cli.choices import ModelChoice, OutputFormat
 from mprnet_cli.imageio import encode_image, read_image
 from mprnet_cli.jobs import Status, expand_inputs, plan_outputs
 from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners import ray as ray_runner
 from mprnet_cli.runners.local import run_batch
+from mprnet_cli.runners.ray import cluster as ray_cluster
+from mprnet_cli.runners.ray import stages as ray_stages
 from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 from mprnet_cli.weights import resolve
@@ -84,16 +86,16 @@ def run_ray(folder: Path, out: Path, task: Task, threads: int | None) -> tuple[f
 
 def payload_bytes(path: Path, task: Task) -> dict[str, int]:
     """Object-store bytes of one image: decode -> actor, actor -> encode, encode -> driver."""
-    decoded = stages.decode(path, str(path), ray_runner.OutputFormat.SAME, None)
+    decoded = stages.decode(path, str(path), OutputFormat.SAME, None)
     restorer = Restorer(task, model=ModelChoice.BUNDLED, quiet=True)
-    net = object.__new__(ray_runner._Network)
+    net = object.__new__(ray_cluster._Network)
     net.restorer = restorer
     restored = net._restore(decoded)
     written = stages.write(restored, lambda data: None, 95)
     return {
-        "decoded": len(ray_runner._pack(decoded)),
-        "restored": len(ray_runner._pack(restored)),
-        "record": len(ray_runner._pack(written)),
+        "decoded": len(ray_stages._pack(decoded)),
+        "restored": len(ray_stages._pack(restored)),
+        "record": len(ray_stages._pack(written)),
     }
 
 
@@ -116,16 +118,16 @@ def photo_costs(work: Path, repeat: int) -> dict[str, Any]:
         decoded = read_image(path)
         decode.append(time.perf_counter() - t)
         t = time.perf_counter()
-        data = encode_image(decoded.rgb, decoded.info, ray_runner.OutputFormat.JPEG)
+        data = encode_image(decoded.rgb, decoded.info, OutputFormat.JPEG)
         encode.append(time.perf_counter() - t)
-    item = stages.decode(path, "photo", ray_runner.OutputFormat.SAME, None)
+    item = stages.decode(path, "photo", OutputFormat.SAME, None)
     restored_bytes = item.nbytes if isinstance(item, stages.Decoded) else 0  # integers back
     return {
         "photo_bytes": path.stat().st_size,
         "encoded_bytes": len(data),
         "decode_s": statistics.median(decode),
         "encode_s": statistics.median(encode),
-        "decoded_payload_bytes": len(ray_runner._pack(item)),
+        "decoded_payload_bytes": len(ray_stages._pack(item)),
         "restored_payload_bytes_approx": restored_bytes,
     }
 

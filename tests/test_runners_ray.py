@@ -29,6 +29,7 @@ from mprnet_cli.api import Restorer  # noqa: E402
 from mprnet_cli.errors import MprnetError, UsageError  # noqa: E402
 from mprnet_cli.imageio import OutputFormat, encode_image, read_image, resolve_format  # noqa: E402
 from mprnet_cli.jobs import (  # noqa: E402
+    Callbacks,
     Job,
     Screened,
     Status,
@@ -37,6 +38,7 @@ from mprnet_cli.jobs import (  # noqa: E402
 )
 from mprnet_cli.runners import RaySettings  # noqa: E402
 from mprnet_cli.runners import ray as ray_runner  # noqa: E402
+from mprnet_cli.runners.ray import files  # noqa: E402
 from mprnet_cli.settings import RestoreSettings  # noqa: E402
 from mprnet_cli.tasks import Task  # noqa: E402
 from mprnet_cli.weights import resolve  # noqa: E402
@@ -625,7 +627,7 @@ def test_jobs_are_files_only() -> None:
 def unfinished_run(tmp_path: Path, out: Path, **kw: Any) -> Any:
     """A file run as it is when stopped: a, b, c planned (a and b never reported back)."""
     jobs = [Job(tmp_path / f"{n}.png") for n in "abc"]
-    run = ray_runner._FileRun(
+    run = files._FileRun(
         jobs,
         plan_outputs(expand_inputs(["x.png"]), str(out), suffix="_x"),
         weights=lambda: None,  # type: ignore[arg-type, return-value]
@@ -633,7 +635,7 @@ def unfinished_run(tmp_path: Path, out: Path, **kw: Any) -> Any:
         settings=RestoreSettings(),
         cluster=RaySettings(),
         overwrite=False,
-        callbacks=ray_runner.Callbacks(**kw),
+        callbacks=Callbacks(**kw),
         factory=ray_runner.default_restorer,
     )
     run._pending = {0: Screened(jobs[0], out / "a_x.png"), 1: Screened(jobs[1], out / "b_x.png")}
@@ -783,7 +785,7 @@ def test_each_record_reaches_the_driver_when_its_chunk_is_written(
             os.write(signal_fd, b"1")
 
     try:
-        callbacks = ray_runner.Callbacks(finished=finished)
+        callbacks = Callbacks(finished=finished)
         _, results = restore_in_to_out(
             tmp_path, checkpoint, WaitForFirstRecord(fifo), callbacks=callbacks
         )

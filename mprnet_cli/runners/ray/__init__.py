@@ -51,23 +51,22 @@ The pipeline (`run` behind the runner seam, `restore_files` for the CLI's files,
 
 from __future__ import annotations
 
-# The `X as X` names are not API: benchmarks/bench_ray.py and the tests reach them here,
-# as they did when this package was one module.
-from mprnet_cli.choices import OutputFormat as OutputFormat
-from mprnet_cli.jobs import Callbacks as Callbacks
-from mprnet_cli.runners.ray.cluster import _Network as _Network
 from mprnet_cli.runners.ray.cluster import restore_dataset
-from mprnet_cli.runners.ray.files import _FileRun as _FileRun
 from mprnet_cli.runners.ray.files import restore_files, run
-from mprnet_cli.runners.ray.plan import PAYLOAD, RestorerFactory, cluster_plan
-from mprnet_cli.runners.ray.plan import ClusterPlan as ClusterPlan
-from mprnet_cli.runners.ray.plan import default_restorer as default_restorer
-from mprnet_cli.runners.ray.stages import _pack as _pack
+from mprnet_cli.runners.ray.plan import (
+    PAYLOAD,
+    ClusterPlan,
+    RestorerFactory,
+    cluster_plan,
+    default_restorer,
+)
 
 __all__ = [
     "PAYLOAD",
+    "ClusterPlan",
     "RestorerFactory",
     "cluster_plan",
+    "default_restorer",
     "restore_dataset",
     "restore_files",
     "run",
