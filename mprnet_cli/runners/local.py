@@ -403,10 +403,5 @@ def run(
         stdin=request.stdin,
         stdout=request.stdout,
         raise_unexpected=request.raise_unexpected,
-        video=VideoOptions(
-            quality=settings.video_quality,
-            codec=settings.video_codec,
-            strict=settings.video_strict,
-            deflicker=settings.video_deflicker,
-        ),
+        video=VideoOptions.of(settings),
     )
