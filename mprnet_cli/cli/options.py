@@ -280,7 +280,7 @@ VideoDeflickerOpt = Annotated[
         metavar="S",
         parser=number(0.0, 0.95),
         help="Video inputs: blend each frame with the previous output by S where the "
-        "picture is still (never where it moves), against flicker; 0 off (README: Video).",
+        "picture is still (never where it moves), against flicker; 0 off (docs/video.md).",
     ),
 ]
 VideoStrictOpt = Annotated[

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from mprnet_cli.errors import MprnetError, OutputExistsError, UsageError
 from mprnet_cli.imageio.formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS
+from mprnet_cli.imageio.formats import VIDEO_EXTENSIONS_TEXT
 from mprnet_cli.imageio.formats import is_video as is_video
 from mprnet_cli.video.base import (  # the package's public names
     DEFAULT_QUALITY as DEFAULT_QUALITY,
@@ -63,7 +64,7 @@ from mprnet_cli.video.base import (
 )
 
 if TYPE_CHECKING:
-    from mprnet_cli.jobs import Callbacks, Job, RestorerLike, Result
+    from mprnet_cli.jobs import Callbacks, Job, RestorerLike, Result, Target
 
 
 class _RunWideError(Exception):
@@ -103,13 +104,9 @@ def restore_clip_job(
     from mprnet_cli.jobs import Result, Status, failed, reason
 
     assert isinstance(job.source, Path)
-    if not is_video(target):
-        return failed(
-            job,
-            f"a video is written as a video: name the output with one of "
-            f"{', '.join(sorted(VIDEO_EXTENSIONS))}",
-            target,
-        )
+    wrong = not_a_video_target(job, target)
+    if wrong is not None:
+        return wrong
     start = time.perf_counter()
     totals: dict[str, Any] = {"tiles": 0}
     warned: list[str] = []
@@ -140,6 +137,19 @@ def restore_clip_job(
     except MprnetError as exc:
         return failed(job, reason(exc, job.display), target)
     return clip_result(job, target, report, warned, totals, time.perf_counter() - start)
+
+
+def not_a_video_target(job: Job, target: Target | None) -> Result | None:
+    """A clip's failed record when its output is not named as a video (both engines)."""
+    from mprnet_cli.jobs import failed
+
+    if isinstance(target, Path) and is_video(target):  # a local file: PyAV writes it
+        return None
+    return failed(
+        job,
+        f"a video is written as a video: name the output with one of {VIDEO_EXTENSIONS_TEXT}",
+        target,
+    )
 
 
 def clip_result(

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from mprnet_cli.errors import MprnetError
-from mprnet_cli.imageio.formats import VIDEO_EXTENSIONS, is_video
 from mprnet_cli.jobs import Callbacks, Destination, Result, Screened, failed, reason
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.runners.ray.cluster import (
@@ -51,6 +50,7 @@ from mprnet_cli.video import (
     clip_result,
     frame_restorer,
     load_clip_module,
+    not_a_video_target,
 )
 
 if TYPE_CHECKING:
@@ -165,16 +165,11 @@ def restore_clips(
         return
     for index, screened in enumerate(clips):
         job, target = screened.job, screened.target
-        if not isinstance(target, Path) or not is_video(target):
-            yield emit(
-                failed(
-                    job,
-                    "a video is written as a video: name the output with one of "
-                    + ", ".join(sorted(VIDEO_EXTENSIONS)),
-                    target,
-                )
-            )
+        wrong = not_a_video_target(job, target)
+        if wrong is not None:
+            yield emit(wrong)
             continue
+        assert isinstance(target, Path)
         try:
             muxer = clip.MUXERS[target.suffix.lower()]  # every video extension has one
             assert isinstance(job.source, Path)
