@@ -490,10 +490,15 @@ class CrashOnce(AtCall):
 
 
 def restore_in_to_out(
-    tmp_path: Path, checkpoint: Path, factory: AtCall, **kw: Any
+    tmp_path: Path,
+    checkpoint: Path,
+    factory: AtCall | None = None,
+    inputs: list[str] | None = None,
+    **kw: Any,
 ) -> tuple[Any, list[Any]]:
-    """`restore_files` of tmp_path/in to tmp_path/out (suffix _x) with one actor."""
-    exp = expand_inputs([str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
+    """`restore_files` of tmp_path/in (or `inputs`) to tmp_path/out (suffix _x) with one
+    actor."""
+    exp = expand_inputs(inputs or [str(tmp_path / "in")], suffix="_x", exclude=tmp_path / "out")
     plan = plan_outputs(exp, str(tmp_path / "out"), suffix="_x")
     results = ray_runner.restore_files(
         exp.jobs,
@@ -502,7 +507,7 @@ def restore_in_to_out(
         task=Task.DERAIN,
         settings=RestoreSettings(device="cpu", tile=0, threads=1),
         cluster=RaySettings(workers=1),
-        factory=factory,
+        factory=factory or ray_runner.default_restorer,
         **kw,
     )
     return exp, list(results)
@@ -769,9 +774,11 @@ class WaitForFirstRecord(AtCall):
 def test_each_record_reaches_the_driver_when_its_chunk_is_written(
     tmp_path: Path, checkpoint: Path, ray_cluster: str
 ) -> None:
-    """Image 1 travels alone (the first chunk); image 2's restore waits for image 1's record
-    on the driver, which came only after the next block was ready before (iter_rows)."""
-    for i in range(3):
+    """Two images, two chunks of one (the first chunk holds one image, the second what is
+    left). The actor's 2nd image waits for the 1st image's record on the driver, which came
+    only after the next block was ready before (iter_rows). Either chunk may reach the actor
+    first: with three images the 2-image chunk could come first and wait on itself."""
+    for i in range(2):
         save_png(tmp_path / "in" / f"{i}.png", size=16)
     fifo = tmp_path / "first-record"
     os.mkfifo(fifo)
@@ -791,8 +798,56 @@ def test_each_record_reaches_the_driver_when_its_chunk_is_written(
         )
     finally:
         os.close(signal_fd)
-    assert [r.status for r in results] == [Status.OK] * 3, [r.error for r in results]
+    assert [r.status for r in results] == [Status.OK] * 2, [r.error for r in results]
     assert seen == results
+
+
+def test_outputs_are_written_and_reported_while_later_chunks_still_decode(
+    tmp_path: Path, checkpoint: Path, ray_cluster: str
+) -> None:
+    """On 2 CPUs (one actor, one CPU for I/O) the write stage must run beside decoding: at a
+    whole CPU per decode task, Ray Data gave decoding every free CPU until the last chunk
+    was decoded, and 20,000 small files reported nothing for 30 s. Here the last input is a
+    FIFO whose decoding blocks until the driver has the first record; a timer feeds it
+    after 60 s so that a regression fails instead of hanging."""
+    import threading
+
+    pngs = [tmp_path / "in" / f"{i:02}.png" for i in range(12)]
+    for png in pngs:
+        save_png(png)
+    fifo = tmp_path / "in" / "zz.png"
+    os.mkfifo(fifo)
+    first_record = threading.Event()
+    fed_after_record: list[bool] = []
+
+    def feed() -> None:  # the FIFO's bytes: a PNG, once its reader (the decode task) opens
+        fed_after_record.append(first_record.wait(60))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:  # ENXIO: no reader yet
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.05)
+        os.set_blocking(fd, True)
+        os.write(fd, pngs[0].read_bytes())
+        os.close(fd)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    exp, results = restore_in_to_out(
+        tmp_path,
+        checkpoint,
+        inputs=[*(str(p) for p in pngs), str(fifo)],
+        callbacks=Callbacks(finished=lambda _: first_record.set()),
+    )
+    feeder.join(70)
+    assert len(exp.jobs) == 13 and exp.jobs[-1].source == fifo
+    assert fed_after_record == [True], "no output was reported before the last chunk decoded"
+    assert [r.status for r in results] == [Status.OK] * 13, [r.error for r in results]
+    assert (tmp_path / "out" / "zz_x.png").is_file()
 
 
 # --------------------------------------------------------------------------- joining, weights
@@ -826,17 +881,21 @@ def test_a_cluster_is_joined_only_when_asked(
 
 
 @pytest.mark.parametrize("damage", ["nan", "missing"])
-def test_bad_weights_fail_on_the_driver_before_ray_starts(
+def test_bad_weights_fail_on_the_driver_before_any_job_starts(
     tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
     """Audit 4.6: the actors failed instead, with ~200 lines of traceback (half on stdout,
-    breaking --json) naming their temporary copy of the file."""
+    breaking --json) naming their temporary copy of the file. (The check runs in a child
+    process while Ray starts: `_connect` is called, no job is.)"""
     from mprnet_cli.runners.ray import files
 
-    def no_ray(address: str | None) -> bool:
-        raise AssertionError("Ray was started for weights that cannot work")
+    connected: list[str | None] = []
 
-    monkeypatch.setattr(files, "_connect", no_ray)
+    def no_job(chunks: Any) -> Any:
+        raise AssertionError("a Ray job was started for weights that cannot work")
+
+    monkeypatch.setattr(files, "_connect", lambda address: connected.append(address) or False)
+    monkeypatch.setattr(files, "_dataset_of", no_job)
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
     if damage == "nan":
         state["module.tail.weight"][0, 0, 0, 0] = float("nan")
@@ -851,3 +910,107 @@ def test_bad_weights_fail_on_the_driver_before_ray_starts(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0], result.stderr
     assert ("NaN" if damage == "nan" else "missing 1 tensors") in lines[0]
+    assert connected == [None]
+
+
+def test_the_driver_never_loads_torch(tmp_path: Path, checkpoint: Path, ray_cluster: str) -> None:
+    """The driver plans, ships and reports; torch (about 150 MB) is the actors' alone."""
+    for i in range(3):
+        save_png(tmp_path / "in" / f"{i}.png")
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'TORCH {\"torch\" in sys.modules}\\n'))\n"
+        "sys.argv[0] = 'mprnet'\n"
+        "from mprnet_cli.cli import main\n"
+        "main()\n"
+    )
+    args = ["derain", "in", "-o", "out", "-w", str(checkpoint), *FAST, *RAY]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args, "--ray-address", ray_cluster],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(list((tmp_path / "out").glob("*_derained.png"))) == 3
+    assert "TORCH False" in run.stderr, run.stderr
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch PWNED",))
+
+
+def test_the_weights_check_runs_in_a_child_so_the_driver_never_holds_torch(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    """torch held about 150 MB of the Ray driver's memory for a whole run, only to check
+    the weights file once. The verdicts stay the same: the error's kind and its line."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mprnet_cli.runners.ray.plan import _WeightsCheck\n"
+        "with _WeightsCheck(Path(sys.argv[1])) as check:\n"
+        "    check.wait()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(checkpoint)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+    from mprnet_cli.errors import CheckpointError, UnsafeCheckpointError
+    from mprnet_cli.runners.ray.plan import _WeightsCheck
+
+    resnet = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, resnet)
+    with (
+        pytest.raises(CheckpointError, match="not an MPRNet checkpoint") as info,
+        _WeightsCheck(resnet) as check,
+    ):
+        check.wait()
+    assert type(info.value) is CheckpointError and str(resnet) in str(info.value)
+    evil = tmp_path / "evil.pth"
+    torch.save(
+        {
+            "state_dict": torch.load(checkpoint, weights_only=True)["state_dict"],
+            "payload": _Exploit(),
+        },
+        evil,
+    )
+    with pytest.raises(UnsafeCheckpointError, match="system"), _WeightsCheck(evil) as check:
+        check.wait()
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+def test_the_driver_checks_the_weights_itself_when_the_child_cannot_run(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mprnet_cli.errors import CheckpointError
+    from mprnet_cli.runners.ray import plan
+
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(plan.sys, "executable", str(broken))
+    with plan._WeightsCheck(checkpoint) as check:
+        check.wait()  # the file is good: the in-process check passes
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(CheckpointError, match="not found"), plan._WeightsCheck(missing) as check:
+        check.wait()
+
+
+def test_a_stopped_run_stops_its_weights_check(checkpoint: Path) -> None:
+    from mprnet_cli.runners.ray.plan import _WeightsCheck
+
+    with _WeightsCheck(checkpoint) as check:
+        child = check._child
+    assert child.returncode is not None  # killed (or done), and reaped: no zombie

@@ -222,6 +222,14 @@ def check_rgb(checkpoint: Checkpoint) -> None:
         )
 
 
+def check_file(path: str | Path) -> Checkpoint:
+    """Read a weights file and refuse it unless it builds a working RGB network."""
+    checkpoint = read_checkpoint(path)
+    check_rgb(checkpoint)
+    check_weights(checkpoint)
+    return checkpoint
+
+
 def build_model(checkpoint: Checkpoint) -> MPRNet:
     """An MPRNet in eval mode holding the checkpoint's weights (checked first)."""
     check_weights(checkpoint)

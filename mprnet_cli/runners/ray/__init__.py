@@ -24,8 +24,12 @@ The pipeline (`run` behind the runner seam, `restore_files` for the CLI's files,
   it), and the restored image quantised exactly as it will be stored (`stages.quantize`),
   so outputs are byte-identical to the local engine's.
 * The run's `RestoreSettings` are shipped to the actors unchanged; weights are resolved
-  once, on the driver (cache, download or bundled), checked there, and their bytes put
-  once in the object store; each actor reads them from there and loads the network once.
+  once, on the driver (cache, download or bundled), checked in a child process while Ray
+  starts (`plan._WeightsCheck`: reading them needs torch, which the driver never imports),
+  and their bytes put once in the object store; each actor reads them from there and loads
+  the network once.
+* Decode and write tasks reserve half a CPU each (`plan._IO_CPUS`), so the CPU kept for
+  I/O runs both at once: records flow while later chunks still decode.
 * The actor pool grows from one actor to the cluster plan's size while work waits
   (`ActorPoolStrategy(min_size, max_size)`); `--workers` fixes its size. In-flight data is
   bounded by Ray Data's streaming executor (backpressure against this job's object-store

@@ -25,6 +25,7 @@ import ray.exceptions
 from mprnet_cli.errors import ClusterError, UsageError
 from mprnet_cli.runners import RaySettings, stages
 from mprnet_cli.runners.ray.plan import (
+    _IO_CPUS,
     _TASKS_PER_ACTOR,
     PAYLOAD,
     ClusterPlan,
@@ -258,7 +259,8 @@ def restore_dataset(
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     resolved = resolve(chosen_task, weights=chosen.weights, model=chosen.model, quiet=True)
-    _check_weights(resolved)
+    with _check_weights(resolved) as check:
+        check.wait()
     cluster = cluster_plan(_resources(), RaySettings(None, workers, gpus_per_worker), chosen.device)
     decoded = ds.map(
         functools.partial(
@@ -268,7 +270,9 @@ def restore_dataset(
             fmt=chosen.format,
             max_pixels=chosen.max_pixels,
         ),
-        num_cpus=1,
+        num_cpus=_IO_CPUS,
     )
     net = _infer_stage(decoded, _ship_weights(resolved), chosen_task, chosen, cluster, factory)
-    return net.map(functools.partial(_encode_column, jpeg_quality=chosen.jpeg_quality), num_cpus=1)
+    return net.map(
+        functools.partial(_encode_column, jpeg_quality=chosen.jpeg_quality), num_cpus=_IO_CPUS
+    )

@@ -44,6 +44,7 @@ from mprnet_cli.runners.ray.cluster import (
 from mprnet_cli.runners.ray.plan import (
     _CHUNK_BYTES,
     _CHUNK_IMAGES,
+    _IO_CPUS,
     RestorerFactory,
     _check_weights,
     cluster_plan,
@@ -243,9 +244,10 @@ class _FileRun:
         def start() -> None:  # at the first job that needs the network
             nonlocal started, since
             resolved = self.weights()
-            _check_weights(resolved)
+            with _check_weights(resolved) as check:  # in a child process while Ray starts
+                started = _connect(self.cluster.address)
+                check.wait()
             ready.append(resolved)
-            started = _connect(self.cluster.address)
             since = time.time()
 
         try:
@@ -374,7 +376,7 @@ class _FileRun:
                 cwd=cwd,
                 retarget=retarget,
             ),
-            num_cpus=1,
+            num_cpus=_IO_CPUS,
         )
         ds = _infer_stage(
             ds, _ship_weights(resolved), self.task, self.settings, cluster, self.factory
@@ -387,7 +389,7 @@ class _FileRun:
                 overwrite=self.overwrite,
                 cwd=cwd,
             ),
-            num_cpus=1,
+            num_cpus=_IO_CPUS,
         )
         for payload in _payloads_of(ds):
             written: list[tuple[int, stages.Written | Retarget]] = _unpack(payload)

@@ -5,14 +5,18 @@ No ray import here: plain arithmetic over `ray.cluster_resources()`, tested with
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from mprnet_cli.choices import ModelChoice
-from mprnet_cli.errors import ClusterError, UsageError
+from mprnet_cli.errors import CheckpointError, ClusterError, UnsafeCheckpointError, UsageError
 from mprnet_cli.jobs import RestorerLike
 from mprnet_cli.runners import RaySettings
 from mprnet_cli.settings import RestoreSettings
@@ -27,6 +31,12 @@ _TASKS_PER_ACTOR: Final = 2
 #: (`_CHUNK_IMAGES` at most): small images travel many to a task, large ones alone.
 _CHUNK_BYTES: Final = 1 << 20
 _CHUNK_IMAGES: Final = 256
+#: CPUs each decode and each write task reserves. Half: a write is mostly its fsync's
+#: wait, and the one CPU `cluster_plan` keeps for I/O must hold a decode and a write task at
+#: once. Ray Data (2.60) reserves each stage's minimum upstream first, so at a whole CPU
+#: each, decoding and the actors took every CPU of a 2-CPU machine and nothing was written
+#: (nor reported) until the last chunk of a window was decoded.
+_IO_CPUS: Final = 0.5
 
 
 # --------------------------------------------------------------------------- settings
@@ -108,13 +118,83 @@ def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
     return plan
 
 
-def _check_weights(resolved: ResolvedWeights) -> None:
-    """Fail on the driver, with the local engine's one line naming the user's file, before
-    Ray starts: every tensor present with its shape (what building the network checks)
-    and finite, RGB in and out. An actor failing on them instead would print Ray's
-    tracebacks (some on stdout) and name its temporary copy."""
-    from mprnet_cli.model.checkpoint import check_rgb, check_weights, read_checkpoint
+#: The weights check, run by `_check_weights` in a child process: exit 0 when the file
+#: works, 3 with the refusal as JSON on stdout.
+_CHECK_CHILD: Final = """
+import json, sys
+from mprnet_cli.errors import CheckpointError, UnsafeCheckpointError
+from mprnet_cli.model.checkpoint import check_file
+try:
+    check_file(sys.argv[1])
+except CheckpointError as exc:
+    sys.stdout.write(json.dumps({"unsafe": isinstance(exc, UnsafeCheckpointError), "message": str(exc)}))
+    sys.exit(3)
+"""
 
-    checkpoint = read_checkpoint(resolved.path)
-    check_rgb(checkpoint)
-    check_weights(checkpoint)
+
+class _WeightsCheck:
+    """The driver's check of the weights file, in a child process while Ray starts.
+
+    Fail on the driver, with the local engine's one line naming the user's file, before any
+    actor runs: every tensor present with its shape and finite, RGB in and out (an actor
+    failing on them would print Ray's tracebacks, some on stdout, and name its temporary
+    copy). Reading the file needs torch, which would hold about 150 MB of the driver's
+    memory for the whole run; a child returns it when the check ends. Should the child
+    itself fail (not the file), the driver checks in-process instead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._waited = False
+        package_root = str(Path(__file__).resolve().parents[3])
+        python_path = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", _CHECK_CHILD, str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
+        )
+
+    def wait(self) -> None:
+        """Return when the file works; raise `CheckpointError` (or `UnsafeCheckpointError`)."""
+        out, _ = self._child.communicate()
+        self._waited = True
+        if self._child.returncode == 0:
+            return
+        refusal = _refusal(out) if self._child.returncode == 3 else None
+        if refusal is None:  # the child failed, not the file: check here
+            from mprnet_cli.model.checkpoint import check_file
+
+            check_file(self._path)
+            return
+        unsafe, message = refusal
+        raise (UnsafeCheckpointError if unsafe else CheckpointError)(message)
+
+    def close(self) -> None:
+        """Stop the child if it still runs (the run stopped first)."""
+        if self._waited:
+            return
+        if self._child.poll() is None:
+            self._child.kill()
+        self._child.communicate()
+        self._waited = True
+
+    def __enter__(self) -> _WeightsCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _refusal(out: bytes) -> tuple[bool, str] | None:
+    try:
+        refusal = json.loads(out)
+        return bool(refusal["unsafe"]), str(refusal["message"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _check_weights(resolved: ResolvedWeights) -> _WeightsCheck:
+    """Start checking the resolved weights file (`_WeightsCheck`); `wait` for the verdict."""
+    return _WeightsCheck(resolved.path)
