@@ -429,3 +429,10 @@ def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
     thread.start()
     return thread, out
+
+
+class Exploit:
+    """Pickles as a call to `os.system("touch PWNED")`: what a hostile checkpoint holds."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch PWNED",))

@@ -21,6 +21,7 @@ from mprnet_cli.model import (
 )
 from mprnet_cli.model.checkpoint import state_dict_for_saving
 from tests.conftest import TINY_CONFIG, tiny_model
+from tests.helpers import Exploit
 
 # ----------------------------------------------------------------- published layout
 
@@ -206,19 +207,12 @@ def test_safetensors_metadata_contradicting_shapes_is_refused(tmp_path: Path) ->
         read_checkpoint(path)
 
 
-class _Exploit:
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        import os
-
-        return (os.system, ("touch PWNED",))
-
-
 def test_checkpoint_that_runs_code_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": tiny_model().state_dict(), "payload": _Exploit()}, path)
+    torch.save({"state_dict": tiny_model().state_dict(), "payload": Exploit()}, path)
     with pytest.raises(UnsafeCheckpointError, match=r"refused.*code") as info:
         read_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
@@ -231,7 +225,7 @@ def test_plain_pickle_that_runs_code_is_refused(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps(_Exploit()))
+    path.write_bytes(pickle.dumps(Exploit()))
     with warnings.catch_warnings():
         # no torch warning on top of the one-line error
         warnings.filterwarnings("error", message="Detected pickle protocol")
@@ -240,7 +234,7 @@ def test_plain_pickle_that_runs_code_is_refused(
     assert not (tmp_path / "PWNED").exists()
     assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
     # Protocol 2 reaches the callable itself: refused as unsafe, by name.
-    path.write_bytes(pickle.dumps(_Exploit(), protocol=2))
+    path.write_bytes(pickle.dumps(Exploit(), protocol=2))
     with pytest.raises(UnsafeCheckpointError, match="system"):
         read_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()

@@ -47,6 +47,7 @@ from tests.helpers import (  # noqa: E402  # noqa: E402
     AS_FROM_A_TERMINAL,
     FAST,
     REPO_ID,
+    Exploit,
     camera_exif,
     checkpoint_bytes,
     env,
@@ -939,11 +940,6 @@ def test_the_driver_never_loads_torch(tmp_path: Path, checkpoint: Path, ray_clus
     assert "TORCH False" in run.stderr, run.stderr
 
 
-class _Exploit:
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, ("touch PWNED",))
-
-
 def test_the_weights_check_runs_in_a_child_so_the_driver_never_holds_torch(
     tmp_path: Path, checkpoint: Path
 ) -> None:
@@ -982,7 +978,7 @@ def test_the_weights_check_runs_in_a_child_so_the_driver_never_holds_torch(
     torch.save(
         {
             "state_dict": torch.load(checkpoint, weights_only=True)["state_dict"],
-            "payload": _Exploit(),
+            "payload": Exploit(),
         },
         evil,
     )

@@ -30,7 +30,7 @@ from mprnet_cli.runners.ray.plan import (
     PAYLOAD,
     ClusterPlan,
     RestorerFactory,
-    _check_weights,
+    _WeightsCheck,
     cluster_plan,
     default_restorer,
 )
@@ -259,7 +259,7 @@ def restore_dataset(
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     resolved = resolve(chosen_task, weights=chosen.weights, model=chosen.model, quiet=True)
-    with _check_weights(resolved) as check:
+    with _WeightsCheck(resolved.path) as check:
         check.wait()
     cluster = cluster_plan(_resources(), RaySettings(None, workers, gpus_per_worker), chosen.device)
     decoded = ds.map(

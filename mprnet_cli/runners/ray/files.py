@@ -46,7 +46,7 @@ from mprnet_cli.runners.ray.plan import (
     _CHUNK_IMAGES,
     _IO_CPUS,
     RestorerFactory,
-    _check_weights,
+    _WeightsCheck,
     cluster_plan,
     default_restorer,
 )
@@ -244,7 +244,7 @@ class _FileRun:
         def start() -> None:  # at the first job that needs the network
             nonlocal started, since
             resolved = self.weights()
-            with _check_weights(resolved) as check:  # in a child process while Ray starts
+            with _WeightsCheck(resolved.path) as check:  # in a child process while Ray starts
                 started = _connect(self.cluster.address)
                 check.wait()
             ready.append(resolved)

@@ -23,7 +23,7 @@ from mprnet_cli.settings import RestoreSettings
 from mprnet_cli.tasks import Task
 
 if TYPE_CHECKING:
-    from mprnet_cli.weights import ResolvedWeights
+    pass
 
 PAYLOAD: Final = "payload"
 _TASKS_PER_ACTOR: Final = 2
@@ -118,7 +118,7 @@ def _fits(plan: ClusterPlan, cpus: float, gpus: float) -> ClusterPlan:
     return plan
 
 
-#: The weights check, run by `_check_weights` in a child process: exit 0 when the file
+#: The weights check `_WeightsCheck` runs in a child process: exit 0 when the file
 #: works, 3 with the refusal as JSON on stdout.
 _CHECK_CHILD: Final = """
 import json, sys
@@ -145,21 +145,19 @@ class _WeightsCheck:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._waited = False
         package_root = str(Path(__file__).resolve().parents[3])
         python_path = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
         self._child = subprocess.Popen(
             [sys.executable, "-c", _CHECK_CHILD, str(path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
         )
 
     def wait(self) -> None:
         """Return when the file works; raise `CheckpointError` (or `UnsafeCheckpointError`)."""
         out, _ = self._child.communicate()
-        self._waited = True
         if self._child.returncode == 0:
             return
         refusal = _refusal(out) if self._child.returncode == 3 else None
@@ -172,13 +170,10 @@ class _WeightsCheck:
         raise (UnsafeCheckpointError if unsafe else CheckpointError)(message)
 
     def close(self) -> None:
-        """Stop the child if it still runs (the run stopped first)."""
-        if self._waited:
-            return
-        if self._child.poll() is None:
+        """Stop and reap the child unless `wait` did (the run stopped first)."""
+        if self._child.returncode is None:
             self._child.kill()
-        self._child.communicate()
-        self._waited = True
+            self._child.communicate()
 
     def __enter__(self) -> _WeightsCheck:
         return self
@@ -193,8 +188,3 @@ def _refusal(out: bytes) -> tuple[bool, str] | None:
         return bool(refusal["unsafe"]), str(refusal["message"])
     except (ValueError, TypeError, KeyError):
         return None
-
-
-def _check_weights(resolved: ResolvedWeights) -> _WeightsCheck:
-    """Start checking the resolved weights file (`_WeightsCheck`); `wait` for the verdict."""
-    return _WeightsCheck(resolved.path)
